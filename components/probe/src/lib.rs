@@ -1,0 +1,112 @@
+//! Test component: does on request what the host's tests need to observe (trap, spin, sleep,
+//! allocate, key-value, variables, outbound HTTP, echo), dispatching on `spin-path-info`.
+
+use spin_sdk::http::body::IncomingBodyExt as _;
+use spin_sdk::http::{EmptyBody, IntoResponse, Request};
+use spin_sdk::http_service;
+use spin_sdk::key_value::Store;
+use std::time::Duration;
+
+fn reply(status: u16, body: impl Into<String>) -> anyhow::Result<http::Response<String>> {
+    Ok(http::Response::builder()
+        .status(status)
+        .header("content-type", "text/plain")
+        .body(body.into())?)
+}
+
+#[http_service]
+async fn handle(req: Request) -> anyhow::Result<impl IntoResponse> {
+    let info = req
+        .headers()
+        .get("spin-path-info")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    let query = req.uri().query().unwrap_or("").to_string();
+    let parts: Vec<&str> = info.split('/').filter(|s| !s.is_empty()).collect();
+    match parts.as_slice() {
+        ["trap"] => panic!("probe was asked to trap"),
+        ["spin"] => {
+            let mut x: u64 = 0;
+            loop {
+                x = std::hint::black_box(x.wrapping_add(1));
+            }
+        }
+        ["sleep", ms] => {
+            spin_sdk::time::sleep(Duration::from_millis(ms.parse()?)).await;
+            reply(200, "slept\n")
+        }
+        ["alloc", mb] => {
+            let bytes = mb.parse::<usize>()? << 20;
+            let mut block = vec![0u8; bytes];
+            for i in (0..bytes).step_by(4096) {
+                block[i] = 1;
+            }
+            reply(200, format!("allocated {}\n", std::hint::black_box(block).len()))
+        }
+        ["kv", label, key] => {
+            let store = match Store::open(label).await {
+                Ok(store) => store,
+                Err(err) => return reply(403, format!("open failed: {err:?}\n")),
+            };
+            match *req.method() {
+                http::Method::PUT | http::Method::POST => {
+                    let body = req.into_body().bytes().await.map_err(|e| anyhow::anyhow!("{e:?}"))?;
+                    store.set(key, &body).await?;
+                    reply(200, "stored\n")
+                }
+                http::Method::DELETE => {
+                    store.delete(key).await?;
+                    reply(200, "deleted\n")
+                }
+                _ => match store.get(key).await? {
+                    Some(value) => reply(200, String::from_utf8_lossy(&value).into_owned()),
+                    None => reply(404, "no such key\n"),
+                },
+            }
+        }
+        ["keys", label] => {
+            let store = match Store::open(label).await {
+                Ok(store) => store,
+                Err(err) => return reply(403, format!("open failed: {err:?}\n")),
+            };
+            let keys = store.get_keys().await.collect().await?;
+            reply(200, keys.join("\n"))
+        }
+        ["var", name] => match spin_sdk::variables::get(name).await {
+            Ok(value) => reply(200, value),
+            Err(err) => reply(404, format!("{err:?}\n")),
+        },
+        ["env", name] => match std::env::var(name) {
+            Ok(value) => reply(200, value),
+            Err(_) => reply(404, "unset\n"),
+        },
+        ["fetch"] => {
+            let url = query.strip_prefix("url=").unwrap_or("").to_string();
+            let outbound = http::Request::get(url).body(EmptyBody::new())?;
+            match spin_sdk::http::send(outbound).await {
+                Ok(response) => {
+                    let status = response.status().as_u16();
+                    let body = response.into_body().bytes().await.map_err(|e| anyhow::anyhow!("{e:?}"))?;
+                    reply(200, format!("status {status}\n{}", String::from_utf8_lossy(&body)))
+                }
+                Err(err) => reply(502, format!("outbound failed: {err:?}\n")),
+            }
+        }
+        ["echo"] => {
+            let body = req.into_body().bytes().await.map_err(|e| anyhow::anyhow!("{e:?}"))?;
+            reply(200, format!("{} bytes\n", body.len()))
+        }
+        ["headers"] => {
+            let mut lines: Vec<String> = req
+                .headers()
+                .iter()
+                .map(|(k, v)| format!("{}: {}", k, v.to_str().unwrap_or("?")))
+                .collect();
+            lines.sort();
+            lines.push(format!("uri: {}", req.uri()));
+            reply(200, lines.join("\n"))
+        }
+        _ => reply(200, format!("probe: nothing to do for {info:?}\n")),
+    }
+}

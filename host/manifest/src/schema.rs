@@ -1,0 +1,201 @@
+//! The manifest's shape: raw serde types that keep source spans, and the validated types
+//! the host consumes.
+
+use crate::Position;
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use toml::Spanned;
+
+// ---------- raw, as written in the file ----------
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawManifest {
+    pub spin_manifest_version: Option<Spanned<toml::Value>>,
+    pub application: Spanned<RawApplication>,
+    #[serde(default)]
+    pub variables: BTreeMap<Spanned<String>, Spanned<RawVariable>>,
+    #[serde(default)]
+    pub trigger: BTreeMap<Spanned<String>, Vec<Spanned<RawTrigger>>>,
+    #[serde(default)]
+    pub component: BTreeMap<Spanned<String>, Spanned<RawComponent>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawApplication {
+    pub name: String,
+    pub version: Option<String>,
+    pub description: Option<String>,
+    #[serde(default)]
+    pub authors: Vec<String>,
+    #[serde(default)]
+    pub trigger: BTreeMap<String, toml::Table>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawVariable {
+    pub default: Option<String>,
+    #[serde(default)]
+    pub required: bool,
+    #[serde(default)]
+    pub secret: bool,
+}
+
+/// One `[[trigger.<type>]]` entry. Fields of trigger types moa does not know are ignored here,
+/// because such entries are rejected by type during validation.
+#[derive(Debug, Deserialize)]
+pub(crate) struct RawTrigger {
+    pub route: Option<Spanned<toml::Value>>,
+    pub component: Option<Spanned<toml::Value>>,
+    pub executor: Option<Spanned<toml::Value>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawComponent {
+    pub source: Spanned<toml::Value>,
+    pub description: Option<String>,
+    #[serde(default)]
+    pub files: Vec<Spanned<toml::Value>>,
+    #[serde(default)]
+    pub exclude_files: Vec<String>,
+    #[serde(default)]
+    pub allowed_outbound_hosts: Vec<Spanned<String>>,
+    pub allowed_http_hosts: Option<Spanned<toml::Value>>,
+    #[serde(default)]
+    pub key_value_stores: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub ai_models: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub variables: BTreeMap<Spanned<String>, Spanned<String>>,
+    #[serde(default)]
+    pub environment: BTreeMap<String, String>,
+    pub build: Option<Spanned<RawBuild>>,
+    pub dependencies: Option<Spanned<toml::Value>>,
+    /// moa's own per-component settings (`[component.<id>.moa]`), ignored by Spin.
+    pub moa: Option<Spanned<RawComponentLimits>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawBuild {
+    pub command: Spanned<toml::Value>,
+    pub workdir: Option<String>,
+    #[serde(default)]
+    pub watch: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawComponentLimits {
+    pub memory_limit_mb: Option<u64>,
+    pub request_timeout_ms: Option<u64>,
+}
+
+// ---------- validated ----------
+
+/// A value together with where it was written in the manifest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Located<T> {
+    pub value: T,
+    pub position: Position,
+}
+
+/// A validated `spin.toml`.
+#[derive(Debug, Clone)]
+pub struct AppManifest {
+    pub name: String,
+    pub version: Option<String>,
+    pub description: Option<String>,
+    pub authors: Vec<String>,
+    /// `[application.trigger.http] base`, default `/`.
+    pub http_base: String,
+    pub variables: BTreeMap<String, VariableDecl>,
+    pub http_triggers: Vec<HttpTrigger>,
+    pub components: BTreeMap<String, Component>,
+}
+
+/// An application variable from `[variables]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VariableDecl {
+    pub default: Option<String>,
+    pub required: bool,
+    pub secret: bool,
+}
+
+/// One `[[trigger.http]]` entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpTrigger {
+    pub route: HttpRoute,
+    pub component: String,
+    pub position: Position,
+}
+
+/// Where an HTTP trigger listens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HttpRoute {
+    /// A route pattern: an exact path, or a prefix ending in `/...`.
+    Path(String),
+    /// `route = { private = true }`: reachable only from other components, never from outside.
+    Private,
+}
+
+/// A `[component.<id>]` table.
+#[derive(Debug, Clone)]
+pub struct Component {
+    pub id: String,
+    pub description: Option<String>,
+    /// Path to the `.wasm` file, relative to the manifest directory.
+    pub source: Located<PathBuf>,
+    pub files: Vec<FileMount>,
+    pub exclude_files: Vec<String>,
+    pub allowed_outbound_hosts: Vec<Located<String>>,
+    pub key_value_stores: Vec<Located<String>>,
+    pub ai_models: Vec<Located<String>>,
+    /// Component variables: name -> template (may reference `{{ app_variable }}`).
+    pub variables: BTreeMap<String, Located<String>>,
+    pub environment: BTreeMap<String, String>,
+    pub build: Option<BuildConfig>,
+    pub limits: ComponentLimits,
+    pub position: Position,
+}
+
+/// A `files` entry: files from the host made visible to the guest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FileMount {
+    /// A glob relative to the manifest directory, mounted at the same relative path under `/`.
+    Pattern(String),
+    /// A host directory mounted at a guest path.
+    Directory {
+        source: PathBuf,
+        destination: String,
+    },
+}
+
+/// `[component.<id>.build]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BuildConfig {
+    /// The commands to run, in order, through the shell.
+    pub commands: Vec<String>,
+    pub workdir: Option<String>,
+    pub watch: Vec<String>,
+}
+
+/// Per-component limits from `[component.<id>.moa]`; `None` means the host default.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ComponentLimits {
+    pub memory_limit_mb: Option<u64>,
+    pub request_timeout_ms: Option<u64>,
+}
+
+impl AppManifest {
+    /// The components named by at least one trigger, in id order.
+    pub fn triggered_components(&self) -> impl Iterator<Item = &Component> {
+        self.components
+            .values()
+            .filter(|c| self.http_triggers.iter().any(|t| t.component == c.id))
+    }
+}

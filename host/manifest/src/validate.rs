@@ -1,0 +1,598 @@
+//! Turns the raw manifest into an [`AppManifest`], checking every cross-reference
+//! (trigger -> component, template -> variable, routes) and reporting the first mistake with its line.
+
+use crate::schema::*;
+use crate::template::{Template, is_valid_variable_name};
+use crate::{ManifestError, Position, UNSUPPORTED_TRIGGERS};
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use toml::Spanned;
+
+struct Ctx<'a> {
+    path: &'a Path,
+    text: &'a str,
+}
+
+impl Ctx<'_> {
+    fn pos<T>(&self, spanned: &Spanned<T>) -> Position {
+        Position::from_offset(self.text, spanned.span().start)
+    }
+
+    fn err(&self, position: Position, message: impl Into<String>, help: impl Into<String>) -> ManifestError {
+        ManifestError::Invalid {
+            path: self.path.to_path_buf(),
+            position: Some(position),
+            message: message.into(),
+            help: help.into(),
+        }
+    }
+}
+
+pub(crate) fn validate(path: &Path, text: &str, raw: RawManifest) -> Result<AppManifest, ManifestError> {
+    let cx = Ctx { path, text };
+    check_version(&cx, &raw)?;
+
+    let application = raw.application.into_inner();
+    let http_base = application
+        .trigger
+        .get("http")
+        .and_then(|t| t.get("base"))
+        .and_then(|b| b.as_str())
+        .unwrap_or("/")
+        .to_string();
+
+    let mut variables = BTreeMap::new();
+    for (name, decl) in raw.variables {
+        let position = cx.pos(&name);
+        let name = name.into_inner();
+        if !is_valid_variable_name(&name) {
+            return Err(cx.err(
+                position,
+                format!("invalid variable name `{name}`"),
+                "variable names use lowercase letters, digits and `_`, and start with a letter",
+            ));
+        }
+        let decl = decl.into_inner();
+        if decl.required && decl.default.is_some() {
+            return Err(cx.err(
+                position,
+                format!("variable `{name}` is both `required` and has a `default`"),
+                "keep `required = true` (the value must be supplied) or the `default`, not both",
+            ));
+        }
+        variables.insert(
+            name,
+            VariableDecl {
+                default: decl.default,
+                required: decl.required,
+                secret: decl.secret,
+            },
+        );
+    }
+
+    let mut components = BTreeMap::new();
+    for (id, component) in raw.component {
+        let component = validate_component(&cx, id, component, &variables)?;
+        components.insert(component.id.clone(), component);
+    }
+
+    let mut http_triggers = Vec::new();
+    for (kind, entries) in raw.trigger {
+        let kind_position = cx.pos(&kind);
+        let kind = kind.into_inner();
+        if kind != "http" {
+            let help = UNSUPPORTED_TRIGGERS
+                .iter()
+                .find(|(k, _)| *k == kind)
+                .map(|(_, why)| why.to_string())
+                .unwrap_or_else(|| "moa runs `[[trigger.http]]`; check the spelling of the trigger type".into());
+            let position = entries.first().map(|e| cx.pos(e)).unwrap_or(kind_position);
+            return Err(cx.err(
+                position,
+                format!("trigger type `{kind}` is not supported by this version of moa"),
+                help,
+            ));
+        }
+        for entry in entries {
+            http_triggers.push(validate_http_trigger(&cx, entry, &components)?);
+        }
+    }
+    check_duplicate_routes(&cx, &http_triggers)?;
+
+    Ok(AppManifest {
+        name: application.name,
+        version: application.version,
+        description: application.description,
+        authors: application.authors,
+        http_base,
+        variables,
+        http_triggers,
+        components,
+    })
+}
+
+fn check_version(cx: &Ctx, raw: &RawManifest) -> Result<(), ManifestError> {
+    let Some(version) = &raw.spin_manifest_version else {
+        return Err(ManifestError::Invalid {
+            path: cx.path.to_path_buf(),
+            position: Some(Position { line: 1, column: 1 }),
+            message: "missing `spin_manifest_version`".into(),
+            help: "start the file with `spin_manifest_version = 2`".into(),
+        });
+    };
+    match version.get_ref() {
+        toml::Value::Integer(2) => Ok(()),
+        other => Err(cx.err(
+            cx.pos(version),
+            format!("unsupported spin_manifest_version {other}"),
+            "moa reads manifest version 2 (`spin_manifest_version = 2`); convert a version 1 manifest with `spin doctor` or by hand",
+        )),
+    }
+}
+
+fn is_valid_component_id(id: &str) -> bool {
+    let mut chars = id.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_lowercase())
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && !id.ends_with('-')
+        && !id.contains("--")
+}
+
+fn validate_component(
+    cx: &Ctx,
+    id: Spanned<String>,
+    component: Spanned<RawComponent>,
+    variables: &BTreeMap<String, VariableDecl>,
+) -> Result<Component, ManifestError> {
+    let position = cx.pos(&id);
+    let id = id.into_inner();
+    if !is_valid_component_id(&id) {
+        return Err(cx.err(
+            position,
+            format!("invalid component id `{id}`"),
+            "component ids are kebab-case: lowercase letters, digits and single `-`, starting with a letter (e.g. `order-api`)",
+        ));
+    }
+    let raw = component.into_inner();
+
+    let source_position = cx.pos(&raw.source);
+    let source = match raw.source.get_ref() {
+        toml::Value::String(s) if !s.trim().is_empty() => PathBuf::from(s),
+        toml::Value::Table(t) if t.contains_key("url") => {
+            return Err(cx.err(
+                source_position,
+                format!("component `{id}`: remote sources (`url`) are not supported yet"),
+                "download the .wasm file and set `source = \"path/to/file.wasm\"`",
+            ));
+        }
+        _ => {
+            return Err(cx.err(
+                source_position,
+                format!("component `{id}`: `source` must be a path to a .wasm file"),
+                "write `source = \"target/wasm32-wasip2/release/name.wasm\"`",
+            ));
+        }
+    };
+
+    if let Some(hosts) = &raw.allowed_http_hosts {
+        return Err(cx.err(
+            cx.pos(hosts),
+            format!("component `{id}`: `allowed_http_hosts` is the version 1 field"),
+            "rename it to `allowed_outbound_hosts` and write each entry as `https://host[:port]`",
+        ));
+    }
+    if let Some(deps) = &raw.dependencies {
+        return Err(cx.err(
+            cx.pos(deps),
+            format!("component `{id}`: component dependencies are not supported by moa yet"),
+            "compose the component ahead of time (e.g. with `wac plug`) and point `source` at the result",
+        ));
+    }
+
+    let mut files = Vec::new();
+    for entry in raw.files {
+        let entry_position = cx.pos(&entry);
+        match entry.into_inner() {
+            toml::Value::String(pattern) => files.push(FileMount::Pattern(pattern)),
+            toml::Value::Table(t) => {
+                let source = t.get("source").and_then(|v| v.as_str());
+                let destination = t.get("destination").and_then(|v| v.as_str());
+                match (source, destination) {
+                    (Some(source), Some(destination)) if destination.starts_with('/') => {
+                        files.push(FileMount::Directory {
+                            source: PathBuf::from(source),
+                            destination: destination.to_string(),
+                        })
+                    }
+                    _ => {
+                        return Err(cx.err(
+                            entry_position,
+                            format!("component `{id}`: a `files` table needs `source` and an absolute `destination`"),
+                            "write `{ source = \"assets\", destination = \"/assets\" }` or a glob string like `\"static/**\"`",
+                        ));
+                    }
+                }
+            }
+            _ => {
+                return Err(cx.err(
+                    entry_position,
+                    format!("component `{id}`: `files` entries are glob strings or source/destination tables"),
+                    "write `files = [\"static/**\"]` or `files = [{ source = \"assets\", destination = \"/\" }]`",
+                ));
+            }
+        }
+    }
+
+    let mut component_variables = BTreeMap::new();
+    for (name, template) in raw.variables {
+        let name_position = cx.pos(&name);
+        let name = name.into_inner();
+        if !is_valid_variable_name(&name) {
+            return Err(cx.err(
+                name_position,
+                format!("component `{id}`: invalid variable name `{name}`"),
+                "variable names use lowercase letters, digits and `_`, and start with a letter",
+            ));
+        }
+        let template_position = cx.pos(&template);
+        let text = template.into_inner();
+        check_template(cx, template_position, &id, &text, variables)?;
+        component_variables.insert(
+            name,
+            Located {
+                value: text,
+                position: template_position,
+            },
+        );
+    }
+
+    let mut allowed_outbound_hosts = Vec::new();
+    for host in raw.allowed_outbound_hosts {
+        let host_position = cx.pos(&host);
+        let text = host.into_inner();
+        check_template(cx, host_position, &id, &text, variables)?;
+        allowed_outbound_hosts.push(Located {
+            value: text,
+            position: host_position,
+        });
+    }
+
+    let located = |items: Vec<Spanned<String>>, what: &str| -> Result<Vec<Located<String>>, ManifestError> {
+        items
+            .into_iter()
+            .map(|item| {
+                let position = cx.pos(&item);
+                let value = item.into_inner();
+                if value.trim().is_empty() {
+                    return Err(cx.err(position, format!("component `{id}`: empty {what} label"), format!("name the {what}, e.g. \"default\"")));
+                }
+                Ok(Located { value, position })
+            })
+            .collect()
+    };
+    let key_value_stores = located(raw.key_value_stores, "key-value store")?;
+    let ai_models = located(raw.ai_models, "AI model")?;
+
+    let build = match raw.build {
+        None => None,
+        Some(build) => {
+            let build = build.into_inner();
+            let command_position = cx.pos(&build.command);
+            let commands = match build.command.into_inner() {
+                toml::Value::String(s) => vec![s],
+                toml::Value::Array(items) => items
+                    .into_iter()
+                    .map(|v| v.as_str().map(str::to_string))
+                    .collect::<Option<Vec<_>>>()
+                    .ok_or_else(|| {
+                        cx.err(
+                            command_position,
+                            format!("component `{id}`: `build.command` entries must be strings"),
+                            "write `command = \"cargo build --target wasm32-wasip2 --release\"`",
+                        )
+                    })?,
+                _ => {
+                    return Err(cx.err(
+                        command_position,
+                        format!("component `{id}`: `build.command` must be a string or a list of strings"),
+                        "write `command = \"cargo build --target wasm32-wasip2 --release\"`",
+                    ));
+                }
+            };
+            Some(BuildConfig {
+                commands,
+                workdir: build.workdir,
+                watch: build.watch,
+            })
+        }
+    };
+
+    let limits = match raw.moa {
+        None => ComponentLimits::default(),
+        Some(limits) => {
+            let limits_position = cx.pos(&limits);
+            let limits = limits.into_inner();
+            if limits.memory_limit_mb == Some(0) || limits.request_timeout_ms == Some(0) {
+                return Err(cx.err(
+                    limits_position,
+                    format!("component `{id}`: limits must be greater than zero"),
+                    "remove the setting to use the host default, or give a positive number",
+                ));
+            }
+            ComponentLimits {
+                memory_limit_mb: limits.memory_limit_mb,
+                request_timeout_ms: limits.request_timeout_ms,
+            }
+        }
+    };
+
+    Ok(Component {
+        id,
+        description: raw.description,
+        source: Located {
+            value: source,
+            position: source_position,
+        },
+        files,
+        exclude_files: raw.exclude_files,
+        allowed_outbound_hosts,
+        key_value_stores,
+        ai_models,
+        variables: component_variables,
+        environment: raw.environment,
+        build,
+        limits,
+        position,
+    })
+}
+
+fn check_template(
+    cx: &Ctx,
+    position: Position,
+    component: &str,
+    text: &str,
+    variables: &BTreeMap<String, VariableDecl>,
+) -> Result<(), ManifestError> {
+    let template = Template::parse(text)
+        .map_err(|why| cx.err(position, format!("component `{component}`: {why}"), "write references as `{{ variable_name }}`"))?;
+    for name in template.variables() {
+        if !variables.contains_key(name) {
+            return Err(cx.err(
+                position,
+                format!("component `{component}` references variable `{name}`, which is not declared in [variables]"),
+                format!("add `{name} = {{ default = \"...\" }}` (or `{{ required = true }}`) under [variables]"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn validate_http_trigger(
+    cx: &Ctx,
+    entry: Spanned<RawTrigger>,
+    components: &BTreeMap<String, Component>,
+) -> Result<HttpTrigger, ManifestError> {
+    let position = cx.pos(&entry);
+    let raw = entry.into_inner();
+
+    let Some(component) = raw.component else {
+        return Err(cx.err(position, "[[trigger.http]] has no `component`", "add `component = \"<component id>\"`"));
+    };
+    let component_position = cx.pos(&component);
+    let component = match component.into_inner() {
+        toml::Value::String(s) => s,
+        toml::Value::Table(_) => {
+            return Err(cx.err(
+                component_position,
+                "inline components are not supported by moa yet",
+                "declare the component as [component.<id>] and write `component = \"<id>\"`",
+            ));
+        }
+        _ => {
+            return Err(cx.err(component_position, "`component` must be a component id", "write `component = \"<component id>\"`"));
+        }
+    };
+    if !components.contains_key(&component) {
+        let known = components.keys().cloned().collect::<Vec<_>>().join(", ");
+        return Err(cx.err(
+            component_position,
+            format!("trigger references component `{component}`, which is not defined"),
+            if known.is_empty() {
+                format!("add a [component.{component}] table")
+            } else {
+                format!("add a [component.{component}] table, or use one of: {known}")
+            },
+        ));
+    }
+
+    let Some(route) = raw.route else {
+        return Err(cx.err(
+            position,
+            format!("[[trigger.http]] for `{component}` has no `route`"),
+            "add `route = \"/path\"` (or `route = { private = true }`)",
+        ));
+    };
+    let route_position = cx.pos(&route);
+    let route = match route.into_inner() {
+        toml::Value::String(path) => {
+            check_route(cx, route_position, &path)?;
+            HttpRoute::Path(path)
+        }
+        toml::Value::Table(t) if t.get("private").and_then(|v| v.as_bool()) == Some(true) => HttpRoute::Private,
+        _ => {
+            return Err(cx.err(
+                route_position,
+                "`route` must be a path string or `{ private = true }`",
+                "write `route = \"/orders/...\"`",
+            ));
+        }
+    };
+
+    if let Some(executor) = raw.executor {
+        let executor_position = cx.pos(&executor);
+        let kind = executor
+            .get_ref()
+            .as_table()
+            .and_then(|t| t.get("type"))
+            .and_then(|v| v.as_str())
+            .map(str::to_string);
+        match kind.as_deref() {
+            Some("spin") | Some("http") => {}
+            Some("wagi") => {
+                return Err(cx.err(
+                    executor_position,
+                    "the WAGI executor is not supported by moa",
+                    "build the component for wasi:http (spin-sdk or wit-bindgen) and remove `executor`",
+                ));
+            }
+            _ => {
+                return Err(cx.err(
+                    executor_position,
+                    "unknown `executor`",
+                    "remove `executor` (the default runs wasi:http components) or write `executor = { type = \"spin\" }`",
+                ));
+            }
+        }
+    }
+
+    Ok(HttpTrigger {
+        route,
+        component,
+        position,
+    })
+}
+
+fn check_route(cx: &Ctx, position: Position, route: &str) -> Result<(), ManifestError> {
+    if !route.starts_with('/') {
+        return Err(cx.err(position, format!("route `{route}` does not start with `/`"), format!("write `route = \"/{route}\"`")));
+    }
+    if let Some(idx) = route.find("...")
+        && !(route.ends_with("/...") && idx == route.len() - 3)
+    {
+        return Err(cx.err(
+            position,
+            format!("route `{route}` uses `...` other than as its last segment"),
+            "a wildcard route ends in `/...`, e.g. `/orders/...`",
+        ));
+    }
+    Ok(())
+}
+
+fn check_duplicate_routes(cx: &Ctx, triggers: &[HttpTrigger]) -> Result<(), ManifestError> {
+    let mut seen = BTreeSet::new();
+    for trigger in triggers {
+        if let HttpRoute::Path(route) = &trigger.route {
+            let normalized = normalize_route(route);
+            if !seen.insert(normalized.clone()) {
+                return Err(cx.err(
+                    trigger.position,
+                    format!("route `{route}` is used by more than one trigger"),
+                    "give each [[trigger.http]] its own route",
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Trailing slashes do not distinguish routes: `/a/` and `/a` are the same route.
+pub fn normalize_route(route: &str) -> String {
+    let trimmed = route.trim_end_matches('/');
+    if trimmed.is_empty() { "/".into() } else { trimmed.into() }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::{ManifestError, parse};
+    use std::path::Path;
+
+    const GOOD: &str = r#"
+spin_manifest_version = 2
+
+[application]
+name = "shop"
+
+[variables]
+greeting = { default = "hi" }
+api_host = { required = true }
+
+[[trigger.http]]
+route = "/hello/..."
+component = "hello"
+
+[[trigger.http]]
+route = { private = true }
+component = "hello"
+
+[component.hello]
+source = "hello.wasm"
+allowed_outbound_hosts = ["https://{{ api_host }}"]
+key_value_stores = ["default"]
+variables = { message = "{{ greeting }}, world" }
+[component.hello.build]
+command = "cargo build"
+"#;
+
+    fn err(text: &str) -> (usize, String) {
+        match parse(Path::new("spin.toml"), text) {
+            Err(e @ ManifestError::Invalid { .. }) => (e.position().map(|p| p.line).unwrap_or(0), e.to_string()),
+            Err(e) => panic!("unexpected {e}"),
+            Ok(_) => panic!("manifest was accepted"),
+        }
+    }
+
+    #[test]
+    fn a_complete_manifest_is_accepted() {
+        let m = parse(Path::new("spin.toml"), GOOD).unwrap();
+        assert_eq!(m.name, "shop");
+        assert_eq!(m.http_triggers.len(), 2);
+        let hello = &m.components["hello"];
+        assert_eq!(hello.key_value_stores[0].value, "default");
+        assert_eq!(hello.variables["message"].value, "{{ greeting }}, world");
+        assert_eq!(hello.build.as_ref().unwrap().commands, ["cargo build"]);
+    }
+
+    #[test]
+    fn unknown_component_reference_names_line_and_choices() {
+        let text = GOOD.replacen("component = \"hello\"", "component = \"helo\"", 1);
+        let (line, msg) = err(&text);
+        assert_eq!(line, 13);
+        assert!(msg.contains("`helo`") && msg.contains("use one of: hello"), "{msg}");
+    }
+
+    #[test]
+    fn undeclared_variable_in_template_is_rejected() {
+        let text = GOOD.replace("{{ greeting }}", "{{ greting }}");
+        let (line, msg) = err(&text);
+        assert_eq!(line, 22);
+        assert!(msg.contains("greting") && msg.contains("[variables]"), "{msg}");
+    }
+
+    #[test]
+    fn kafka_trigger_is_a_clear_error_until_supported() {
+        let text = format!("{GOOD}\n[[trigger.kafka]]\ntopic = \"orders\"\ncomponent = \"hello\"\n");
+        let (line, msg) = err(&text);
+        assert_eq!(line, 27);
+        assert!(msg.contains("`kafka` is not supported") && msg.contains("event backbone"), "{msg}");
+    }
+
+    #[test]
+    fn syntax_errors_and_missing_fields_carry_positions() {
+        let (line, msg) = err("spin_manifest_version = 2\n[application]\nname = \"x\"\n[component.a]\nsourc = \"a.wasm\"\n");
+        assert_eq!(line, 5);
+        assert!(msg.contains("unknown field `sourc`"), "{msg}");
+        let (line, _) = err("spin_manifest_version = 2\n[application\n");
+        assert_eq!(line, 2);
+    }
+
+    #[test]
+    fn version_one_and_bad_routes_are_rejected() {
+        let (_, msg) = err(&GOOD.replace("spin_manifest_version = 2", "spin_manifest_version = \"1\""));
+        assert!(msg.contains("version 2"), "{msg}");
+        let (line, msg) = err(&GOOD.replace("/hello/...", "hello"));
+        assert_eq!(line, 11);
+        assert!(msg.contains("does not start with `/`"), "{msg}");
+        let (_, msg) = err(&GOOD.replace("/hello/...", "/a/.../b"));
+        assert!(msg.contains("last segment"), "{msg}");
+    }
+}

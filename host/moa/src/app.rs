@@ -1,0 +1,240 @@
+//! Loads an app: manifest + runtime config -> configured capabilities and, for every triggered
+//! component, a compiled and pre-instantiated component with its grants and limits.
+
+use crate::capabilities::{self, AppCapabilities, ComponentGrants};
+use crate::engine::{LoadOrigin, MoaEngine};
+use crate::runtime_config::RuntimeConfig;
+use crate::state::HostState;
+use crate::telemetry::Metrics;
+use anyhow::{Context as _, Result, anyhow};
+use moa_manifest::{Component, FileMount, LoadedManifest};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use wasmtime::component::Linker;
+use wasmtime::{Store, StoreLimitsBuilder};
+use wasmtime_wasi::{FsPerms, WasiCtxBuilder};
+use wasmtime_wasi_http::WasiHttpCtx;
+use wasmtime_wasi_http::handler::ProxyPre;
+
+/// Host-wide limits, from the runtime config's `[limits]` (each component may lower or raise
+/// its own memory and timeout in `[component.<id>.moa]`).
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HostLimits {
+    /// Largest linear memory one instance may use, in MiB.
+    pub memory_limit_mb: u64,
+    /// How long one request may run (guest CPU and waiting) before it is interrupted.
+    pub request_timeout_ms: u64,
+    /// Largest request body accepted; larger ones get 413.
+    pub max_request_body_bytes: u64,
+    /// How many requests one instance serves before it is discarded (1 = a fresh instance per
+    /// request, the default and the isolation guarantee).
+    pub max_instance_reuse: usize,
+}
+
+impl Default for HostLimits {
+    fn default() -> Self {
+        HostLimits {
+            memory_limit_mb: 128,
+            request_timeout_ms: 30_000,
+            max_request_body_bytes: 10 * 1024 * 1024,
+            max_instance_reuse: 1,
+        }
+    }
+}
+
+/// Which `wasi:http` world a component exports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HttpWorld {
+    /// `wasi:http/incoming-handler@0.2.x` (wit-bindgen, spin-sdk <= 5).
+    P2,
+    /// `wasi:http/handler@0.3.0` (spin-sdk 7).
+    P3,
+}
+
+impl HttpWorld {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HttpWorld::P2 => "wasi:http@0.2",
+            HttpWorld::P3 => "wasi:http@0.3",
+        }
+    }
+}
+
+/// One component ready to be instantiated per request.
+pub struct AppComponent {
+    pub id: String,
+    pub pre: ProxyPre<HostState>,
+    pub world: HttpWorld,
+    pub grants: ComponentGrants,
+    pub memory_limit_bytes: usize,
+    pub request_timeout: Duration,
+    pub max_instance_reuse: usize,
+    pub origin: LoadOrigin,
+    pub load_time: Duration,
+    environment: Vec<(String, String)>,
+    mounts: Vec<(PathBuf, String)>,
+}
+
+impl AppComponent {
+    /// A fresh store for one instance: WASI context, limits and the epoch deadline set.
+    pub fn new_store(&self, engine: &MoaEngine) -> Result<Store<HostState>> {
+        let mut wasi = WasiCtxBuilder::new();
+        wasi.inherit_stdout().inherit_stderr();
+        for (key, value) in &self.environment {
+            wasi.env(key, value);
+        }
+        for (host, guest) in &self.mounts {
+            wasi.preopened_dir(host, guest, FsPerms::ReadOnly)
+                .map_err(anyhow::Error::from)
+                .with_context(|| format!("cannot mount {} at {guest}", host.display()))?;
+        }
+        let state = HostState {
+            wasi: wasi.build(),
+            http: WasiHttpCtx::new(),
+            table: Default::default(),
+            limits: StoreLimitsBuilder::new()
+                .memory_size(self.memory_limit_bytes)
+                .trap_on_grow_failure(true)
+                .build(),
+            capabilities: self.grants.instance_state(),
+        };
+        let mut store = Store::new(engine.engine(), state);
+        store.limiter(|state| &mut state.limits);
+        store.set_epoch_deadline(MoaEngine::ticks_for(self.request_timeout));
+        store.epoch_deadline_trap();
+        Ok(store)
+    }
+}
+
+/// A loaded app: its manifest, capabilities and components.
+pub struct App {
+    pub manifest: LoadedManifest,
+    pub capabilities: AppCapabilities,
+    pub components: BTreeMap<String, Arc<AppComponent>>,
+    pub limits: HostLimits,
+}
+
+impl App {
+    /// Loads every triggered component. `on_loaded` is told about each one (for progress output).
+    pub fn load(
+        engine: &MoaEngine,
+        manifest: LoadedManifest,
+        runtime_config: &RuntimeConfig,
+        state_dir: &Path,
+        metrics: Arc<Metrics>,
+        mut on_loaded: impl FnMut(&AppComponent),
+    ) -> Result<App> {
+        let limits: HostLimits = runtime_config.section("limits")?.unwrap_or_default();
+        if limits.max_instance_reuse == 0 || limits.request_timeout_ms == 0 || limits.memory_limit_mb == 0 {
+            anyhow::bail!(
+                "{}: [limits] values must be greater than zero\n  help: remove a key to use its default",
+                runtime_config.describe()
+            );
+        }
+        let capabilities = AppCapabilities::configure(runtime_config, state_dir, &manifest, metrics)?;
+
+        let mut linker = Linker::<HostState>::new(engine.engine());
+        capabilities::link(&mut linker)?;
+
+        let mut components = BTreeMap::new();
+        for component in manifest.manifest.triggered_components() {
+            let loaded = load_component(engine, &linker, &manifest, &capabilities, component, &limits)?;
+            on_loaded(&loaded);
+            components.insert(component.id.clone(), Arc::new(loaded));
+        }
+        Ok(App {
+            manifest,
+            capabilities,
+            components,
+            limits,
+        })
+    }
+}
+
+fn load_component(
+    engine: &MoaEngine,
+    linker: &Linker<HostState>,
+    app: &LoadedManifest,
+    capabilities: &AppCapabilities,
+    component: &Component,
+    limits: &HostLimits,
+) -> Result<AppComponent> {
+    let started = Instant::now();
+    let source = app.base_dir.join(&component.source.value);
+    let (compiled, origin) = engine
+        .load_component(&source)
+        .with_context(|| format!("{}:{}: component `{}`", app.path.display(), component.source.position, component.id))?;
+    let instance_pre = linker.instantiate_pre(&compiled).map_err(|err| {
+        anyhow!(
+            "component `{}` ({}) cannot be linked: {err}\n  help: moa provides WASI 0.2/0.3, wasi:http, spin:key-value@3.0.0 and spin:variables@3.0.0; remove the other imports or use a newer moa",
+            component.id,
+            source.display()
+        )
+    })?;
+    let (pre, world) = match wasmtime_wasi_http::p3::bindings::ServicePre::new(instance_pre.clone()) {
+        Ok(pre) => (ProxyPre::P3(pre), HttpWorld::P3),
+        Err(_) => match wasmtime_wasi_http::p2::bindings::ProxyPre::new(instance_pre) {
+            Ok(pre) => (ProxyPre::P2(pre), HttpWorld::P2),
+            Err(_) => anyhow::bail!(
+                "component `{}` ({}) is not an HTTP component: it exports neither wasi:http/handler@0.3.0 nor wasi:http/incoming-handler@0.2.x\n  help: build it with spin-sdk's #[http_service] or wit-bindgen's wasi:http/proxy world",
+                component.id,
+                source.display()
+            ),
+        },
+    };
+
+    let memory_mb = component.limits.memory_limit_mb.unwrap_or(limits.memory_limit_mb);
+    let timeout_ms = component.limits.request_timeout_ms.unwrap_or(limits.request_timeout_ms);
+    Ok(AppComponent {
+        id: component.id.clone(),
+        pre,
+        world,
+        grants: capabilities.grants_for(app, component)?,
+        memory_limit_bytes: usize::try_from(memory_mb.saturating_mul(1 << 20)).unwrap_or(usize::MAX),
+        request_timeout: Duration::from_millis(timeout_ms),
+        max_instance_reuse: limits.max_instance_reuse,
+        origin,
+        load_time: started.elapsed(),
+        environment: component.environment.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        mounts: mounts(app, component)?,
+    })
+}
+
+/// Turns `files` entries into directory mounts. A glob mounts the directory before its first
+/// wildcard at the same relative path in the guest (read-only).
+fn mounts(app: &LoadedManifest, component: &Component) -> Result<Vec<(PathBuf, String)>> {
+    let mut out = Vec::new();
+    for mount in &component.files {
+        let (host, guest) = match mount {
+            FileMount::Directory { source, destination } => (app.base_dir.join(source), destination.clone()),
+            FileMount::Pattern(pattern) => {
+                let prefix: Vec<&str> = pattern
+                    .split('/')
+                    .take_while(|part| !part.contains(['*', '?', '[']))
+                    .collect();
+                let mut relative = prefix.join("/");
+                let host = app.base_dir.join(&relative);
+                if host.is_file() {
+                    relative = Path::new(&relative)
+                        .parent()
+                        .map(|p| p.to_string_lossy().into_owned())
+                        .unwrap_or_default();
+                }
+                (app.base_dir.join(&relative), format!("/{relative}"))
+            }
+        };
+        if !host.is_dir() {
+            anyhow::bail!(
+                "{}: component `{}` mounts {}, which is not a directory\n  help: fix the `files` entry or create the directory",
+                app.path.display(),
+                component.id,
+                host.display()
+            );
+        }
+        out.push((host, guest));
+    }
+    Ok(out)
+}

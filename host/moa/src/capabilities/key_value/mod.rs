@@ -1,0 +1,141 @@
+//! Key-value capability: `spin:key-value/key-value@3.0.0` for components, backed by an embedded
+//! SQLite store by default; the runtime config's `[key_value_store.<label>]` picks the backend.
+
+mod embedded;
+mod host;
+
+use crate::runtime_config::RuntimeConfig;
+use anyhow::{Result, bail};
+use async_trait::async_trait;
+use moa_manifest::LoadedManifest;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+pub use host::{KeyValue, KeyValueView, add_to_linker};
+
+mod bindings {
+    wasmtime::component::bindgen!({
+        path: "../../wit",
+        world: "moa:host/key-value",
+        imports: { default: trappable },
+        with: {
+            "spin:key-value/key-value.store": super::host::OpenStore,
+        },
+    });
+}
+
+/// An error from a backend, turned into the WIT `error::other` for the component.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyValueError {
+    #[error("{0}")]
+    Other(String),
+}
+
+/// A place key-value data lives. One backend may serve several store labels.
+#[async_trait]
+pub trait KeyValueBackend: Send + Sync {
+    async fn get(&self, store: &str, key: &str) -> Result<Option<Vec<u8>>, KeyValueError>;
+    async fn set(&self, store: &str, key: &str, value: Vec<u8>) -> Result<(), KeyValueError>;
+    async fn delete(&self, store: &str, key: &str) -> Result<(), KeyValueError>;
+    async fn exists(&self, store: &str, key: &str) -> Result<bool, KeyValueError>;
+    async fn get_keys(&self, store: &str) -> Result<Vec<String>, KeyValueError>;
+}
+
+/// `[key_value_store.<label>]` in the runtime config.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StoreConfig {
+    #[serde(rename = "type")]
+    kind: String,
+    path: Option<PathBuf>,
+}
+
+/// The label every app has, even with no runtime config.
+pub const DEFAULT_STORE: &str = "default";
+
+/// All configured stores of one app, shared by every instance.
+#[derive(Clone)]
+pub struct KeyValueStores {
+    backends: Arc<BTreeMap<String, Arc<dyn KeyValueBackend>>>,
+}
+
+impl KeyValueStores {
+    /// Reads `[key_value_store]` (the `default` store is embedded SQLite under `state_dir` unless
+    /// configured) and checks that every component's `key_value_stores` label exists.
+    pub fn configure(runtime_config: &RuntimeConfig, state_dir: &Path, app: &LoadedManifest) -> Result<Self> {
+        let configs: BTreeMap<String, StoreConfig> = runtime_config.section("key_value_store")?.unwrap_or_default();
+        let mut backends: BTreeMap<String, Arc<dyn KeyValueBackend>> = BTreeMap::new();
+        let mut default_sqlite: Option<Arc<dyn KeyValueBackend>> = None;
+        for (label, config) in &configs {
+            let backend: Arc<dyn KeyValueBackend> = match config.kind.as_str() {
+                "spin" | "sqlite" => {
+                    let path = match &config.path {
+                        Some(p) if p.is_relative() => runtime_config.base_dir().unwrap_or(Path::new(".")).join(p),
+                        Some(p) => p.clone(),
+                        None => state_dir.join(format!("key_value.{label}.db")),
+                    };
+                    Arc::new(embedded::SqliteStore::open(&path)?)
+                }
+                "redis" => bail!(
+                    "{}: [key_value_store.{label}] type `redis` is not available in this version of moa\n  help: use type = \"spin\" (embedded SQLite) until the Redis backend lands",
+                    runtime_config.describe()
+                ),
+                other => bail!(
+                    "{}: [key_value_store.{label}] has unknown type `{other}`\n  help: use type = \"spin\" (embedded SQLite)",
+                    runtime_config.describe()
+                ),
+            };
+            backends.insert(label.clone(), backend);
+        }
+        if !backends.contains_key(DEFAULT_STORE) {
+            let sqlite = Arc::new(embedded::SqliteStore::open(&state_dir.join("key_value.db"))?) as Arc<dyn KeyValueBackend>;
+            default_sqlite = Some(sqlite.clone());
+            backends.insert(DEFAULT_STORE.into(), sqlite);
+        }
+        drop(default_sqlite);
+
+        for component in app.manifest.components.values() {
+            for label in &component.key_value_stores {
+                if !backends.contains_key(&label.value) {
+                    bail!(
+                        "{}:{}: component `{}` uses key-value store `{}`, which is not defined\n  help: add [key_value_store.{}] with type = \"spin\" to the runtime config, or use the \"default\" store",
+                        app.path.display(),
+                        label.position,
+                        component.id,
+                        label.value,
+                        label.value
+                    );
+                }
+            }
+        }
+        Ok(KeyValueStores {
+            backends: Arc::new(backends),
+        })
+    }
+
+    /// The per-component grant: which labels this component may open.
+    pub fn grant(&self, allowed: &[String]) -> KeyValueGrant {
+        KeyValueGrant {
+            stores: self.clone(),
+            allowed: allowed.iter().cloned().collect::<Vec<_>>().into(),
+        }
+    }
+}
+
+/// One component's view of the stores: the shared backends plus the labels it may open.
+#[derive(Clone)]
+pub struct KeyValueGrant {
+    stores: KeyValueStores,
+    allowed: Arc<[String]>,
+}
+
+impl KeyValueGrant {
+    fn open(&self, label: &str) -> Result<Arc<dyn KeyValueBackend>, bindings::spin::key_value::key_value::Error> {
+        use bindings::spin::key_value::key_value::Error;
+        if !self.allowed.iter().any(|l| l == label) {
+            return Err(Error::AccessDenied);
+        }
+        self.stores.backends.get(label).cloned().ok_or(Error::NoSuchStore)
+    }
+}

@@ -1,0 +1,108 @@
+//! Host capabilities, each shaped like a Spin factor: `link` (add its WIT imports to the linker),
+//! `configure` (runtime config + per-component grants at load), and a cheap per-instance state.
+
+pub mod key_value;
+pub mod outbound_http;
+pub mod variables;
+
+use crate::runtime_config::RuntimeConfig;
+use crate::state::HostState;
+use crate::telemetry::Metrics;
+use anyhow::Result;
+use key_value::{KeyValueGrant, KeyValueStores};
+use moa_manifest::{Component, LoadedManifest};
+use outbound_http::{AllowedHosts, InternalHttpSlot, OutboundHttpHooks};
+use std::path::Path;
+use std::sync::Arc;
+use variables::{AppVariables, ComponentVariables};
+use wasmtime::component::Linker;
+
+/// Step 1, once per engine: every import moa offers (WASI p2 + p3, wasi:http p2 + p3, Spin's).
+pub fn link(linker: &mut Linker<HostState>) -> Result<()> {
+    wasmtime_wasi::p2::add_to_linker_async(linker)?;
+    wasmtime_wasi_http::p2::add_only_http_to_linker_async(linker)?;
+    wasmtime_wasi::p3::add_to_linker(linker)?;
+    wasmtime_wasi_http::p3::add_to_linker(linker)?;
+    key_value::add_to_linker(linker, |state| key_value::KeyValueView {
+        grant: &state.capabilities.key_value,
+        table: &mut state.table,
+    })?;
+    variables::add_to_linker(linker, |state| &state.capabilities.variables)?;
+    Ok(())
+}
+
+/// Step 2, once per app load: the app-wide backends, checked against the manifest.
+pub struct AppCapabilities {
+    key_value: KeyValueStores,
+    variables: AppVariables,
+    internal_http: InternalHttpSlot,
+    metrics: Arc<Metrics>,
+}
+
+impl AppCapabilities {
+    pub fn configure(
+        runtime_config: &RuntimeConfig,
+        state_dir: &Path,
+        app: &LoadedManifest,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self> {
+        Ok(AppCapabilities {
+            key_value: KeyValueStores::configure(runtime_config, state_dir, app)?,
+            variables: AppVariables::resolve(runtime_config, app)?,
+            internal_http: Default::default(),
+            metrics,
+        })
+    }
+
+    /// The slot the HTTP trigger fills with its router, for `http://self` and `*.spin.internal`.
+    pub fn internal_http(&self) -> &InternalHttpSlot {
+        &self.internal_http
+    }
+
+    /// One component's grants, computed once at load.
+    pub fn grants_for(&self, app: &LoadedManifest, component: &Component) -> Result<ComponentGrants> {
+        let stores = component.key_value_stores.iter().map(|s| s.value.clone()).collect::<Vec<_>>();
+        Ok(ComponentGrants {
+            component_id: component.id.as_str().into(),
+            key_value: self.key_value.grant(&stores),
+            variables: self.variables.for_component(component)?,
+            allowed_hosts: Arc::new(outbound_http::configure(app, component, &self.variables)?),
+            internal_http: self.internal_http.clone(),
+            metrics: self.metrics.clone(),
+        })
+    }
+}
+
+/// What one component may use; cloned cheaply into every instance.
+#[derive(Clone)]
+pub struct ComponentGrants {
+    component_id: Arc<str>,
+    key_value: KeyValueGrant,
+    variables: ComponentVariables,
+    allowed_hosts: Arc<AllowedHosts>,
+    internal_http: InternalHttpSlot,
+    metrics: Arc<Metrics>,
+}
+
+impl ComponentGrants {
+    /// Step 3, per instance.
+    pub fn instance_state(&self) -> CapabilityState {
+        CapabilityState {
+            key_value: self.key_value.clone(),
+            variables: self.variables.clone(),
+            outbound_http: OutboundHttpHooks {
+                component_id: self.component_id.clone(),
+                allowed: self.allowed_hosts.clone(),
+                internal: self.internal_http.clone(),
+                metrics: self.metrics.clone(),
+            },
+        }
+    }
+}
+
+/// Per-instance capability state held in the store.
+pub struct CapabilityState {
+    pub key_value: KeyValueGrant,
+    pub variables: ComponentVariables,
+    pub outbound_http: OutboundHttpHooks,
+}

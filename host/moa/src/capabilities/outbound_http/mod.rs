@@ -1,0 +1,125 @@
+//! Outbound HTTP capability: `wasi:http` outgoing requests (p2 and p3) restricted to the
+//! component's `allowed_outbound_hosts`; denied requests fail in the guest, never connect.
+
+mod allowed_hosts;
+
+pub use allowed_hosts::{AllowedHost, AllowedHosts};
+
+use crate::capabilities::variables::AppVariables;
+use anyhow::{Result, anyhow};
+use futures::future::BoxFuture;
+use moa_manifest::{Component, LoadedManifest};
+use std::sync::{Arc, OnceLock};
+use wasmtime_wasi_http::{Error as HttpError, RequestOptions, WasiBody, WasiHttpHooks};
+
+/// Suffix of hosts that name another component of this app (Spin's local service chaining).
+pub const INTERNAL_HOST_SUFFIX: &str = ".spin.internal";
+
+/// Where an in-app request goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum InternalTarget {
+    /// `http://self/...` or a relative URI: routed by the app's HTTP router (public routes).
+    App,
+    /// `http://<id>.spin.internal/...`: straight to component `<id>`, private or not.
+    Component(String),
+}
+
+/// Serves in-app requests; implemented by the HTTP trigger.
+pub trait InternalHttp: Send + Sync {
+    fn dispatch(
+        &self,
+        target: InternalTarget,
+        request: http::Request<WasiBody>,
+    ) -> BoxFuture<'static, Result<http::Response<WasiBody>, HttpError>>;
+}
+
+/// Late-bound handle to the app's internal dispatcher (the router exists only after every
+/// component is loaded).
+pub type InternalHttpSlot = Arc<OnceLock<Arc<dyn InternalHttp>>>;
+
+/// Parses each component's allow-list (rendering `{{ var }}` templates) at load time.
+pub fn configure(app: &LoadedManifest, component: &Component, variables: &AppVariables) -> Result<AllowedHosts> {
+    let mut entries = Vec::new();
+    for entry in &component.allowed_outbound_hosts {
+        let rendered = variables.render(&entry.value)?;
+        let host = AllowedHost::parse(&rendered).map_err(|why| {
+            anyhow!(
+                "{}:{}: component `{}` has an invalid allowed_outbound_hosts entry: {why}",
+                app.path.display(),
+                entry.position,
+                component.id
+            )
+        })?;
+        entries.push(host);
+    }
+    Ok(AllowedHosts::new(entries))
+}
+
+/// Per-instance hooks given to wasmtime-wasi-http: the allow-list check and in-app dispatch.
+pub struct OutboundHttpHooks {
+    pub component_id: Arc<str>,
+    pub allowed: Arc<AllowedHosts>,
+    pub internal: InternalHttpSlot,
+    pub metrics: Arc<crate::telemetry::Metrics>,
+}
+
+type SendResult = Result<(http::Response<WasiBody>, Box<dyn Future<Output = Result<(), HttpError>> + Send>), HttpError>;
+
+impl OutboundHttpHooks {
+    fn internal_target(&self, uri: &http::Uri) -> Option<Result<InternalTarget, ()>> {
+        match uri.host() {
+            None | Some("self") | Some("self.alt") => {
+                Some(if self.allowed.allows_self() { Ok(InternalTarget::App) } else { Err(()) })
+            }
+            Some(host) => {
+                let id = host.strip_suffix(INTERNAL_HOST_SUFFIX)?;
+                Some(if self.allowed.allows_uri(uri) { Ok(InternalTarget::Component(id.to_string())) } else { Err(()) })
+            }
+        }
+    }
+}
+
+impl WasiHttpHooks for OutboundHttpHooks {
+    fn send_request(
+        &mut self,
+        request: http::Request<WasiBody>,
+        options: Option<RequestOptions>,
+        fut: Box<dyn Future<Output = Result<(), HttpError>> + Send>,
+    ) -> Box<dyn Future<Output = SendResult> + Send> {
+        drop(fut);
+        let uri = request.uri().clone();
+        let metrics = self.metrics.clone();
+        let denied = |component: &str| {
+            tracing::warn!(component, %uri, "outbound request denied: not in allowed_outbound_hosts");
+            metrics.outbound_denied(component);
+        };
+        match self.internal_target(&uri) {
+            Some(Ok(target)) => {
+                let Some(internal) = self.internal.get().cloned() else {
+                    return Box::new(async { Err(HttpError::InternalError(Some("app router not ready".into()))) });
+                };
+                return Box::new(async move {
+                    let response = internal.dispatch(target, request).await?;
+                    Ok((response, Box::new(async { Ok(()) }) as Box<dyn Future<Output = _> + Send>))
+                });
+            }
+            Some(Err(())) => {
+                denied(&self.component_id);
+                return Box::new(async { Err(HttpError::HttpRequestDenied) });
+            }
+            None => {}
+        }
+        if !self.allowed.allows_uri(&uri) {
+            denied(&self.component_id);
+            return Box::new(async { Err(HttpError::HttpRequestDenied) });
+        }
+        Box::new(async move {
+            use http_body_util::BodyExt;
+            let (response, io) = wasmtime_wasi_http::default_send_request(request, options).await?;
+            Ok((
+                response.map(BodyExt::boxed_unsync),
+                Box::new(io) as Box<dyn Future<Output = Result<(), HttpError>> + Send>,
+            ))
+        })
+    }
+}

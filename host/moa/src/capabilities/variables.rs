@@ -1,0 +1,119 @@
+//! Variables capability: `spin:variables/variables@3.0.0`. Application variables resolve once at
+//! load from env (`MOA_VARIABLE_*`, `SPIN_VARIABLE_*`), the runtime config `[variables]`, then defaults.
+
+use crate::runtime_config::{RuntimeConfig, ValueSource};
+use anyhow::{Result, bail};
+use bindings::spin::variables::variables::{self, Error};
+use moa_manifest::template::{Template, is_valid_variable_name};
+use moa_manifest::{Component, LoadedManifest};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use wasmtime::component::{Accessor, HasData, Linker};
+
+mod bindings {
+    wasmtime::component::bindgen!({
+        path: "../../wit",
+        world: "moa:host/variables",
+        imports: { default: trappable },
+    });
+}
+
+/// The application's variables with their values resolved.
+#[derive(Debug, Clone, Default)]
+pub struct AppVariables {
+    values: BTreeMap<String, String>,
+}
+
+impl AppVariables {
+    /// Resolves every `[variables]` entry; a required variable with no value is an error that
+    /// says how to supply it.
+    pub fn resolve(runtime_config: &RuntimeConfig, app: &LoadedManifest) -> Result<Self> {
+        let configured: BTreeMap<String, ValueSource> = runtime_config.section("variables")?.unwrap_or_default();
+        for name in configured.keys() {
+            if !app.manifest.variables.contains_key(name) {
+                bail!(
+                    "{}: [variables] sets `{name}`, which {} does not declare\n  help: declare it under [variables] in the manifest or remove it from the runtime config",
+                    runtime_config.describe(),
+                    app.path.display()
+                );
+            }
+        }
+        let mut values = BTreeMap::new();
+        for (name, decl) in &app.manifest.variables {
+            let upper = name.to_ascii_uppercase();
+            let from_env = ["MOA_VARIABLE_", "SPIN_VARIABLE_"]
+                .iter()
+                .find_map(|prefix| std::env::var(format!("{prefix}{upper}")).ok());
+            let value = match (from_env, configured.get(name), &decl.default) {
+                (Some(v), _, _) => v,
+                (None, Some(source), _) => source.resolve(&format!("runtime config variable `{name}`"))?,
+                (None, None, Some(default)) => default.clone(),
+                (None, None, None) => bail!(
+                    "variable `{name}` is required but has no value\n  help: export MOA_VARIABLE_{upper}=... (or SPIN_VARIABLE_{upper}), or set `{name} = \"...\"` under [variables] in the runtime config"
+                ),
+            };
+            values.insert(name.clone(), value);
+        }
+        Ok(AppVariables { values })
+    }
+
+    /// Renders a `{{ var }}` template (already checked against the manifest at parse time).
+    pub fn render(&self, template: &str) -> Result<String> {
+        let template = Template::parse(template).map_err(anyhow::Error::msg)?;
+        template.render(|name| {
+            self.values
+                .get(name)
+                .cloned()
+                .ok_or_else(|| anyhow::anyhow!("variable `{name}` is not declared"))
+        })
+    }
+
+    /// The component's own variables (`[component.<id>.variables]`), rendered.
+    pub fn for_component(&self, component: &Component) -> Result<ComponentVariables> {
+        let mut values = BTreeMap::new();
+        for (name, template) in &component.variables {
+            values.insert(name.clone(), self.render(&template.value)?);
+        }
+        Ok(ComponentVariables {
+            values: Arc::new(values),
+        })
+    }
+}
+
+/// The variables one component may read.
+#[derive(Debug, Clone, Default)]
+pub struct ComponentVariables {
+    values: Arc<BTreeMap<String, String>>,
+}
+
+/// Marker type naming this capability in the linker.
+pub struct Variables;
+
+impl HasData for Variables {
+    type Data<'a> = &'a ComponentVariables;
+}
+
+/// Adds `spin:variables@3.0.0` to the linker; `view` projects the store data.
+pub fn add_to_linker<T: Send + 'static>(linker: &mut Linker<T>, view: fn(&mut T) -> &ComponentVariables) -> wasmtime::Result<()> {
+    variables::add_to_linker::<T, Variables>(linker, view)
+}
+
+impl variables::Host for &ComponentVariables {}
+
+impl<T: Send> variables::HostWithStore<T> for Variables {
+    async fn get(accessor: &Accessor<T, Self>, name: String) -> wasmtime::Result<Result<String, Error>> {
+        if !is_valid_variable_name(&name) {
+            return Ok(Err(Error::InvalidName(format!(
+                "`{name}`: variable names use lowercase letters, digits and `_`"
+            ))));
+        }
+        Ok(accessor.with(|mut access| {
+            access
+                .get()
+                .values
+                .get(&name)
+                .cloned()
+                .ok_or_else(|| Error::Undefined(format!("no variable `{name}` for this component")))
+        }))
+    }
+}

@@ -1,0 +1,177 @@
+//! `moa up`: load the app, print its routes, serve HTTP (and the admin listener with
+//! `/metrics`) until Ctrl-C or SIGTERM, then drain in-flight requests.
+
+use anyhow::{Context as _, Result};
+use clap::Args;
+use moa::app::App;
+use moa::engine::{EngineSettings, MoaEngine};
+use moa::runtime_config::RuntimeConfig;
+use moa::telemetry::{self, LogFormat, Metrics};
+use moa::triggers::http::{HttpTrigger, bind};
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+#[derive(Args, Debug)]
+pub struct UpArgs {
+    /// The app's manifest, or a directory holding spin.toml.
+    #[arg(short = 'f', long = "from", value_name = "MANIFEST")]
+    pub from: Option<PathBuf>,
+
+    /// Address to serve HTTP triggers on (port 0 picks a free port).
+    #[arg(long, default_value = "127.0.0.1:3000", env = "MOA_LISTEN")]
+    pub listen: SocketAddr,
+
+    /// Runtime config (TOML): key-value backends, variables, limits. Without it every capability
+    /// uses its embedded default.
+    #[arg(long, value_name = "FILE", env = "MOA_RUNTIME_CONFIG_FILE")]
+    pub runtime_config_file: Option<PathBuf>,
+
+    /// Where embedded backends keep data (default: `.moa` next to the manifest).
+    #[arg(long, value_name = "DIR", env = "MOA_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
+
+    /// Admin listener for Prometheus `/metrics` and `/healthz` (off unless given).
+    #[arg(long, value_name = "ADDR", env = "MOA_ADMIN_LISTEN")]
+    pub admin_listen: Option<SocketAddr>,
+
+    /// Log line format on stderr.
+    #[arg(long, value_enum, default_value = "json", env = "MOA_LOG_FORMAT")]
+    pub log_format: LogFormat,
+
+    /// Run `moa build` first.
+    #[arg(long)]
+    pub build: bool,
+
+    /// How long to wait for in-flight requests on shutdown, in seconds.
+    #[arg(long, default_value = "10", value_name = "SECONDS")]
+    pub drain_timeout: u64,
+}
+
+pub fn run(args: UpArgs) -> Result<()> {
+    let manifest_path = super::manifest_path(args.from.as_deref())?;
+    if args.build {
+        super::build::run(&super::build::BuildArgs {
+            from: Some(manifest_path.clone()),
+            component: Vec::new(),
+        })?;
+    }
+    let _telemetry = telemetry::init(args.log_format)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(serve(args, manifest_path))
+}
+
+async fn serve(args: UpArgs, manifest_path: PathBuf) -> Result<()> {
+    let manifest = moa_manifest::load(&manifest_path)?;
+    let runtime_config = match &args.runtime_config_file {
+        Some(path) => RuntimeConfig::load(path)?,
+        None => RuntimeConfig::default(),
+    };
+    let engine_settings = runtime_config
+        .section::<EngineSection>("engine")?
+        .map(EngineSection::into_settings)
+        .unwrap_or_default();
+    let engine = Arc::new(MoaEngine::new(&engine_settings)?);
+    let state_dir = args.state_dir.clone().unwrap_or_else(|| manifest.base_dir.join(".moa"));
+    let metrics = Arc::new(Metrics::new());
+
+    let mut stdout = std::io::stdout();
+    let app = {
+        let engine = engine.clone();
+        let metrics = metrics.clone();
+        let runtime_config = runtime_config.clone();
+        tokio::task::spawn_blocking(move || {
+            App::load(&engine, manifest, &runtime_config, &state_dir, metrics, |component| {
+                println!(
+                    "Loaded component `{}` ({}, {} in {:.2}s)",
+                    component.id,
+                    component.world.as_str(),
+                    component.origin.as_str(),
+                    component.load_time.as_secs_f64()
+                );
+            })
+        })
+        .await
+        .context("component loading panicked")??
+    };
+
+    let trigger = HttpTrigger::new(&app, engine.clone(), metrics.clone());
+    let listener = bind(args.listen).await?;
+    let address = listener.local_addr()?;
+    println!("Serving http://{address}");
+    println!("Available Routes:");
+    for route in trigger.router().routes() {
+        let (path, note) = match route.full.strip_suffix("/...") {
+            Some(prefix) => (prefix.to_string(), " (wildcard)"),
+            None if route.full == "/..." => ("/".to_string(), " (wildcard)"),
+            None => (route.full.clone(), ""),
+        };
+        println!("  {}: http://{address}{path}{note}", route.component);
+    }
+    if let Some(admin) = args.admin_listen {
+        let admin_listener = tokio::net::TcpListener::bind(admin)
+            .await
+            .with_context(|| format!("cannot listen on {admin} for the admin endpoint: pick another with --admin-listen"))?;
+        println!("Admin: http://{}/metrics", admin_listener.local_addr()?);
+        tokio::spawn(moa::telemetry::serve_admin(admin_listener, metrics.clone()));
+    }
+    stdout.flush()?;
+
+    tracing::info!(address = %address, app = %app.manifest.manifest.name, "serving");
+    trigger
+        .serve(listener, shutdown_signal(), Duration::from_secs(args.drain_timeout))
+        .await
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(term) => term,
+            Err(_) => {
+                let _ = ctrl_c.await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = ctrl_c => {},
+            _ = term.recv() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}
+
+/// `[engine]` in the runtime config.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EngineSection {
+    max_instances: Option<u32>,
+    max_memory_mb: Option<u64>,
+    cache_dir: Option<PathBuf>,
+    /// `false` turns the compile cache off.
+    cache: Option<bool>,
+}
+
+impl EngineSection {
+    fn into_settings(self) -> EngineSettings {
+        let defaults = EngineSettings::default();
+        EngineSettings {
+            max_instances: self.max_instances.unwrap_or(defaults.max_instances),
+            max_memory_mb: self.max_memory_mb.unwrap_or(defaults.max_memory_mb),
+            cache_dir: match self.cache {
+                Some(false) => None,
+                _ => self.cache_dir.or(defaults.cache_dir),
+            },
+        }
+    }
+}

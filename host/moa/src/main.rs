@@ -1,0 +1,48 @@
+//! The `moa` command line: `up` serves an app, `build` builds its components, `new` starts a
+//! component from a template. Errors print as `Error: ...` with a hint, and exit non-zero.
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+mod cli;
+
+/// moa runs WebAssembly components described by a Spin manifest (spin.toml).
+///
+/// Typical use: `moa new http-rust hello`, `moa build`, `moa up`.
+#[derive(Parser)]
+#[command(name = "moa", version, about, long_about = None, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the app's triggers (HTTP) from its spin.toml.
+    Up(cli::up::UpArgs),
+    /// Run every component's `build.command` from spin.toml.
+    Build(cli::build::BuildArgs),
+    /// Create a new component from a template (http-rust, http-wit).
+    New(cli::new::NewArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Up(args) => cli::up::run(args),
+        Command::Build(args) => cli::build::run(&args).map(|_| ()),
+        Command::New(args) => cli::new::run(&args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("Error: {err}");
+            let mut source = err.source();
+            while let Some(cause) = source {
+                eprintln!("  caused by: {cause}");
+                source = cause.source();
+            }
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,149 @@
+//! Prometheus metrics of the host (requests, latency, instantiation time, traps, deadline hits,
+//! denied outbound calls), rendered in the text exposition format on the admin listener.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use std::time::Duration;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ComponentLabels {
+    component: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    component: String,
+    status: u16,
+}
+
+fn latency_histogram() -> Histogram {
+    // 100 µs .. ~26 s
+    Histogram::new(exponential_buckets(0.0001, 2.0, 18))
+}
+
+/// All host metrics; one per process, passed to whoever records.
+pub struct Metrics {
+    registry: Registry,
+    requests: Family<RequestLabels, Counter>,
+    request_duration: Family<ComponentLabels, Histogram, fn() -> Histogram>,
+    instantiation_duration: Family<ComponentLabels, Histogram, fn() -> Histogram>,
+    traps: Family<ComponentLabels, Counter>,
+    deadline_exceeded: Family<ComponentLabels, Counter>,
+    outbound_denied: Family<ComponentLabels, Counter>,
+    in_flight: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("moa");
+        let requests = Family::<RequestLabels, Counter>::default();
+        let request_duration = Family::<ComponentLabels, Histogram, fn() -> Histogram>::new_with_constructor(latency_histogram as fn() -> Histogram);
+        let instantiation_duration =
+            Family::<ComponentLabels, Histogram, fn() -> Histogram>::new_with_constructor(latency_histogram as fn() -> Histogram);
+        let traps = Family::<ComponentLabels, Counter>::default();
+        let deadline_exceeded = Family::<ComponentLabels, Counter>::default();
+        let outbound_denied = Family::<ComponentLabels, Counter>::default();
+        let in_flight = Gauge::default();
+        registry.register("http_requests", "HTTP requests served, by component and status", requests.clone());
+        registry.register(
+            "http_request_duration_seconds",
+            "Time from request received to response head sent",
+            request_duration.clone(),
+        );
+        registry.register(
+            "instantiation_duration_seconds",
+            "Time to instantiate a component from its pre-instantiated form",
+            instantiation_duration.clone(),
+        );
+        registry.register("traps", "Component traps (the request got a 500)", traps.clone());
+        registry.register(
+            "deadline_exceeded",
+            "Requests whose component ran past its deadline and was interrupted",
+            deadline_exceeded.clone(),
+        );
+        registry.register(
+            "outbound_http_denied",
+            "Outbound HTTP requests denied by allowed_outbound_hosts",
+            outbound_denied.clone(),
+        );
+        registry.register("http_requests_in_flight", "Requests being handled now", in_flight.clone());
+        Metrics {
+            registry,
+            requests,
+            request_duration,
+            instantiation_duration,
+            traps,
+            deadline_exceeded,
+            outbound_denied,
+            in_flight,
+        }
+    }
+
+    fn labels(component: &str) -> ComponentLabels {
+        ComponentLabels {
+            component: component.to_string(),
+        }
+    }
+
+    pub fn request_finished(&self, component: &str, status: u16, elapsed: Duration) {
+        self.requests
+            .get_or_create(&RequestLabels {
+                component: component.to_string(),
+                status,
+            })
+            .inc();
+        self.request_duration.get_or_create(&Self::labels(component)).observe(elapsed.as_secs_f64());
+    }
+
+    pub fn instantiated(&self, component: &str, elapsed: Duration) {
+        self.instantiation_duration
+            .get_or_create(&Self::labels(component))
+            .observe(elapsed.as_secs_f64());
+    }
+
+    pub fn trapped(&self, component: &str) {
+        self.traps.get_or_create(&Self::labels(component)).inc();
+    }
+
+    pub fn deadline_hit(&self, component: &str) {
+        self.deadline_exceeded.get_or_create(&Self::labels(component)).inc();
+    }
+
+    pub fn outbound_denied(&self, component: &str) {
+        self.outbound_denied.get_or_create(&Self::labels(component)).inc();
+    }
+
+    /// Counts a request as in flight until the guard drops.
+    pub fn in_flight(&self) -> InFlight {
+        self.in_flight.inc();
+        InFlight(self.in_flight.clone())
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+}
+
+/// Decrements the in-flight gauge when dropped.
+pub struct InFlight(Gauge);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}

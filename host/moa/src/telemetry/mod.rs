@@ -1,0 +1,102 @@
+//! Logging, tracing and metrics set-up: JSON log lines (one per request) for Fluent Bit/Loki,
+//! OTLP trace export when `OTEL_EXPORTER_OTLP_ENDPOINT` is set, Prometheus metrics.
+
+mod admin;
+mod metrics;
+
+pub use admin::serve_admin;
+
+pub use metrics::Metrics;
+
+use anyhow::Result;
+use opentelemetry::trace::TracerProvider as _;
+use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::util::SubscriberInitExt as _;
+use tracing_subscriber::{EnvFilter, Layer};
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// One JSON object per line (for Fluent Bit / Loki).
+    Json,
+    /// Human-readable text.
+    Text,
+}
+
+/// Keeps the OTLP pipeline alive; flushes pending spans when dropped.
+pub struct TelemetryGuard {
+    provider: Option<opentelemetry_sdk::trace::SdkTracerProvider>,
+}
+
+impl Drop for TelemetryGuard {
+    fn drop(&mut self) {
+        if let Some(provider) = self.provider.take() {
+            let _ = provider.shutdown();
+        }
+    }
+}
+
+/// Installs the global tracing subscriber. `MOA_LOG` (or `RUST_LOG`) sets the filter, default `info`.
+pub fn init(format: LogFormat) -> Result<TelemetryGuard> {
+    let filter = std::env::var("MOA_LOG")
+        .ok()
+        .or_else(|| std::env::var("RUST_LOG").ok())
+        .unwrap_or_else(|| "info,wasmtime=warn,cranelift=warn".into());
+    let filter = EnvFilter::try_new(&filter).map_err(|e| anyhow::anyhow!("invalid MOA_LOG filter `{filter}`: {e}"))?;
+
+    let fmt_layer = match format {
+        LogFormat::Json => tracing_subscriber::fmt::layer()
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_span_list(false)
+            .with_writer(std::io::stderr)
+            .boxed(),
+        LogFormat::Text => tracing_subscriber::fmt::layer().with_writer(std::io::stderr).boxed(),
+    };
+
+    let (otel_layer, provider) = if std::env::var_os("OTEL_EXPORTER_OTLP_ENDPOINT").is_some()
+        || std::env::var_os("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT").is_some()
+    {
+        let exporter = opentelemetry_otlp::SpanExporter::builder()
+            .with_http()
+            .build()
+            .map_err(|e| anyhow::anyhow!("cannot set up OTLP export (check OTEL_EXPORTER_OTLP_ENDPOINT): {e}"))?;
+        let service = std::env::var("OTEL_SERVICE_NAME").unwrap_or_else(|_| "moa".into());
+        let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder()
+            .with_batch_exporter(exporter)
+            .with_resource(opentelemetry_sdk::Resource::builder().with_service_name(service).build())
+            .build();
+        let layer = tracing_opentelemetry::layer().with_tracer(provider.tracer("moa"));
+        opentelemetry::global::set_text_map_propagator(opentelemetry_sdk::propagation::TraceContextPropagator::new());
+        (Some(layer), Some(provider))
+    } else {
+        (None, None)
+    };
+
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(fmt_layer)
+        .with(otel_layer)
+        .try_init()
+        .map_err(|e| anyhow::anyhow!("cannot install the logger: {e}"))?;
+    Ok(TelemetryGuard { provider })
+}
+
+/// Makes the span of an incoming request a child of the caller's W3C `traceparent`, if any.
+pub fn link_parent_trace(span: &tracing::Span, headers: &http::HeaderMap) {
+    use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+    struct Extractor<'a>(&'a http::HeaderMap);
+    impl opentelemetry::propagation::Extractor for Extractor<'_> {
+        fn get(&self, key: &str) -> Option<&str> {
+            self.0.get(key).and_then(|v| v.to_str().ok())
+        }
+        fn keys(&self) -> Vec<&str> {
+            self.0.keys().map(|k| k.as_str()).collect()
+        }
+    }
+    if headers.contains_key("traceparent") {
+        let parent = opentelemetry::global::get_text_map_propagator(|p| p.extract(&Extractor(headers)));
+        let _ = span.set_parent(parent);
+    }
+}

@@ -1,0 +1,113 @@
+//! Per-component instance management on top of wasmtime-wasi-http's `ProxyHandler`: a fresh
+//! instance per request (or bounded reuse), instantiation metrics and request deadlines.
+
+use crate::app::AppComponent;
+use crate::engine::MoaEngine;
+use crate::state::HostState;
+use crate::telemetry::Metrics;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+use wasmtime::component::GuestTaskId;
+use wasmtime::{Store, StoreContextMut};
+use wasmtime_wasi_http::WasiHttpView;
+use wasmtime_wasi_http::handler::{HandlerState, Instance, ShouldAccept, WorkerExpiration, WorkerState, WorkerStatus};
+
+/// How long a reusable instance may sit idle before it is dropped.
+const IDLE_INSTANCE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Creates instances of one component for the `ProxyHandler`.
+pub struct ComponentInstances {
+    pub component: Arc<AppComponent>,
+    pub engine: Arc<MoaEngine>,
+    pub metrics: Arc<Metrics>,
+}
+
+impl HandlerState for ComponentInstances {
+    type StoreData = HostState;
+    type WorkerExpiration = Expiration;
+    type WorkerState = InstanceWorker;
+
+    async fn instantiate(&self) -> wasmtime::Result<Instance<HostState, Expiration, InstanceWorker>> {
+        let started = Instant::now();
+        let mut store = self.component.new_store(&self.engine).map_err(wasmtime::Error::from_anyhow)?;
+        let proxy = self.component.pre.instantiate_async(&mut store).await?;
+        self.metrics.instantiated(&self.component.id, started.elapsed());
+        Ok(Instance {
+            store,
+            proxy,
+            view: <HostState as WasiHttpView>::http,
+            expiration: Expiration {
+                request_timeout: self.component.request_timeout,
+                sleep: Box::pin(tokio::time::sleep(Duration::MAX / 4)),
+            },
+            state: InstanceWorker {
+                max_reuse: self.component.max_instance_reuse,
+                request_timeout: self.component.request_timeout,
+            },
+        })
+    }
+}
+
+/// Ends an instance that runs past its request deadline (guest waiting on I/O included; pure
+/// CPU loops are also stopped by the epoch deadline) or idles too long.
+pub struct Expiration {
+    request_timeout: Duration,
+    sleep: Pin<Box<tokio::time::Sleep>>,
+}
+
+impl WorkerExpiration for Expiration {
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>, status: WorkerStatus, start: Instant) -> Poll<()> {
+        let me = self.get_mut();
+        let timeout = match status {
+            WorkerStatus::Idle => IDLE_INSTANCE_TIMEOUT,
+            WorkerStatus::Requests | WorkerStatus::PostReturn => me.request_timeout,
+        };
+        let Some(deadline) = start.checked_add(timeout) else {
+            return Poll::Pending;
+        };
+        let deadline = tokio::time::Instant::from_std(deadline);
+        if me.sleep.deadline() != deadline {
+            me.sleep.as_mut().reset(deadline);
+        }
+        me.sleep.as_mut().poll(cx)
+    }
+}
+
+/// Decides whether an instance takes another request.
+pub struct InstanceWorker {
+    max_reuse: usize,
+    request_timeout: Duration,
+}
+
+impl WorkerState for InstanceWorker {
+    type StoreData = HostState;
+    type RequestData = ();
+
+    fn should_accept_request(&self, concurrent_count: usize, total_count: usize) -> ShouldAccept {
+        if total_count >= self.max_reuse {
+            ShouldAccept::Never
+        } else if concurrent_count >= 1 {
+            ShouldAccept::No
+        } else {
+            ShouldAccept::Yes
+        }
+    }
+
+    fn on_request_start(
+        &self,
+        _store: StoreContextMut<'_, HostState>,
+        _data: (),
+        _task: GuestTaskId,
+    ) -> Pin<Box<dyn Future<Output = ()> + Send + Sync + 'static>> {
+        Box::pin(tokio::time::sleep(self.request_timeout))
+    }
+
+    fn drop(&self, store: Store<HostState>, result: wasmtime::Result<()>) {
+        if let Err(error) = result {
+            tracing::debug!(error = %error, "instance ended with an error");
+        }
+        drop(store);
+    }
+}

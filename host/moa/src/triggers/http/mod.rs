@@ -1,0 +1,401 @@
+//! The HTTP trigger: a hyper server that routes each request (Spin's rules), sets the `spin-*`
+//! headers, runs it in a fresh component instance and turns traps, deadlines and limits into JSON errors.
+
+mod instances;
+mod router;
+
+pub use router::{Route, RouteMatch, Router};
+
+use crate::app::App;
+use crate::capabilities::outbound_http::{InternalHttp, InternalTarget};
+use crate::engine::MoaEngine;
+use crate::telemetry::{self, Metrics};
+use anyhow::{Context as _, Result};
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use http::{HeaderValue, Request, Response, StatusCode};
+use http_body_util::{BodyExt as _, Full};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use instances::ComponentInstances;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+use tracing::Instrument as _;
+use wasmtime_wasi_http::handler::{ExpirationError, InstantiationError, ProxyHandler};
+use wasmtime_wasi_http::{Error as HttpError, WasiBody};
+
+type Handler = ProxyHandler<ComponentInstances>;
+
+/// The HTTP trigger of one app.
+pub struct HttpTrigger {
+    router: Router,
+    handlers: BTreeMap<String, Handler>,
+    metrics: Arc<Metrics>,
+    base: String,
+    max_body_bytes: u64,
+    timeouts: BTreeMap<String, Duration>,
+}
+
+/// Why a request got an error response instead of the component's.
+enum Failure {
+    NotFound,
+    BodyTooLarge,
+    Deadline(Duration),
+    Unavailable(String),
+    Trap(String),
+}
+
+impl Failure {
+    fn status(&self) -> StatusCode {
+        match self {
+            Failure::NotFound => StatusCode::NOT_FOUND,
+            Failure::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Failure::Deadline(_) => StatusCode::GATEWAY_TIMEOUT,
+            Failure::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Failure::Trap(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+}
+
+/// Request facts shared by the outside and the in-app paths.
+struct Incoming {
+    request_id: String,
+    client: Option<SocketAddr>,
+    /// Set when the body went over the limit while the component read it.
+    body_overflow: Arc<AtomicBool>,
+}
+
+impl HttpTrigger {
+    /// Builds the trigger for `app`, and registers it as the app's in-app HTTP dispatcher.
+    pub fn new(app: &App, engine: Arc<MoaEngine>, metrics: Arc<Metrics>) -> Arc<Self> {
+        let manifest = &app.manifest.manifest;
+        let router = Router::new(&manifest.http_base, &manifest.http_triggers);
+        let handlers = app
+            .components
+            .iter()
+            .map(|(id, component)| {
+                let handler = ProxyHandler::new(ComponentInstances {
+                    component: component.clone(),
+                    engine: engine.clone(),
+                    metrics: metrics.clone(),
+                });
+                (id.clone(), handler)
+            })
+            .collect();
+        let timeouts = app.components.iter().map(|(id, c)| (id.clone(), c.request_timeout)).collect();
+        let trigger = Arc::new(HttpTrigger {
+            router,
+            handlers,
+            metrics,
+            base: manifest.http_base.clone(),
+            max_body_bytes: app.limits.max_request_body_bytes,
+            timeouts,
+        });
+        let _ = app.capabilities.internal_http().set(Arc::new(InternalDispatcher(Arc::downgrade(&trigger))));
+        trigger
+    }
+
+    pub fn router(&self) -> &Router {
+        &self.router
+    }
+
+    /// Serves connections from `listener` until `shutdown` resolves, then lets in-flight
+    /// requests finish (up to `drain`).
+    pub async fn serve(
+        self: Arc<Self>,
+        listener: tokio::net::TcpListener,
+        shutdown: impl Future<Output = ()>,
+        drain: Duration,
+    ) -> Result<()> {
+        let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+        let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+        let mut shutdown = std::pin::pin!(shutdown);
+        loop {
+            let (stream, client) = tokio::select! {
+                _ = &mut shutdown => break,
+                accepted = listener.accept() => match accepted {
+                    Ok(pair) => pair,
+                    Err(err) => {
+                        tracing::warn!(error = %err, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+            };
+            let _ = stream.set_nodelay(true);
+            let trigger = self.clone();
+            let service = hyper::service::service_fn(move |request: Request<hyper::body::Incoming>| {
+                let trigger = trigger.clone();
+                async move { Ok::<_, std::convert::Infallible>(trigger.handle_outside(request, client).await) }
+            });
+            let connection = builder.serve_connection(TokioIo::new(stream), service).into_owned();
+            let connection = graceful.watch(connection);
+            tokio::spawn(async move {
+                if let Err(err) = connection.await {
+                    tracing::debug!(error = %err, "connection ended with an error");
+                }
+            });
+        }
+        tracing::info!("shutting down: waiting for in-flight requests");
+        if tokio::time::timeout(drain, graceful.shutdown()).await.is_err() {
+            tracing::warn!(drain_ms = drain.as_millis() as u64, "in-flight requests did not finish in time");
+        }
+        Ok(())
+    }
+
+    /// A request from outside: routed over public routes, logged and counted.
+    async fn handle_outside(&self, request: Request<hyper::body::Incoming>, client: SocketAddr) -> Response<WasiBody> {
+        let started = Instant::now();
+        let request_id = request_id(request.headers());
+        let span = tracing::info_span!("http.request", request_id = %request_id, method = %request.method(), path = %request.uri().path());
+        telemetry::link_parent_trace(&span, request.headers());
+        let _in_flight = self.metrics.in_flight();
+        let method = request.method().clone();
+        let path = request.uri().path().to_string();
+
+        let incoming = Incoming {
+            request_id: request_id.clone(),
+            client: Some(client),
+            body_overflow: Arc::new(AtomicBool::new(false)),
+        };
+        let (component, route, result) = async {
+            let Some(matched) = self.router.route(&path) else {
+                return (None, None, Err(Failure::NotFound));
+            };
+            let component = matched.component.to_string();
+            let route = matched.matched_route.to_string();
+            let request = self.limit_body(request, &incoming.body_overflow);
+            let request = match request {
+                Ok(request) => request,
+                Err(failure) => return (Some(component), Some(route), Err(failure)),
+            };
+            let result = self.call(&matched, request, &incoming).await;
+            (Some(component), Some(route), result)
+        }
+        .instrument(span.clone())
+        .await;
+
+        let component_name = component.as_deref().unwrap_or("-");
+        let mut response = match result {
+            Ok(response) => response,
+            Err(failure) => {
+                match &failure {
+                    Failure::Trap(error) => {
+                        self.metrics.trapped(component_name);
+                        tracing::error!(parent: &span, request_id = %request_id, component = component_name, error = %error, "component trapped");
+                    }
+                    Failure::Deadline(_) => self.metrics.deadline_hit(component_name),
+                    _ => {}
+                }
+                error_response(&failure, &request_id, component.as_deref(), &path)
+            }
+        };
+        if let Ok(value) = HeaderValue::from_str(&request_id) {
+            response.headers_mut().insert("x-request-id", value);
+        }
+        let status = response.status().as_u16();
+        let elapsed = started.elapsed();
+        self.metrics.request_finished(component_name, status, elapsed);
+        tracing::info!(
+            target: "moa::http",
+            parent: &span,
+            request_id = %request_id,
+            method = %method,
+            path = %path,
+            route = route.as_deref().unwrap_or("-"),
+            component = component_name,
+            status,
+            duration_ms = elapsed.as_secs_f64() * 1000.0,
+            "request"
+        );
+        response
+    }
+
+    /// Rejects a declared oversize body at once; caps a streamed body at the limit.
+    fn limit_body(
+        &self,
+        request: Request<hyper::body::Incoming>,
+        overflow: &Arc<AtomicBool>,
+    ) -> Result<Request<WasiBody>, Failure> {
+        let max = self.max_body_bytes;
+        let declared = request
+            .headers()
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|len| len > max) {
+            return Err(Failure::BodyTooLarge);
+        }
+        let overflow = overflow.clone();
+        let limit = usize::try_from(max).unwrap_or(usize::MAX);
+        Ok(request.map(move |body| {
+            http_body_util::Limited::new(body, limit)
+                .map_err(move |err| {
+                    if err.is::<http_body_util::LengthLimitError>() {
+                        overflow.store(true, Ordering::Relaxed);
+                        HttpError::HttpRequestBodySize(Some(max))
+                    } else {
+                        HttpError::InternalError(Some(err.to_string()))
+                    }
+                })
+                .boxed_unsync()
+        }))
+    }
+
+    /// Runs a routed request in its component.
+    async fn call(&self, matched: &RouteMatch<'_>, mut request: Request<WasiBody>, incoming: &Incoming) -> Result<Response<WasiBody>, Failure> {
+        let Some(handler) = self.handlers.get(matched.component) else {
+            return Err(Failure::Unavailable(format!("component `{}` is not loaded", matched.component)));
+        };
+        self.set_spin_headers(&mut request, matched, incoming.client);
+        let timeout = self.timeouts.get(matched.component).copied().unwrap_or_default();
+        let result = handler.handle((), request).await;
+        if incoming.body_overflow.load(Ordering::Relaxed) {
+            return Err(Failure::BodyTooLarge);
+        }
+        result.map_err(|error| classify(error, timeout))
+    }
+
+    /// Makes the URI absolute and adds the headers Spin gives components.
+    fn set_spin_headers(&self, request: &mut Request<WasiBody>, matched: &RouteMatch<'_>, client: Option<SocketAddr>) {
+        let host = request
+            .headers()
+            .get(http::header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .map(str::to_string)
+            .or_else(|| request.uri().authority().map(|a| a.to_string()))
+            .unwrap_or_else(|| "localhost".into());
+        let path_and_query = request.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/").to_string();
+        let full_url = format!("http://{host}{path_and_query}");
+        if let Ok(uri) = full_url.parse() {
+            *request.uri_mut() = uri;
+        }
+        let headers = request.headers_mut();
+        let mut set = |name: &str, value: &str| {
+            if let (Ok(name), Ok(value)) = (http::HeaderName::from_bytes(name.as_bytes()), HeaderValue::from_str(value)) {
+                headers.insert(name, value);
+            }
+        };
+        set("spin-full-url", &full_url);
+        set("spin-path-info", &matched.path_info);
+        set("spin-matched-route", matched.matched_route);
+        set("spin-raw-component-route", matched.raw_route);
+        set("spin-component-route", &matched.component_route);
+        set("spin-base-path", &self.base);
+        if let Some(client) = client {
+            set("spin-client-addr", &client.to_string());
+        }
+        for (name, value) in &matched.params {
+            set(&format!("spin-path-match-{name}"), value);
+        }
+    }
+}
+
+/// Maps a handler error to what the client sees.
+fn classify(error: wasmtime::Error, timeout: Duration) -> Failure {
+    if error.downcast_ref::<ExpirationError>().is_some() || error.downcast_ref::<wasmtime::Trap>() == Some(&wasmtime::Trap::Interrupt) {
+        return Failure::Deadline(timeout);
+    }
+    if let Some(instantiation) = error.downcast_ref::<InstantiationError<()>>() {
+        let text = format!("{:#}", instantiation.error);
+        if text.contains("maximum concurrent") || text.contains("pooling allocator") {
+            return Failure::Unavailable("no free instance slot; retry shortly".into());
+        }
+        return Failure::Trap(format!("instantiation failed: {text}"));
+    }
+    Failure::Trap(format!("{error:#}"))
+}
+
+fn error_response(failure: &Failure, request_id: &str, component: Option<&str>, path: &str) -> Response<WasiBody> {
+    let message = match failure {
+        Failure::NotFound => format!("no route matches {path}"),
+        Failure::BodyTooLarge => "request body is larger than the host's max_request_body_bytes".into(),
+        Failure::Deadline(timeout) => format!("the component did not finish within its {} ms deadline", timeout.as_millis()),
+        Failure::Unavailable(why) => why.clone(),
+        Failure::Trap(_) => "the component failed while handling the request".into(),
+    };
+    let body = serde_json::json!({
+        "error": message,
+        "status": failure.status().as_u16(),
+        "request_id": request_id,
+        "component": component,
+    });
+    let mut response = Response::new(
+        Full::new(Bytes::from(body.to_string()))
+            .map_err(|never| match never {})
+            .boxed_unsync(),
+    );
+    *response.status_mut() = failure.status();
+    response
+        .headers_mut()
+        .insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}
+
+/// Takes the caller's `x-request-id` when it is short and plain, else makes a new one.
+fn request_id(headers: &http::HeaderMap) -> String {
+    headers
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 128 && v.chars().all(|c| c.is_ascii_alphanumeric() || "-_.:".contains(c)))
+        .map(str::to_string)
+        .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string())
+}
+
+/// In-app requests (`http://self`, `http://<id>.spin.internal`) from components' outbound HTTP.
+struct InternalDispatcher(Weak<HttpTrigger>);
+
+impl InternalHttp for InternalDispatcher {
+    fn dispatch(&self, target: InternalTarget, request: Request<WasiBody>) -> BoxFuture<'static, Result<Response<WasiBody>, HttpError>> {
+        let trigger = self.0.clone();
+        Box::pin(async move {
+            let Some(trigger) = trigger.upgrade() else {
+                return Err(HttpError::DestinationUnavailable);
+            };
+            let path = request.uri().path().to_string();
+            let incoming = Incoming {
+                request_id: request_id(request.headers()),
+                client: None,
+                body_overflow: Arc::new(AtomicBool::new(false)),
+            };
+            let route = match &target {
+                InternalTarget::App => trigger.router.route(&path),
+                InternalTarget::Component(id) => {
+                    let route = RouteMatch {
+                        component: id,
+                        matched_route: "/...",
+                        raw_route: "/...",
+                        component_route: String::new(),
+                        path_info: path.clone(),
+                        params: Vec::new(),
+                    };
+                    // Borrow-checker friendly: route from an owned id below.
+                    return match trigger.handlers.contains_key(id.as_str()) {
+                        true => trigger
+                            .call(&route, request, &incoming)
+                            .await
+                            .or_else(|f| Ok(error_response(&f, &incoming.request_id, Some(id), &path))),
+                        false => Err(HttpError::DestinationNotFound),
+                    };
+                }
+            };
+            let Some(route) = route else {
+                return Ok(error_response(&Failure::NotFound, &incoming.request_id, None, &path));
+            };
+            let component = route.component.to_string();
+            trigger
+                .call(&route, request, &incoming)
+                .await
+                .or_else(|f| Ok(error_response(&f, &incoming.request_id, Some(&component), &path)))
+        })
+    }
+}
+
+/// Binds the listener, with a message that says what to do when the address is taken.
+pub async fn bind(address: SocketAddr) -> Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(address).await.with_context(|| {
+        format!("cannot listen on {address}: is another server using it? pick another with --listen 127.0.0.1:PORT")
+    })
+}

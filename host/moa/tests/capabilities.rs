@@ -1,0 +1,227 @@
+//! Spin-compatible capabilities against a real `moa up`: key-value persistence and grants,
+//! variables from defaults/env/runtime config, outbound HTTP allow-lists against a local server.
+
+mod common;
+
+use common::{AppDir, Moa, Options, Upstream};
+use reqwest::Method;
+
+const KV_APP: &str = r#"
+spin_manifest_version = 2
+[application]
+name = "kv"
+[[trigger.http]]
+route = "/granted/..."
+component = "granted"
+[[trigger.http]]
+route = "/stranger/..."
+component = "stranger"
+[[trigger.http]]
+route = "/counter"
+component = "counter"
+[component.granted]
+source = "{probe}"
+key_value_stores = ["default", "cache"]
+[component.stranger]
+source = "{probe}"
+[component.counter]
+source = "{counter}"
+key_value_stores = ["default"]
+"#;
+
+fn kv_options(app: &AppDir) -> Options {
+    let rc = app.write(
+        "runtime-config.toml",
+        "[key_value_store.cache]\ntype = \"spin\"\npath = \"cache.db\"\n",
+    );
+    Options {
+        args: vec!["--runtime-config-file".into(), rc.display().to_string()],
+        ..Default::default()
+    }
+}
+
+#[test]
+fn key_value_data_survives_a_restart() {
+    let app = AppDir::new(KV_APP);
+    let moa = Moa::start(&app, kv_options(&app));
+    assert_eq!(moa.send(Method::PUT, "/granted/kv/default/greeting", Some(b"annyeong".to_vec())).0, 200);
+    assert_eq!(moa.send(Method::PUT, "/granted/kv/cache/token", Some(b"t-1".to_vec())).0, 200);
+    assert_eq!(moa.get("/counter").1.trim(), "1");
+    assert_eq!(moa.get("/counter").1.trim(), "2");
+    moa.stop();
+
+    let moa = Moa::start(&app, kv_options(&app));
+    assert_eq!(moa.get("/granted/kv/default/greeting"), (200, "annyeong".to_string()));
+    assert_eq!(moa.get("/granted/kv/cache/token"), (200, "t-1".to_string()));
+    assert_eq!(moa.get("/counter").1.trim(), "3");
+    // The two labels are separate stores.
+    assert_eq!(moa.get("/granted/kv/cache/greeting").0, 404);
+    let (_, keys) = moa.get("/granted/keys/default");
+    assert_eq!(keys, "count\ngreeting");
+    assert_eq!(moa.send(Method::DELETE, "/granted/kv/default/greeting", None).0, 200);
+    assert_eq!(moa.get("/granted/kv/default/greeting").0, 404);
+    assert!(app.path().join("cache.db").exists(), "runtime config path is relative to the config file");
+}
+
+#[test]
+fn a_component_opens_only_the_stores_it_was_granted() {
+    let app = AppDir::new(KV_APP);
+    let moa = Moa::start(&app, kv_options(&app));
+    let (status, body) = moa.get("/stranger/kv/default/x");
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("AccessDenied"), "{body}");
+    let (status, body) = moa.get("/granted/kv/nowhere/x");
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("AccessDenied"), "{body}");
+}
+
+#[test]
+fn a_store_label_missing_from_the_runtime_config_fails_at_load_with_the_line() {
+    let app = AppDir::new(KV_APP);
+    let err = Moa::try_start(&app, Options::default()).err().expect("moa must refuse the app");
+    assert!(err.contains("spin.toml:16:"), "{err}");
+    assert!(err.contains("key-value store `cache`") && err.contains("[key_value_store.cache]"), "{err}");
+}
+
+const VARS_APP: &str = r#"
+spin_manifest_version = 2
+[application]
+name = "vars"
+[variables]
+greeting = { default = "hello" }
+region = { required = true }
+api_token = { required = true, secret = true }
+[[trigger.http]]
+route = "/..."
+component = "probe"
+[component.probe]
+source = "{probe}"
+variables = { message = "{{ greeting }} from {{ region }}", token = "{{ api_token }}" }
+environment = { ORDER_TOPIC = "orders.v1" }
+"#;
+
+#[test]
+fn variables_come_from_defaults_env_and_runtime_config() {
+    let app = AppDir::new(VARS_APP);
+    let rc = app.write("rc.toml", "[variables]\nregion = \"seoul\"\napi_token = { env = \"TEST_TOKEN_SOURCE\" }\n");
+    let moa = Moa::start(
+        &app,
+        Options {
+            args: vec!["--runtime-config-file".into(), rc.display().to_string()],
+            env: vec![
+                ("TEST_TOKEN_SOURCE".into(), "s3cret".into()),
+                ("MOA_VARIABLE_GREETING".into(), "annyeong".into()),
+            ],
+            ..Default::default()
+        },
+    );
+    assert_eq!(moa.get("/var/message"), (200, "annyeong from seoul".to_string()));
+    assert_eq!(moa.get("/var/token"), (200, "s3cret".to_string()));
+    // Application variables are not visible unless the component maps them.
+    let (status, body) = moa.get("/var/region");
+    assert_eq!(status, 404);
+    assert!(body.contains("Undefined"), "{body}");
+    let (status, body) = moa.get("/var/Bad-Name");
+    assert_eq!(status, 404);
+    assert!(body.contains("InvalidName"), "{body}");
+    assert_eq!(moa.get("/env/ORDER_TOPIC"), (200, "orders.v1".to_string()));
+}
+
+#[test]
+fn spin_variable_env_prefix_works_and_a_missing_required_variable_says_how_to_set_it() {
+    let app = AppDir::new(VARS_APP);
+    let err = Moa::try_start(
+        &app,
+        Options {
+            env: vec![("SPIN_VARIABLE_REGION".into(), "busan".into())],
+            ..Default::default()
+        },
+    )
+    .err()
+    .expect("api_token is required");
+    assert!(err.contains("variable `api_token` is required") && err.contains("MOA_VARIABLE_API_TOKEN"), "{err}");
+
+    let moa = Moa::start(
+        &app,
+        Options {
+            env: vec![
+                ("SPIN_VARIABLE_REGION".into(), "busan".into()),
+                ("SPIN_VARIABLE_API_TOKEN".into(), "t".into()),
+            ],
+            ..Default::default()
+        },
+    );
+    assert_eq!(moa.get("/var/message"), (200, "hello from busan".to_string()));
+}
+
+#[test]
+fn outbound_http_reaches_allowed_hosts_only_and_denied_requests_never_connect() {
+    let upstream = Upstream::start();
+    let port = upstream.url.rsplit(':').next().unwrap().to_string();
+    let app = AppDir::new(&format!(
+        r#"
+spin_manifest_version = 2
+[application]
+name = "outbound"
+[variables]
+upstream_port = {{ default = "{port}" }}
+[[trigger.http]]
+route = "/allowed/..."
+component = "allowed"
+[[trigger.http]]
+route = "/wildcard/..."
+component = "wildcard"
+[[trigger.http]]
+route = "/denied/..."
+component = "denied"
+[component.allowed]
+source = "{{probe}}"
+allowed_outbound_hosts = ["http://127.0.0.1:{{{{ upstream_port }}}}"]
+[component.wildcard]
+source = "{{probe}}"
+allowed_outbound_hosts = ["http://127.0.0.1:*"]
+[component.denied]
+source = "{{probe}}"
+allowed_outbound_hosts = ["https://127.0.0.1:{port}", "http://localhost:{port}"]
+"#
+    ));
+    let moa = Moa::start(&app, Options::default());
+    let target = format!("{}/ping", upstream.url);
+
+    let (status, body) = moa.get(&format!("/allowed/fetch?url={target}"));
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body, "status 200\nupstream ok /ping");
+    let (status, body) = moa.get(&format!("/wildcard/fetch?url={target}"));
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(upstream.hits(), 2);
+
+    // Wrong scheme and wrong host spelling are both denied, and nothing reaches the server.
+    let (status, body) = moa.get(&format!("/denied/fetch?url={target}"));
+    assert_eq!(status, 502, "{body}");
+    assert!(body.contains("HttpRequestDenied"), "{body}");
+    let (status, _) = moa.get(&format!("/allowed/fetch?url=http://127.0.0.1:1/other-port"));
+    assert_eq!(status, 502);
+    assert_eq!(upstream.hits(), 2, "a denied request must not connect");
+
+    let (_, metrics) = common::blocking(Method::GET, &format!("{}/metrics", moa.admin_url), None);
+    assert!(metrics.contains(r#"moa_outbound_http_denied_total{component="denied"} 1"#), "{metrics}");
+}
+
+#[test]
+fn a_malformed_allowed_host_is_a_load_error_naming_the_line() {
+    let app = AppDir::new(
+        r#"
+spin_manifest_version = 2
+[application]
+name = "bad-host"
+[[trigger.http]]
+route = "/..."
+component = "probe"
+[component.probe]
+source = "{probe}"
+allowed_outbound_hosts = ["api.toss.im"]
+"#,
+    );
+    let err = Moa::try_start(&app, Options::default()).err().expect("must fail");
+    assert!(err.contains("spin.toml:10:") && err.contains("https://api.toss.im"), "{err}");
+}

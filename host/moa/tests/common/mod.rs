@@ -1,0 +1,270 @@
+//! Shared test harness: starts a real `moa up` on ephemeral ports against a manifest written into
+//! a temp dir, finds the built test components, and runs a local upstream HTTP server.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Directory holding the components built by `scripts/build-components.sh`.
+pub fn components_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../components/target/wasm32-wasip2/release")
+}
+
+/// Absolute path of a built component, e.g. `wasm("probe")`.
+pub fn wasm(name: &str) -> String {
+    let path = components_dir().join(format!("{}.wasm", name.replace('-', "_")));
+    assert!(
+        path.exists(),
+        "{} is missing: run scripts/build-components.sh (or scripts/test.sh) first",
+        path.display()
+    );
+    path.canonicalize().unwrap().display().to_string()
+}
+
+/// A temp dir holding one app: its spin.toml, runtime config and state.
+pub struct AppDir {
+    pub dir: tempfile::TempDir,
+}
+
+impl AppDir {
+    /// Writes `manifest` as spin.toml; `{probe}`, `{hello}`, `{hello-p2}`, `{counter}` become wasm paths.
+    pub fn new(manifest: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let mut text = manifest.to_string();
+        for name in ["probe", "hello", "hello-p2", "counter"] {
+            let key = format!("{{{name}}}");
+            if text.contains(&key) {
+                text = text.replace(&key, &wasm(name));
+            }
+        }
+        std::fs::write(dir.path().join("spin.toml"), text).unwrap();
+        AppDir { dir }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn manifest(&self) -> PathBuf {
+        self.dir.path().join("spin.toml")
+    }
+
+    pub fn write(&self, name: &str, text: &str) -> PathBuf {
+        let path = self.dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+}
+
+/// Options for starting moa.
+#[derive(Default, Clone)]
+pub struct Options {
+    pub args: Vec<String>,
+    pub env: Vec<(String, String)>,
+    /// Compile cache dir; default: one shared by all tests of this run.
+    pub cache_dir: Option<PathBuf>,
+}
+
+/// A running `moa up`, killed when dropped.
+pub struct Moa {
+    child: Child,
+    pub url: String,
+    pub admin_url: String,
+    pub stdout: Vec<String>,
+    stderr: Arc<Mutex<Vec<String>>>,
+}
+
+fn shared_cache_dir() -> PathBuf {
+    std::env::temp_dir().join(format!("moa-test-cache-{}", std::process::id()))
+}
+
+impl Moa {
+    pub fn start(app: &AppDir, options: Options) -> Moa {
+        Self::try_start(app, options).unwrap_or_else(|e| panic!("moa did not start: {e}"))
+    }
+
+    /// Starts moa and waits for it to print its address; `Err` holds stderr if it exited.
+    pub fn try_start(app: &AppDir, options: Options) -> Result<Moa, String> {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_moa"));
+        command
+            .arg("up")
+            .arg("-f")
+            .arg(app.manifest())
+            .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--drain-timeout", "2"])
+            .arg("--state-dir")
+            .arg(app.path().join(".moa"))
+            .args(&options.args)
+            .env("MOA_CACHE_DIR", options.cache_dir.unwrap_or_else(shared_cache_dir))
+            .env("MOA_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        for (k, v) in &options.env {
+            command.env(k, v);
+        }
+        let mut child = command.spawn().map_err(|e| e.to_string())?;
+        let stderr_lines = Arc::new(Mutex::new(Vec::new()));
+        {
+            let stderr = child.stderr.take().unwrap();
+            let lines = stderr_lines.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                    lines.lock().unwrap().push(line);
+                }
+            });
+        }
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(120);
+        let mut lines = Vec::new();
+        let mut url = None;
+        loop {
+            match rx.recv_timeout(Duration::from_millis(100)) {
+                Ok(line) => {
+                    if let Some(rest) = line.strip_prefix("Admin: ") {
+                        let admin = rest.trim_end_matches("/metrics").to_string();
+                        lines.push(line);
+                        return Ok(Moa {
+                            child,
+                            url: url.unwrap_or_default(),
+                            admin_url: admin,
+                            stdout: lines,
+                            stderr: stderr_lines,
+                        });
+                    }
+                    if let Some(rest) = line.strip_prefix("Serving ") {
+                        url = Some(rest.trim().to_string());
+                    }
+                    lines.push(line);
+                }
+                Err(_) => {
+                    if let Ok(Some(status)) = child.try_wait() {
+                        std::thread::sleep(Duration::from_millis(200));
+                        let stderr = stderr_lines.lock().unwrap().join("\n");
+                        return Err(format!("moa exited with {status}\nstdout:\n{}\nstderr:\n{stderr}", lines.join("\n")));
+                    }
+                    if Instant::now() > deadline {
+                        let _ = child.kill();
+                        return Err("moa did not print its address within 120 s".into());
+                    }
+                }
+            }
+        }
+    }
+
+    pub fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().join("\n")
+    }
+
+    pub fn get(&self, path: &str) -> (u16, String) {
+        blocking(reqwest::Method::GET, &format!("{}{path}", self.url), None)
+    }
+
+    pub fn send(&self, method: reqwest::Method, path: &str, body: Option<Vec<u8>>) -> (u16, String) {
+        blocking(method, &format!("{}{path}", self.url), body)
+    }
+
+    /// Stops moa with SIGTERM and waits for it to exit.
+    pub fn stop(mut self) {
+        let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Moa {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One HTTP request with a fresh client (tests are synchronous; the client runs on its own runtime).
+pub fn blocking(method: reqwest::Method, url: &str, body: Option<Vec<u8>>) -> (u16, String) {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    runtime.block_on(async {
+        let client = reqwest::Client::builder().timeout(Duration::from_secs(60)).build().unwrap();
+        let mut request = client.request(method, url);
+        if let Some(body) = body {
+            request = request.body(body);
+        }
+        let response = request.send().await.unwrap_or_else(|e| panic!("request to {url} failed: {e}"));
+        let status = response.status().as_u16();
+        (status, response.text().await.unwrap_or_default())
+    })
+}
+
+/// Runs `moa` with `args` to completion, returning (exit code, stdout, stderr).
+pub fn run_moa(args: &[&str], dir: &Path) -> (i32, String, String) {
+    let output = Command::new(env!("CARGO_BIN_EXE_moa"))
+        .args(args)
+        .current_dir(dir)
+        .env("MOA_CACHE_DIR", shared_cache_dir())
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+/// A local upstream server answering `upstream ok <path>` and counting the requests it got.
+pub struct Upstream {
+    pub url: String,
+    pub hits: Arc<AtomicUsize>,
+    _thread: std::thread::JoinHandle<()>,
+}
+
+impl Upstream {
+    pub fn start() -> Upstream {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let hits = Arc::new(AtomicUsize::new(0));
+        let counter = hits.clone();
+        let thread = std::thread::spawn(move || {
+            use std::io::{Read, Write};
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { continue };
+                counter.fetch_add(1, Ordering::SeqCst);
+                let mut buf = [0u8; 4096];
+                let n = stream.read(&mut buf).unwrap_or(0);
+                let request = String::from_utf8_lossy(&buf[..n]);
+                let path = request.split_whitespace().nth(1).unwrap_or("/").to_string();
+                let body = format!("upstream ok {path}");
+                let _ = write!(
+                    stream,
+                    "HTTP/1.1 200 OK\r\ncontent-length: {}\r\ncontent-type: text/plain\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+            }
+        });
+        Upstream {
+            url,
+            hits,
+            _thread: thread,
+        }
+    }
+
+    pub fn hits(&self) -> usize {
+        self.hits.load(Ordering::SeqCst)
+    }
+}

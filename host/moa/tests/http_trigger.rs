@@ -1,0 +1,268 @@
+//! The HTTP trigger against a real `moa up`: routing, both wasi:http worlds, Spin headers,
+//! and how traps, deadlines, memory and body limits reach the client while the host keeps serving.
+
+mod common;
+
+use common::{AppDir, Moa, Options};
+use reqwest::Method;
+
+const ROUTES: &str = r#"
+spin_manifest_version = 2
+[application]
+name = "routes"
+
+[[trigger.http]]
+route = "/..."
+component = "fallback"
+[[trigger.http]]
+route = "/probe/..."
+component = "probe"
+[[trigger.http]]
+route = "/probe/exact"
+component = "exact"
+[[trigger.http]]
+route = "/users/:id"
+component = "user"
+[[trigger.http]]
+route = "/p2/..."
+component = "hello-p2"
+[[trigger.http]]
+route = "/hello"
+component = "hello"
+[[trigger.http]]
+route = { private = true }
+component = "hidden"
+
+[component.fallback]
+source = "{probe}"
+[component.probe]
+source = "{probe}"
+[component.exact]
+source = "{probe}"
+[component.user]
+source = "{probe}"
+[component.hello-p2]
+source = "{hello-p2}"
+[component.hello]
+source = "{hello}"
+[component.hidden]
+source = "{probe}"
+"#;
+
+fn header<'a>(dump: &'a str, name: &str) -> Option<&'a str> {
+    dump.lines().find_map(|l| l.strip_prefix(&format!("{name}: ")))
+}
+
+#[test]
+fn most_specific_route_wins_and_spin_headers_describe_the_match() {
+    let app = AppDir::new(ROUTES);
+    let moa = Moa::start(&app, Options::default());
+
+    let (status, dump) = moa.get("/probe/headers");
+    assert_eq!(status, 200, "{dump}");
+    assert_eq!(header(&dump, "spin-matched-route"), Some("/probe/..."));
+    assert_eq!(header(&dump, "spin-component-route"), Some("/probe"));
+    assert_eq!(header(&dump, "spin-raw-component-route"), Some("/probe/..."));
+    assert_eq!(header(&dump, "spin-path-info"), Some("/headers"));
+    assert_eq!(header(&dump, "spin-base-path"), Some("/"));
+    assert!(header(&dump, "spin-full-url").unwrap().ends_with("/probe/headers"), "{dump}");
+    assert!(header(&dump, "spin-client-addr").unwrap().starts_with("127.0.0.1:"), "{dump}");
+
+    // The exact route beats the wildcard it sits under.
+    let (_, dump) = moa.get("/probe/exact");
+    assert_eq!(header(&dump, "spin-matched-route"), Some("/probe/exact"), "{dump}");
+    // `:id` segments are matched and reported.
+    let (_, dump) = moa.get("/users/42");
+    assert_eq!(header(&dump, "spin-path-match-id"), Some("42"), "{dump}");
+    // Anything else falls through to `/...`.
+    let (_, dump) = moa.get("/elsewhere/x");
+    assert_eq!(header(&dump, "spin-matched-route"), Some("/..."), "{dump}");
+}
+
+#[test]
+fn unmatched_path_is_404_json_when_there_is_no_catch_all() {
+    let app = AppDir::new(
+        r#"
+spin_manifest_version = 2
+[application]
+name = "small"
+[[trigger.http]]
+route = "/only"
+component = "probe"
+[component.probe]
+source = "{probe}"
+"#,
+    );
+    let moa = Moa::start(&app, Options::default());
+    let (status, body) = moa.get("/only/not");
+    assert_eq!(status, 404);
+    let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert!(json["error"].as_str().unwrap().contains("/only/not"), "{body}");
+    assert!(!json["request_id"].as_str().unwrap().is_empty());
+}
+
+#[test]
+fn wasip3_spin_sdk_and_wasip2_wit_bindgen_components_are_both_served() {
+    let app = AppDir::new(ROUTES);
+    let moa = Moa::start(&app, Options::default());
+    assert!(moa.stdout.iter().any(|l| l.contains("`hello` (wasi:http@0.3")), "{:?}", moa.stdout);
+    assert!(moa.stdout.iter().any(|l| l.contains("`hello-p2` (wasi:http@0.2")), "{:?}", moa.stdout);
+
+    let (status, body) = moa.get("/hello");
+    assert_eq!(status, 200);
+    assert!(body.contains("spin-sdk 7, wasi:http@0.3") && body.contains("/hello"), "{body}");
+
+    let (status, body) = moa.get("/p2/some/path?q=1");
+    assert_eq!(status, 200);
+    assert!(body.contains("wasi:http@0.2") && body.contains("/p2/some/path?q=1"), "{body}");
+    assert!(body.contains("matched route: /p2/..."), "{body}");
+}
+
+#[test]
+fn private_component_is_unreachable_from_outside_but_callable_in_app() {
+    let app = AppDir::new(&format!(
+        r#"{ROUTES}
+[[trigger.http]]
+route = "/caller/..."
+component = "caller"
+[component.caller]
+source = "{{probe}}"
+allowed_outbound_hosts = ["http://hidden.spin.internal", "http://self"]
+"#
+    ));
+    let moa = Moa::start(&app, Options::default());
+    // No public route reaches `hidden`: the catch-all answers instead.
+    let (_, dump) = moa.get("/hidden/headers");
+    assert_eq!(header(&dump, "spin-matched-route"), Some("/..."), "{dump}");
+    // Another component reaches it through local service chaining...
+    let (status, body) = moa.get("/caller/fetch?url=http://hidden.spin.internal/var-check");
+    assert_eq!(status, 200, "{body}");
+    assert!(body.starts_with("status 200") && body.contains("probe: nothing to do for \"/var-check\""), "{body}");
+    // ... and the app's own public routes through http://self.
+    let (status, body) = moa.get("/caller/fetch?url=http://self/hello");
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("Hello from moa"), "{body}");
+    // A component without the grant is refused.
+    let (status, body) = moa.get("/probe/fetch?url=http://hidden.spin.internal/x");
+    assert_eq!(status, 502, "{body}");
+    assert!(body.contains("HttpRequestDenied"), "{body}");
+}
+
+const LIMITS: &str = r#"
+spin_manifest_version = 2
+[application]
+name = "limits"
+[[trigger.http]]
+route = "/probe/..."
+component = "probe"
+[[trigger.http]]
+route = "/quick/..."
+component = "quick"
+[component.probe]
+source = "{probe}"
+[component.quick]
+source = "{probe}"
+[component.quick.moa]
+request_timeout_ms = 500
+memory_limit_mb = 32
+"#;
+
+#[test]
+fn a_trap_is_a_500_json_with_request_id_and_the_host_keeps_serving() {
+    let app = AppDir::new(LIMITS);
+    let moa = Moa::start(&app, Options::default());
+    let (status, body) = moa.get("/probe/trap");
+    assert_eq!(status, 500, "{body}");
+    let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(json["component"], "probe");
+    let request_id = json["request_id"].as_str().unwrap().to_string();
+    assert!(!request_id.is_empty());
+    // The same request id is in the host's log with the trap.
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    assert!(moa.stderr().lines().any(|l| l.contains(&request_id) && l.contains("trap")), "{}", moa.stderr());
+    // Other requests are still served, by the same component too.
+    for _ in 0..3 {
+        assert_eq!(moa.get("/probe/echo").0, 200);
+    }
+}
+
+#[test]
+fn a_cpu_loop_and_a_long_sleep_are_cut_off_at_the_deadline_with_504() {
+    let app = AppDir::new(LIMITS);
+    let moa = Moa::start(&app, Options::default());
+    let started = std::time::Instant::now();
+    let (status, body) = moa.get("/quick/spin");
+    assert_eq!(status, 504, "{body}");
+    assert!(body.contains("500 ms"), "{body}");
+    let (status, body) = moa.get("/quick/sleep/20000");
+    assert_eq!(status, 504, "{body}");
+    // Both came back long before the 20 s sleep would have ended (not a hang).
+    assert!(started.elapsed() < std::time::Duration::from_secs(15));
+    assert_eq!(moa.get("/quick/sleep/10").0, 200);
+    assert_eq!(moa.get("/probe/echo").0, 200);
+}
+
+#[test]
+fn memory_over_the_component_limit_fails_that_request_only() {
+    let app = AppDir::new(LIMITS);
+    let moa = Moa::start(&app, Options::default());
+    assert_eq!(moa.get("/quick/alloc/4").0, 200);
+    let (status, body) = moa.get("/quick/alloc/64");
+    assert_eq!(status, 500, "{body}");
+    // The default limit (128 MiB) of the other component allows it.
+    assert_eq!(moa.get("/probe/alloc/64").0, 200);
+}
+
+#[test]
+fn a_body_over_the_limit_is_413_declared_or_streamed() {
+    let app = AppDir::new(LIMITS);
+    let rc = app.write("runtime-config.toml", "[limits]\nmax_request_body_bytes = 1024\n");
+    let moa = Moa::start(
+        &app,
+        Options {
+            args: vec!["--runtime-config-file".into(), rc.display().to_string()],
+            ..Default::default()
+        },
+    );
+    let (status, body) = moa.send(Method::POST, "/probe/echo", Some(vec![b'x'; 1000]));
+    assert_eq!((status, body.as_str()), (200, "1000 bytes\n"));
+    let (status, body) = moa.send(Method::POST, "/probe/echo", Some(vec![b'x'; 5000]));
+    assert_eq!(status, 413, "{body}");
+    assert!(body.contains("max_request_body_bytes"), "{body}");
+
+    // A chunked body (no content-length) is cut at the limit too.
+    let url = format!("{}/probe/echo", moa.url);
+    let status = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+        let chunks: Vec<Result<Vec<u8>, std::io::Error>> = (0..10).map(|_| Ok(vec![b'y'; 1000])).collect();
+        let body = reqwest::Body::wrap_stream(futures::stream::iter(chunks));
+        reqwest::Client::new().post(&url).body(body).send().await.unwrap().status().as_u16()
+    });
+    assert_eq!(status, 413);
+}
+
+#[test]
+fn metrics_count_requests_traps_and_deadlines() {
+    let app = AppDir::new(LIMITS);
+    let moa = Moa::start(&app, Options::default());
+    moa.get("/probe/echo");
+    moa.get("/probe/trap");
+    moa.get("/quick/spin");
+    let (status, text) = common::blocking(Method::GET, &format!("{}/metrics", moa.admin_url), None);
+    assert_eq!(status, 200);
+    assert!(text.contains(r#"moa_http_requests_total{component="probe",status="200"} 1"#), "{text}");
+    assert!(text.contains(r#"moa_traps_total{component="probe"} 1"#), "{text}");
+    assert!(text.contains(r#"moa_deadline_exceeded_total{component="quick"} 1"#), "{text}");
+    assert!(text.contains("moa_instantiation_duration_seconds_bucket"), "{text}");
+    // One JSON log line per request, with the fields operators query on.
+    let line = moa
+        .stderr()
+        .lines()
+        .find(|l| l.contains("\"path\":\"/probe/echo\""))
+        .map(str::to_string)
+        .expect("request log line");
+    let json: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(json["status"], 200);
+    assert_eq!(json["component"], "probe");
+    assert_eq!(json["route"], "/probe/...");
+    assert!(json["duration_ms"].as_f64().is_some() && json["request_id"].as_str().is_some(), "{line}");
+}

@@ -1,0 +1,43 @@
+# Shared settings for moa's scripts (sourced, not run).
+# Build outputs live outside the clone so a fresh clone (and CI right after a session) reuses them.
+MOA_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+export MOA_CACHE_HOME="${MOA_CACHE_HOME:-$HOME/.cache/moa}"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$MOA_CACHE_HOME/target}"
+MOA_BIN="$CARGO_TARGET_DIR/release/moa"
+
+log() { printf '==> %s\n' "$*" >&2; }
+
+# Idempotent machine set-up: the wasm32-wasip2 target and the C toolchain bits -sys crates need.
+ensure_toolchain() {
+  if ! rustup target list --installed 2>/dev/null | grep -qx wasm32-wasip2; then
+    log "adding rust target wasm32-wasip2"
+    rustup target add wasm32-wasip2
+  fi
+  local missing=()
+  command -v cc >/dev/null || missing+=(build-essential)
+  command -v pkg-config >/dev/null || missing+=(pkg-config)
+  if [ ${#missing[@]} -gt 0 ]; then
+    log "installing ${missing[*]}"
+    apt-get update -qq && apt-get install -y -qq "${missing[@]}"
+  fi
+}
+
+# components/target points at a shared cache dir, so component builds are reused across clones.
+link_components_target() {
+  local shared="$MOA_CACHE_HOME/components-target"
+  mkdir -p "$shared"
+  if [ ! -e "$MOA_ROOT/components/target" ]; then
+    ln -s "$shared" "$MOA_ROOT/components/target"
+  fi
+}
+
+build_components() {
+  link_components_target
+  log "building components (wasm32-wasip2, release)"
+  (cd "$MOA_ROOT/components" && env -u CARGO_TARGET_DIR cargo build --target wasm32-wasip2 --release --target-dir target)
+}
+
+build_host() {
+  log "building the moa host (release)"
+  (cd "$MOA_ROOT" && cargo build --release -p moa)
+}

@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Sets up a fresh machine and runs every test: unit tests and the integration tests, which start
+# real `moa up` processes on ephemeral ports. Extra arguments go to `cargo test`.
+set -euo pipefail
+source "$(dirname "$0")/lib.sh"
+ensure_toolchain
+build_components
+cd "$MOA_ROOT"
+log "running tests"
+cargo test --release --workspace "$@"
