@@ -7,4 +7,4 @@ ensure_toolchain
 build_components
 cd "$MOA_ROOT"
 log "running tests"
-cargo test --release --workspace "$@"
+cargo test --release --workspace --no-fail-fast "$@"

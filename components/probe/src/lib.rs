@@ -1,5 +1,6 @@
 //! Test component: does on request what the host's tests need to observe (trap, spin, sleep,
-//! allocate, key-value, variables, outbound HTTP, echo), dispatching on `spin-path-info`.
+//! allocate, key-value, variables, outbound HTTP, echo), dispatching on `spin-path-info`;
+//! anything else answers with the request's headers, one `name: value` per line.
 
 use spin_sdk::http::body::IncomingBodyExt as _;
 use spin_sdk::http::{EmptyBody, IntoResponse, Request};
@@ -97,7 +98,7 @@ async fn handle(req: Request) -> anyhow::Result<impl IntoResponse> {
             let body = req.into_body().bytes().await.map_err(|e| anyhow::anyhow!("{e:?}"))?;
             reply(200, format!("{} bytes\n", body.len()))
         }
-        ["headers"] => {
+        _ => {
             let mut lines: Vec<String> = req
                 .headers()
                 .iter()
@@ -105,8 +106,8 @@ async fn handle(req: Request) -> anyhow::Result<impl IntoResponse> {
                 .collect();
             lines.sort();
             lines.push(format!("uri: {}", req.uri()));
+            lines.insert(0, format!("probe: nothing to do for {info:?}"));
             reply(200, lines.join("\n"))
         }
-        _ => reply(200, format!("probe: nothing to do for {info:?}\n")),
     }
 }

@@ -69,8 +69,17 @@ mod tests {
     #[test]
     fn offsets_map_to_one_based_lines_and_columns() {
         let text = "a = 1\nbb = 2\n";
-        assert_eq!(Position::from_offset(text, 0), Position { line: 1, column: 1 });
-        assert_eq!(Position::from_offset(text, 6), Position { line: 2, column: 1 });
-        assert_eq!(Position::from_offset(text, 9), Position { line: 2, column: 4 });
+        assert_eq!(
+            Position::from_offset(text, 0),
+            Position { line: 1, column: 1 }
+        );
+        assert_eq!(
+            Position::from_offset(text, 6),
+            Position { line: 2, column: 1 }
+        );
+        assert_eq!(
+            Position::from_offset(text, 9),
+            Position { line: 2, column: 4 }
+        );
     }
 }

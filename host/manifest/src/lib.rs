@@ -2,8 +2,8 @@
 //! Every mistake becomes a [`ManifestError`] naming the file, the line and the fix.
 
 mod error;
-pub mod template;
 mod schema;
+pub mod template;
 mod validate;
 
 pub use validate::normalize_route;
@@ -67,7 +67,9 @@ pub fn load(path: &Path) -> Result<LoadedManifest, ManifestError> {
 /// Parses and validates manifest text; `path` is used only in error messages.
 pub fn parse(path: &Path, text: &str) -> Result<AppManifest, ManifestError> {
     let raw: schema::RawManifest = toml::from_str(text).map_err(|err| {
-        let position = err.span().map(|span| Position::from_offset(text, span.start));
+        let position = err
+            .span()
+            .map(|span| Position::from_offset(text, span.start));
         ManifestError::Invalid {
             path: path.to_path_buf(),
             position,

@@ -56,7 +56,10 @@ impl Template {
     }
 
     /// Renders the template, asking `resolve` for each variable's value.
-    pub fn render<E>(&self, mut resolve: impl FnMut(&str) -> Result<String, E>) -> Result<String, E> {
+    pub fn render<E>(
+        &self,
+        mut resolve: impl FnMut(&str) -> Result<String, E>,
+    ) -> Result<String, E> {
         let mut out = String::new();
         for part in &self.parts {
             match part {
@@ -85,7 +88,13 @@ mod tests {
         let t = Template::parse("https://{{ host }}:{{port}}/x").unwrap();
         assert_eq!(t.variables().collect::<Vec<_>>(), ["host", "port"]);
         let out = t
-            .render(|name| Ok::<_, ()>(if name == "host" { "a.b".into() } else { "80".into() }))
+            .render(|name| {
+                Ok::<_, ()>(if name == "host" {
+                    "a.b".into()
+                } else {
+                    "80".into()
+                })
+            })
             .unwrap();
         assert_eq!(out, "https://a.b:80/x");
     }

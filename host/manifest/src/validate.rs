@@ -18,7 +18,12 @@ impl Ctx<'_> {
         Position::from_offset(self.text, spanned.span().start)
     }
 
-    fn err(&self, position: Position, message: impl Into<String>, help: impl Into<String>) -> ManifestError {
+    fn err(
+        &self,
+        position: Position,
+        message: impl Into<String>,
+        help: impl Into<String>,
+    ) -> ManifestError {
         ManifestError::Invalid {
             path: self.path.to_path_buf(),
             position: Some(position),
@@ -28,7 +33,11 @@ impl Ctx<'_> {
     }
 }
 
-pub(crate) fn validate(path: &Path, text: &str, raw: RawManifest) -> Result<AppManifest, ManifestError> {
+pub(crate) fn validate(
+    path: &Path,
+    text: &str,
+    raw: RawManifest,
+) -> Result<AppManifest, ManifestError> {
     let cx = Ctx { path, text };
     check_version(&cx, &raw)?;
 
@@ -85,7 +94,9 @@ pub(crate) fn validate(path: &Path, text: &str, raw: RawManifest) -> Result<AppM
                 .iter()
                 .find(|(k, _)| *k == kind)
                 .map(|(_, why)| why.to_string())
-                .unwrap_or_else(|| "moa runs `[[trigger.http]]`; check the spelling of the trigger type".into());
+                .unwrap_or_else(|| {
+                    "moa runs `[[trigger.http]]`; check the spelling of the trigger type".into()
+                });
             let position = entries.first().map(|e| cx.pos(e)).unwrap_or(kind_position);
             return Err(cx.err(
                 position,
@@ -198,12 +209,11 @@ fn validate_component(
                 let source = t.get("source").and_then(|v| v.as_str());
                 let destination = t.get("destination").and_then(|v| v.as_str());
                 match (source, destination) {
-                    (Some(source), Some(destination)) if destination.starts_with('/') => {
-                        files.push(FileMount::Directory {
+                    (Some(source), Some(destination)) if destination.starts_with('/') => files
+                        .push(FileMount::Directory {
                             source: PathBuf::from(source),
                             destination: destination.to_string(),
-                        })
-                    }
+                        }),
                     _ => {
                         return Err(cx.err(
                             entry_position,
@@ -257,19 +267,24 @@ fn validate_component(
         });
     }
 
-    let located = |items: Vec<Spanned<String>>, what: &str| -> Result<Vec<Located<String>>, ManifestError> {
-        items
-            .into_iter()
-            .map(|item| {
-                let position = cx.pos(&item);
-                let value = item.into_inner();
-                if value.trim().is_empty() {
-                    return Err(cx.err(position, format!("component `{id}`: empty {what} label"), format!("name the {what}, e.g. \"default\"")));
-                }
-                Ok(Located { value, position })
-            })
-            .collect()
-    };
+    let located =
+        |items: Vec<Spanned<String>>, what: &str| -> Result<Vec<Located<String>>, ManifestError> {
+            items
+                .into_iter()
+                .map(|item| {
+                    let position = cx.pos(&item);
+                    let value = item.into_inner();
+                    if value.trim().is_empty() {
+                        return Err(cx.err(
+                            position,
+                            format!("component `{id}`: empty {what} label"),
+                            format!("name the {what}, e.g. \"default\""),
+                        ));
+                    }
+                    Ok(Located { value, position })
+                })
+                .collect()
+        };
     let key_value_stores = located(raw.key_value_stores, "key-value store")?;
     let ai_models = located(raw.ai_models, "AI model")?;
 
@@ -353,8 +368,13 @@ fn check_template(
     text: &str,
     variables: &BTreeMap<String, VariableDecl>,
 ) -> Result<(), ManifestError> {
-    let template = Template::parse(text)
-        .map_err(|why| cx.err(position, format!("component `{component}`: {why}"), "write references as `{{ variable_name }}`"))?;
+    let template = Template::parse(text).map_err(|why| {
+        cx.err(
+            position,
+            format!("component `{component}`: {why}"),
+            "write references as `{{ variable_name }}`",
+        )
+    })?;
     for name in template.variables() {
         if !variables.contains_key(name) {
             return Err(cx.err(
@@ -376,7 +396,11 @@ fn validate_http_trigger(
     let raw = entry.into_inner();
 
     let Some(component) = raw.component else {
-        return Err(cx.err(position, "[[trigger.http]] has no `component`", "add `component = \"<component id>\"`"));
+        return Err(cx.err(
+            position,
+            "[[trigger.http]] has no `component`",
+            "add `component = \"<component id>\"`",
+        ));
     };
     let component_position = cx.pos(&component);
     let component = match component.into_inner() {
@@ -389,7 +413,11 @@ fn validate_http_trigger(
             ));
         }
         _ => {
-            return Err(cx.err(component_position, "`component` must be a component id", "write `component = \"<component id>\"`"));
+            return Err(cx.err(
+                component_position,
+                "`component` must be a component id",
+                "write `component = \"<component id>\"`",
+            ));
         }
     };
     if !components.contains_key(&component) {
@@ -418,7 +446,9 @@ fn validate_http_trigger(
             check_route(cx, route_position, &path)?;
             HttpRoute::Path(path)
         }
-        toml::Value::Table(t) if t.get("private").and_then(|v| v.as_bool()) == Some(true) => HttpRoute::Private,
+        toml::Value::Table(t) if t.get("private").and_then(|v| v.as_bool()) == Some(true) => {
+            HttpRoute::Private
+        }
         _ => {
             return Err(cx.err(
                 route_position,
@@ -464,7 +494,11 @@ fn validate_http_trigger(
 
 fn check_route(cx: &Ctx, position: Position, route: &str) -> Result<(), ManifestError> {
     if !route.starts_with('/') {
-        return Err(cx.err(position, format!("route `{route}` does not start with `/`"), format!("write `route = \"/{route}\"`")));
+        return Err(cx.err(
+            position,
+            format!("route `{route}` does not start with `/`"),
+            format!("write `route = \"/{route}\"`"),
+        ));
     }
     if let Some(idx) = route.find("...")
         && !(route.ends_with("/...") && idx == route.len() - 3)
@@ -498,7 +532,11 @@ fn check_duplicate_routes(cx: &Ctx, triggers: &[HttpTrigger]) -> Result<(), Mani
 /// Trailing slashes do not distinguish routes: `/a/` and `/a` are the same route.
 pub fn normalize_route(route: &str) -> String {
     let trimmed = route.trim_end_matches('/');
-    if trimmed.is_empty() { "/".into() } else { trimmed.into() }
+    if trimmed.is_empty() {
+        "/".into()
+    } else {
+        trimmed.into()
+    }
 }
 
 #[cfg(test)]
@@ -535,7 +573,9 @@ command = "cargo build"
 
     fn err(text: &str) -> (usize, String) {
         match parse(Path::new("spin.toml"), text) {
-            Err(e @ ManifestError::Invalid { .. }) => (e.position().map(|p| p.line).unwrap_or(0), e.to_string()),
+            Err(e @ ManifestError::Invalid { .. }) => {
+                (e.position().map(|p| p.line).unwrap_or(0), e.to_string())
+            }
             Err(e) => panic!("unexpected {e}"),
             Ok(_) => panic!("manifest was accepted"),
         }
@@ -557,28 +597,40 @@ command = "cargo build"
         let text = GOOD.replacen("component = \"hello\"", "component = \"helo\"", 1);
         let (line, msg) = err(&text);
         assert_eq!(line, 13);
-        assert!(msg.contains("`helo`") && msg.contains("use one of: hello"), "{msg}");
+        assert!(
+            msg.contains("`helo`") && msg.contains("use one of: hello"),
+            "{msg}"
+        );
     }
 
     #[test]
     fn undeclared_variable_in_template_is_rejected() {
         let text = GOOD.replace("{{ greeting }}", "{{ greting }}");
         let (line, msg) = err(&text);
-        assert_eq!(line, 22);
-        assert!(msg.contains("greting") && msg.contains("[variables]"), "{msg}");
+        assert_eq!(line, 23);
+        assert!(
+            msg.contains("greting") && msg.contains("[variables]"),
+            "{msg}"
+        );
     }
 
     #[test]
     fn kafka_trigger_is_a_clear_error_until_supported() {
-        let text = format!("{GOOD}\n[[trigger.kafka]]\ntopic = \"orders\"\ncomponent = \"hello\"\n");
+        let text =
+            format!("{GOOD}\n[[trigger.kafka]]\ntopic = \"orders\"\ncomponent = \"hello\"\n");
         let (line, msg) = err(&text);
         assert_eq!(line, 27);
-        assert!(msg.contains("`kafka` is not supported") && msg.contains("event backbone"), "{msg}");
+        assert!(
+            msg.contains("`kafka` is not supported") && msg.contains("event backbone"),
+            "{msg}"
+        );
     }
 
     #[test]
     fn syntax_errors_and_missing_fields_carry_positions() {
-        let (line, msg) = err("spin_manifest_version = 2\n[application]\nname = \"x\"\n[component.a]\nsourc = \"a.wasm\"\n");
+        let (line, msg) = err(
+            "spin_manifest_version = 2\n[application]\nname = \"x\"\n[component.a]\nsourc = \"a.wasm\"\n",
+        );
         assert_eq!(line, 5);
         assert!(msg.contains("unknown field `sourc`"), "{msg}");
         let (line, _) = err("spin_manifest_version = 2\n[application\n");
@@ -587,10 +639,11 @@ command = "cargo build"
 
     #[test]
     fn version_one_and_bad_routes_are_rejected() {
-        let (_, msg) = err(&GOOD.replace("spin_manifest_version = 2", "spin_manifest_version = \"1\""));
+        let (_, msg) =
+            err(&GOOD.replace("spin_manifest_version = 2", "spin_manifest_version = \"1\""));
         assert!(msg.contains("version 2"), "{msg}");
         let (line, msg) = err(&GOOD.replace("/hello/...", "hello"));
-        assert_eq!(line, 11);
+        assert_eq!(line, 12);
         assert!(msg.contains("does not start with `/`"), "{msg}");
         let (_, msg) = err(&GOOD.replace("/hello/...", "/a/.../b"));
         assert!(msg.contains("last segment"), "{msg}");

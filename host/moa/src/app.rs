@@ -128,20 +128,31 @@ impl App {
         mut on_loaded: impl FnMut(&AppComponent),
     ) -> Result<App> {
         let limits: HostLimits = runtime_config.section("limits")?.unwrap_or_default();
-        if limits.max_instance_reuse == 0 || limits.request_timeout_ms == 0 || limits.memory_limit_mb == 0 {
+        if limits.max_instance_reuse == 0
+            || limits.request_timeout_ms == 0
+            || limits.memory_limit_mb == 0
+        {
             anyhow::bail!(
                 "{}: [limits] values must be greater than zero\n  help: remove a key to use its default",
                 runtime_config.describe()
             );
         }
-        let capabilities = AppCapabilities::configure(runtime_config, state_dir, &manifest, metrics)?;
+        let capabilities =
+            AppCapabilities::configure(runtime_config, state_dir, &manifest, metrics)?;
 
         let mut linker = Linker::<HostState>::new(engine.engine());
         capabilities::link(&mut linker)?;
 
         let mut components = BTreeMap::new();
         for component in manifest.manifest.triggered_components() {
-            let loaded = load_component(engine, &linker, &manifest, &capabilities, component, &limits)?;
+            let loaded = load_component(
+                engine,
+                &linker,
+                &manifest,
+                &capabilities,
+                component,
+                &limits,
+            )?;
             on_loaded(&loaded);
             components.insert(component.id.clone(), Arc::new(loaded));
         }
@@ -164,9 +175,14 @@ fn load_component(
 ) -> Result<AppComponent> {
     let started = Instant::now();
     let source = app.base_dir.join(&component.source.value);
-    let (compiled, origin) = engine
-        .load_component(&source)
-        .with_context(|| format!("{}:{}: component `{}`", app.path.display(), component.source.position, component.id))?;
+    let (compiled, origin) = engine.load_component(&source).with_context(|| {
+        format!(
+            "{}:{}: component `{}`",
+            app.path.display(),
+            component.source.position,
+            component.id
+        )
+    })?;
     let instance_pre = linker.instantiate_pre(&compiled).map_err(|err| {
         anyhow!(
             "component `{}` ({}) cannot be linked: {err}\n  help: moa provides WASI 0.2/0.3, wasi:http, spin:key-value@3.0.0 and spin:variables@3.0.0; remove the other imports or use a newer moa",
@@ -174,7 +190,8 @@ fn load_component(
             source.display()
         )
     })?;
-    let (pre, world) = match wasmtime_wasi_http::p3::bindings::ServicePre::new(instance_pre.clone()) {
+    let (pre, world) = match wasmtime_wasi_http::p3::bindings::ServicePre::new(instance_pre.clone())
+    {
         Ok(pre) => (ProxyPre::P3(pre), HttpWorld::P3),
         Err(_) => match wasmtime_wasi_http::p2::bindings::ProxyPre::new(instance_pre) {
             Ok(pre) => (ProxyPre::P2(pre), HttpWorld::P2),
@@ -186,19 +203,30 @@ fn load_component(
         },
     };
 
-    let memory_mb = component.limits.memory_limit_mb.unwrap_or(limits.memory_limit_mb);
-    let timeout_ms = component.limits.request_timeout_ms.unwrap_or(limits.request_timeout_ms);
+    let memory_mb = component
+        .limits
+        .memory_limit_mb
+        .unwrap_or(limits.memory_limit_mb);
+    let timeout_ms = component
+        .limits
+        .request_timeout_ms
+        .unwrap_or(limits.request_timeout_ms);
     Ok(AppComponent {
         id: component.id.clone(),
         pre,
         world,
         grants: capabilities.grants_for(app, component)?,
-        memory_limit_bytes: usize::try_from(memory_mb.saturating_mul(1 << 20)).unwrap_or(usize::MAX),
+        memory_limit_bytes: usize::try_from(memory_mb.saturating_mul(1 << 20))
+            .unwrap_or(usize::MAX),
         request_timeout: Duration::from_millis(timeout_ms),
         max_instance_reuse: limits.max_instance_reuse,
         origin,
         load_time: started.elapsed(),
-        environment: component.environment.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        environment: component
+            .environment
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
         mounts: mounts(app, component)?,
     })
 }
@@ -209,7 +237,10 @@ fn mounts(app: &LoadedManifest, component: &Component) -> Result<Vec<(PathBuf, S
     let mut out = Vec::new();
     for mount in &component.files {
         let (host, guest) = match mount {
-            FileMount::Directory { source, destination } => (app.base_dir.join(source), destination.clone()),
+            FileMount::Directory {
+                source,
+                destination,
+            } => (app.base_dir.join(source), destination.clone()),
             FileMount::Pattern(pattern) => {
                 let prefix: Vec<&str> = pattern
                     .split('/')

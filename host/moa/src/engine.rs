@@ -144,7 +144,9 @@ impl MoaEngine {
             // compatibility hash, into moa's own cache directory; wasmtime re-checks the header.
             match unsafe { Component::deserialize_file(&self.engine, &cached) } {
                 Ok(component) => return Ok((component, LoadOrigin::Cache)),
-                Err(err) => tracing::warn!(path = %cached.display(), error = %err, "ignoring unusable compile cache entry"),
+                Err(err) => {
+                    tracing::warn!(path = %cached.display(), error = %err, "ignoring unusable compile cache entry")
+                }
             }
         }
         let component = self.compile(path, &bytes)?;

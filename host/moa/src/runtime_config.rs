@@ -116,12 +116,24 @@ mod tests {
 
     #[test]
     fn unknown_sections_and_bad_keys_are_named() {
-        let err = RuntimeConfig::parse(Path::new("rc.toml"), "[key_valu_store.x]\ntype='spin'\n").unwrap_err();
-        assert!(err.to_string().contains("unknown table `key_valu_store`"), "{err}");
-        let rc = RuntimeConfig::parse(Path::new("rc.toml"), "[limits]\nmemory_limit_mb = 'big'\n").unwrap();
+        let err = RuntimeConfig::parse(Path::new("rc.toml"), "[key_valu_store.x]\ntype='spin'\n")
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("unknown table `key_valu_store`"),
+            "{err}"
+        );
+        let rc = RuntimeConfig::parse(Path::new("rc.toml"), "[limits]\nmemory_limit_mb = 'big'\n")
+            .unwrap();
         let err = rc.section::<Limits>("limits").unwrap_err();
         assert!(err.to_string().contains("[limits]"), "{err}");
-        let rc = RuntimeConfig::parse(Path::new("rc.toml"), "[limits]\nmemory_limit_mb = 64\n").unwrap();
-        assert_eq!(rc.section::<Limits>("limits").unwrap().unwrap().memory_limit_mb, 64);
+        let rc =
+            RuntimeConfig::parse(Path::new("rc.toml"), "[limits]\nmemory_limit_mb = 64\n").unwrap();
+        assert_eq!(
+            rc.section::<Limits>("limits")
+                .unwrap()
+                .unwrap()
+                .memory_limit_mb,
+            64
+        );
     }
 }

@@ -44,23 +44,49 @@ fn kv_options(app: &AppDir) -> Options {
 fn key_value_data_survives_a_restart() {
     let app = AppDir::new(KV_APP);
     let moa = Moa::start(&app, kv_options(&app));
-    assert_eq!(moa.send(Method::PUT, "/granted/kv/default/greeting", Some(b"annyeong".to_vec())).0, 200);
-    assert_eq!(moa.send(Method::PUT, "/granted/kv/cache/token", Some(b"t-1".to_vec())).0, 200);
+    assert_eq!(
+        moa.send(
+            Method::PUT,
+            "/granted/kv/default/greeting",
+            Some(b"annyeong".to_vec())
+        )
+        .0,
+        200
+    );
+    assert_eq!(
+        moa.send(
+            Method::PUT,
+            "/granted/kv/cache/token",
+            Some(b"t-1".to_vec())
+        )
+        .0,
+        200
+    );
     assert_eq!(moa.get("/counter").1.trim(), "1");
     assert_eq!(moa.get("/counter").1.trim(), "2");
     moa.stop();
 
     let moa = Moa::start(&app, kv_options(&app));
-    assert_eq!(moa.get("/granted/kv/default/greeting"), (200, "annyeong".to_string()));
+    assert_eq!(
+        moa.get("/granted/kv/default/greeting"),
+        (200, "annyeong".to_string())
+    );
     assert_eq!(moa.get("/granted/kv/cache/token"), (200, "t-1".to_string()));
     assert_eq!(moa.get("/counter").1.trim(), "3");
     // The two labels are separate stores.
     assert_eq!(moa.get("/granted/kv/cache/greeting").0, 404);
     let (_, keys) = moa.get("/granted/keys/default");
     assert_eq!(keys, "count\ngreeting");
-    assert_eq!(moa.send(Method::DELETE, "/granted/kv/default/greeting", None).0, 200);
+    assert_eq!(
+        moa.send(Method::DELETE, "/granted/kv/default/greeting", None)
+            .0,
+        200
+    );
     assert_eq!(moa.get("/granted/kv/default/greeting").0, 404);
-    assert!(app.path().join("cache.db").exists(), "runtime config path is relative to the config file");
+    assert!(
+        app.path().join("cache.db").exists(),
+        "runtime config path is relative to the config file"
+    );
 }
 
 #[test]
@@ -78,9 +104,14 @@ fn a_component_opens_only_the_stores_it_was_granted() {
 #[test]
 fn a_store_label_missing_from_the_runtime_config_fails_at_load_with_the_line() {
     let app = AppDir::new(KV_APP);
-    let err = Moa::try_start(&app, Options::default()).err().expect("moa must refuse the app");
+    let err = Moa::try_start(&app, Options::default())
+        .err()
+        .expect("moa must refuse the app");
     assert!(err.contains("spin.toml:16:"), "{err}");
-    assert!(err.contains("key-value store `cache`") && err.contains("[key_value_store.cache]"), "{err}");
+    assert!(
+        err.contains("key-value store `cache`") && err.contains("[key_value_store.cache]"),
+        "{err}"
+    );
 }
 
 const VARS_APP: &str = r#"
@@ -103,7 +134,10 @@ environment = { ORDER_TOPIC = "orders.v1" }
 #[test]
 fn variables_come_from_defaults_env_and_runtime_config() {
     let app = AppDir::new(VARS_APP);
-    let rc = app.write("rc.toml", "[variables]\nregion = \"seoul\"\napi_token = { env = \"TEST_TOKEN_SOURCE\" }\n");
+    let rc = app.write(
+        "rc.toml",
+        "[variables]\nregion = \"seoul\"\napi_token = { env = \"TEST_TOKEN_SOURCE\" }\n",
+    );
     let moa = Moa::start(
         &app,
         Options {
@@ -115,7 +149,10 @@ fn variables_come_from_defaults_env_and_runtime_config() {
             ..Default::default()
         },
     );
-    assert_eq!(moa.get("/var/message"), (200, "annyeong from seoul".to_string()));
+    assert_eq!(
+        moa.get("/var/message"),
+        (200, "annyeong from seoul".to_string())
+    );
     assert_eq!(moa.get("/var/token"), (200, "s3cret".to_string()));
     // Application variables are not visible unless the component maps them.
     let (status, body) = moa.get("/var/region");
@@ -139,7 +176,10 @@ fn spin_variable_env_prefix_works_and_a_missing_required_variable_says_how_to_se
     )
     .err()
     .expect("api_token is required");
-    assert!(err.contains("variable `api_token` is required") && err.contains("MOA_VARIABLE_API_TOKEN"), "{err}");
+    assert!(
+        err.contains("variable `api_token` is required") && err.contains("MOA_VARIABLE_API_TOKEN"),
+        "{err}"
+    );
 
     let moa = Moa::start(
         &app,
@@ -151,7 +191,10 @@ fn spin_variable_env_prefix_works_and_a_missing_required_variable_says_how_to_se
             ..Default::default()
         },
     );
-    assert_eq!(moa.get("/var/message"), (200, "hello from busan".to_string()));
+    assert_eq!(
+        moa.get("/var/message"),
+        (200, "hello from busan".to_string())
+    );
 }
 
 #[test]
@@ -199,12 +242,15 @@ allowed_outbound_hosts = ["https://127.0.0.1:{port}", "http://localhost:{port}"]
     let (status, body) = moa.get(&format!("/denied/fetch?url={target}"));
     assert_eq!(status, 502, "{body}");
     assert!(body.contains("HttpRequestDenied"), "{body}");
-    let (status, _) = moa.get(&format!("/allowed/fetch?url=http://127.0.0.1:1/other-port"));
+    let (status, _) = moa.get("/allowed/fetch?url=http://127.0.0.1:1/other-port");
     assert_eq!(status, 502);
     assert_eq!(upstream.hits(), 2, "a denied request must not connect");
 
     let (_, metrics) = common::blocking(Method::GET, &format!("{}/metrics", moa.admin_url), None);
-    assert!(metrics.contains(r#"moa_outbound_http_denied_total{component="denied"} 1"#), "{metrics}");
+    assert!(
+        metrics.contains(r#"moa_outbound_http_denied_total{component="denied"} 1"#),
+        "{metrics}"
+    );
 }
 
 #[test]
@@ -222,6 +268,11 @@ source = "{probe}"
 allowed_outbound_hosts = ["api.toss.im"]
 "#,
     );
-    let err = Moa::try_start(&app, Options::default()).err().expect("must fail");
-    assert!(err.contains("spin.toml:10:") && err.contains("https://api.toss.im"), "{err}");
+    let err = Moa::try_start(&app, Options::default())
+        .err()
+        .expect("must fail");
+    assert!(
+        err.contains("spin.toml:10:") && err.contains("https://api.toss.im"),
+        "{err}"
+    );
 }

@@ -50,7 +50,8 @@ source = "{probe}"
 "#;
 
 fn header<'a>(dump: &'a str, name: &str) -> Option<&'a str> {
-    dump.lines().find_map(|l| l.strip_prefix(&format!("{name}: ")))
+    dump.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name}: ")))
 }
 
 #[test]
@@ -62,15 +63,32 @@ fn most_specific_route_wins_and_spin_headers_describe_the_match() {
     assert_eq!(status, 200, "{dump}");
     assert_eq!(header(&dump, "spin-matched-route"), Some("/probe/..."));
     assert_eq!(header(&dump, "spin-component-route"), Some("/probe"));
-    assert_eq!(header(&dump, "spin-raw-component-route"), Some("/probe/..."));
+    assert_eq!(
+        header(&dump, "spin-raw-component-route"),
+        Some("/probe/...")
+    );
     assert_eq!(header(&dump, "spin-path-info"), Some("/headers"));
     assert_eq!(header(&dump, "spin-base-path"), Some("/"));
-    assert!(header(&dump, "spin-full-url").unwrap().ends_with("/probe/headers"), "{dump}");
-    assert!(header(&dump, "spin-client-addr").unwrap().starts_with("127.0.0.1:"), "{dump}");
+    assert!(
+        header(&dump, "spin-full-url")
+            .unwrap()
+            .ends_with("/probe/headers"),
+        "{dump}"
+    );
+    assert!(
+        header(&dump, "spin-client-addr")
+            .unwrap()
+            .starts_with("127.0.0.1:"),
+        "{dump}"
+    );
 
     // The exact route beats the wildcard it sits under.
     let (_, dump) = moa.get("/probe/exact");
-    assert_eq!(header(&dump, "spin-matched-route"), Some("/probe/exact"), "{dump}");
+    assert_eq!(
+        header(&dump, "spin-matched-route"),
+        Some("/probe/exact"),
+        "{dump}"
+    );
     // `:id` segments are matched and reported.
     let (_, dump) = moa.get("/users/42");
     assert_eq!(header(&dump, "spin-path-match-id"), Some("42"), "{dump}");
@@ -97,7 +115,10 @@ source = "{probe}"
     let (status, body) = moa.get("/only/not");
     assert_eq!(status, 404);
     let json: serde_json::Value = serde_json::from_str(&body).unwrap();
-    assert!(json["error"].as_str().unwrap().contains("/only/not"), "{body}");
+    assert!(
+        json["error"].as_str().unwrap().contains("/only/not"),
+        "{body}"
+    );
     assert!(!json["request_id"].as_str().unwrap().is_empty());
 }
 
@@ -105,16 +126,34 @@ source = "{probe}"
 fn wasip3_spin_sdk_and_wasip2_wit_bindgen_components_are_both_served() {
     let app = AppDir::new(ROUTES);
     let moa = Moa::start(&app, Options::default());
-    assert!(moa.stdout.iter().any(|l| l.contains("`hello` (wasi:http@0.3")), "{:?}", moa.stdout);
-    assert!(moa.stdout.iter().any(|l| l.contains("`hello-p2` (wasi:http@0.2")), "{:?}", moa.stdout);
+    assert!(
+        moa.stdout
+            .iter()
+            .any(|l| l.contains("`hello` (wasi:http@0.3")),
+        "{:?}",
+        moa.stdout
+    );
+    assert!(
+        moa.stdout
+            .iter()
+            .any(|l| l.contains("`hello-p2` (wasi:http@0.2")),
+        "{:?}",
+        moa.stdout
+    );
 
     let (status, body) = moa.get("/hello");
     assert_eq!(status, 200);
-    assert!(body.contains("spin-sdk 7, wasi:http@0.3") && body.contains("/hello"), "{body}");
+    assert!(
+        body.contains("spin-sdk 7, wasi:http@0.3") && body.contains("/hello"),
+        "{body}"
+    );
 
     let (status, body) = moa.get("/p2/some/path?q=1");
     assert_eq!(status, 200);
-    assert!(body.contains("wasi:http@0.2") && body.contains("/p2/some/path?q=1"), "{body}");
+    assert!(
+        body.contains("wasi:http@0.2") && body.contains("/p2/some/path?q=1"),
+        "{body}"
+    );
     assert!(body.contains("matched route: /p2/..."), "{body}");
 }
 
@@ -137,7 +176,10 @@ allowed_outbound_hosts = ["http://hidden.spin.internal", "http://self"]
     // Another component reaches it through local service chaining...
     let (status, body) = moa.get("/caller/fetch?url=http://hidden.spin.internal/var-check");
     assert_eq!(status, 200, "{body}");
-    assert!(body.starts_with("status 200") && body.contains("probe: nothing to do for \"/var-check\""), "{body}");
+    assert!(
+        body.starts_with("status 200") && body.contains("probe: nothing to do for \"/var-check\""),
+        "{body}"
+    );
     // ... and the app's own public routes through http://self.
     let (status, body) = moa.get("/caller/fetch?url=http://self/hello");
     assert_eq!(status, 200, "{body}");
@@ -179,7 +221,13 @@ fn a_trap_is_a_500_json_with_request_id_and_the_host_keeps_serving() {
     assert!(!request_id.is_empty());
     // The same request id is in the host's log with the trap.
     std::thread::sleep(std::time::Duration::from_millis(200));
-    assert!(moa.stderr().lines().any(|l| l.contains(&request_id) && l.contains("trap")), "{}", moa.stderr());
+    assert!(
+        moa.stderr()
+            .lines()
+            .any(|l| l.contains(&request_id) && l.contains("trap")),
+        "{}",
+        moa.stderr()
+    );
     // Other requests are still served, by the same component too.
     for _ in 0..3 {
         assert_eq!(moa.get("/probe/echo").0, 200);
@@ -216,7 +264,10 @@ fn memory_over_the_component_limit_fails_that_request_only() {
 #[test]
 fn a_body_over_the_limit_is_413_declared_or_streamed() {
     let app = AppDir::new(LIMITS);
-    let rc = app.write("runtime-config.toml", "[limits]\nmax_request_body_bytes = 1024\n");
+    let rc = app.write(
+        "runtime-config.toml",
+        "[limits]\nmax_request_body_bytes = 1024\n",
+    );
     let moa = Moa::start(
         &app,
         Options {
@@ -232,11 +283,23 @@ fn a_body_over_the_limit_is_413_declared_or_streamed() {
 
     // A chunked body (no content-length) is cut at the limit too.
     let url = format!("{}/probe/echo", moa.url);
-    let status = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
-        let chunks: Vec<Result<Vec<u8>, std::io::Error>> = (0..10).map(|_| Ok(vec![b'y'; 1000])).collect();
-        let body = reqwest::Body::wrap_stream(futures::stream::iter(chunks));
-        reqwest::Client::new().post(&url).body(body).send().await.unwrap().status().as_u16()
-    });
+    let status = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(async {
+            let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
+                (0..10).map(|_| Ok(vec![b'y'; 1000])).collect();
+            let body = reqwest::Body::wrap_stream(futures::stream::iter(chunks));
+            reqwest::Client::new()
+                .post(&url)
+                .body(body)
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        });
     assert_eq!(status, 413);
 }
 
@@ -249,10 +312,22 @@ fn metrics_count_requests_traps_and_deadlines() {
     moa.get("/quick/spin");
     let (status, text) = common::blocking(Method::GET, &format!("{}/metrics", moa.admin_url), None);
     assert_eq!(status, 200);
-    assert!(text.contains(r#"moa_http_requests_total{component="probe",status="200"} 1"#), "{text}");
-    assert!(text.contains(r#"moa_traps_total{component="probe"} 1"#), "{text}");
-    assert!(text.contains(r#"moa_deadline_exceeded_total{component="quick"} 1"#), "{text}");
-    assert!(text.contains("moa_instantiation_duration_seconds_bucket"), "{text}");
+    assert!(
+        text.contains(r#"moa_http_requests_total{component="probe",status="200"} 1"#),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#"moa_traps_total{component="probe"} 1"#),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#"moa_deadline_exceeded_total{component="quick"} 1"#),
+        "{text}"
+    );
+    assert!(
+        text.contains("moa_instantiation_duration_seconds_bucket"),
+        "{text}"
+    );
     // One JSON log line per request, with the fields operators query on.
     let line = moa
         .stderr()
@@ -264,5 +339,8 @@ fn metrics_count_requests_traps_and_deadlines() {
     assert_eq!(json["status"], 200);
     assert_eq!(json["component"], "probe");
     assert_eq!(json["route"], "/probe/...");
-    assert!(json["duration_ms"].as_f64().is_some() && json["request_id"].as_str().is_some(), "{line}");
+    assert!(
+        json["duration_ms"].as_f64().is_some() && json["request_id"].as_str().is_some(),
+        "{line}"
+    );
 }

@@ -60,8 +60,16 @@ impl AppCapabilities {
     }
 
     /// One component's grants, computed once at load.
-    pub fn grants_for(&self, app: &LoadedManifest, component: &Component) -> Result<ComponentGrants> {
-        let stores = component.key_value_stores.iter().map(|s| s.value.clone()).collect::<Vec<_>>();
+    pub fn grants_for(
+        &self,
+        app: &LoadedManifest,
+        component: &Component,
+    ) -> Result<ComponentGrants> {
+        let stores = component
+            .key_value_stores
+            .iter()
+            .map(|s| s.value.clone())
+            .collect::<Vec<_>>();
         Ok(ComponentGrants {
             component_id: component.id.as_str().into(),
             key_value: self.key_value.grant(&stores),

@@ -28,7 +28,8 @@ impl AppVariables {
     /// Resolves every `[variables]` entry; a required variable with no value is an error that
     /// says how to supply it.
     pub fn resolve(runtime_config: &RuntimeConfig, app: &LoadedManifest) -> Result<Self> {
-        let configured: BTreeMap<String, ValueSource> = runtime_config.section("variables")?.unwrap_or_default();
+        let configured: BTreeMap<String, ValueSource> =
+            runtime_config.section("variables")?.unwrap_or_default();
         for name in configured.keys() {
             if !app.manifest.variables.contains_key(name) {
                 bail!(
@@ -46,7 +47,9 @@ impl AppVariables {
                 .find_map(|prefix| std::env::var(format!("{prefix}{upper}")).ok());
             let value = match (from_env, configured.get(name), &decl.default) {
                 (Some(v), _, _) => v,
-                (None, Some(source), _) => source.resolve(&format!("runtime config variable `{name}`"))?,
+                (None, Some(source), _) => {
+                    source.resolve(&format!("runtime config variable `{name}`"))?
+                }
                 (None, None, Some(default)) => default.clone(),
                 (None, None, None) => bail!(
                     "variable `{name}` is required but has no value\n  help: export MOA_VARIABLE_{upper}=... (or SPIN_VARIABLE_{upper}), or set `{name} = \"...\"` under [variables] in the runtime config"
@@ -94,14 +97,20 @@ impl HasData for Variables {
 }
 
 /// Adds `spin:variables@3.0.0` to the linker; `view` projects the store data.
-pub fn add_to_linker<T: Send + 'static>(linker: &mut Linker<T>, view: fn(&mut T) -> &ComponentVariables) -> wasmtime::Result<()> {
+pub fn add_to_linker<T: Send + 'static>(
+    linker: &mut Linker<T>,
+    view: fn(&mut T) -> &ComponentVariables,
+) -> wasmtime::Result<()> {
     variables::add_to_linker::<T, Variables>(linker, view)
 }
 
 impl variables::Host for &ComponentVariables {}
 
 impl<T: Send> variables::HostWithStore<T> for Variables {
-    async fn get(accessor: &Accessor<T, Self>, name: String) -> wasmtime::Result<Result<String, Error>> {
+    async fn get(
+        accessor: &Accessor<T, Self>,
+        name: String,
+    ) -> wasmtime::Result<Result<String, Error>> {
         if !is_valid_variable_name(&name) {
             return Ok(Err(Error::InvalidName(format!(
                 "`{name}`: variable names use lowercase letters, digits and `_`"

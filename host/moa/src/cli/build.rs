@@ -24,8 +24,17 @@ pub fn run(args: &BuildArgs) -> Result<usize> {
     let app = moa_manifest::load(&path)?;
     for id in &args.component {
         if !app.manifest.components.contains_key(id) {
-            let known = app.manifest.components.keys().cloned().collect::<Vec<_>>().join(", ");
-            bail!("no component `{id}` in {}\n  help: components are: {known}", path.display());
+            let known = app
+                .manifest
+                .components
+                .keys()
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(", ");
+            bail!(
+                "no component `{id}` in {}\n  help: components are: {known}",
+                path.display()
+            );
         }
     }
     let to_build: Vec<_> = app
@@ -36,7 +45,10 @@ pub fn run(args: &BuildArgs) -> Result<usize> {
         .filter_map(|c| c.build.as_ref().map(|b| (c, b)))
         .collect();
     if to_build.is_empty() {
-        println!("No component in {} has a [component.<id>.build] command; nothing to build.", path.display());
+        println!(
+            "No component in {} has a [component.<id>.build] command; nothing to build.",
+            path.display()
+        );
         return Ok(0);
     }
     let started = Instant::now();
@@ -47,7 +59,11 @@ pub fn run(args: &BuildArgs) -> Result<usize> {
             None => app.base_dir.clone(),
         };
         for command in &build.commands {
-            println!("[{}/{total}] Building component `{}`: {command}", index + 1, component.id);
+            println!(
+                "[{}/{total}] Building component `{}`: {command}",
+                index + 1,
+                component.id
+            );
             let step = Instant::now();
             let status = Command::new("sh")
                 .arg("-c")
@@ -59,13 +75,23 @@ pub fn run(args: &BuildArgs) -> Result<usize> {
                 bail!(
                     "component `{}` failed to build: `{command}` exited with {}\n  help: fix the errors above, then run `moa build -c {}` again",
                     component.id,
-                    status.code().map_or("a signal".into(), |c| format!("code {c}")),
+                    status
+                        .code()
+                        .map_or("a signal".into(), |c| format!("code {c}")),
                     component.id
                 );
             }
-            println!("[{}/{total}] Built `{}` in {:.1}s", index + 1, component.id, step.elapsed().as_secs_f64());
+            println!(
+                "[{}/{total}] Built `{}` in {:.1}s",
+                index + 1,
+                component.id,
+                step.elapsed().as_secs_f64()
+            );
         }
     }
-    println!("Finished building {total} component(s) in {:.1}s", started.elapsed().as_secs_f64());
+    println!(
+        "Finished building {total} component(s) in {:.1}s",
+        started.elapsed().as_secs_f64()
+    );
     Ok(total)
 }

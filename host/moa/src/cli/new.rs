@@ -30,25 +30,73 @@ pub struct NewArgs {
 type Files = &'static [(&'static str, &'static str)];
 
 const HTTP_RUST: Files = &[
-    ("Cargo.toml", include_str!("../../templates/http-rust/Cargo.toml")),
-    ("src/lib.rs", include_str!("../../templates/http-rust/src/lib.rs")),
-    ("spin.toml", include_str!("../../templates/http-rust/spin.toml")),
-    (".gitignore", include_str!("../../templates/http-rust/.gitignore")),
+    (
+        "Cargo.toml",
+        include_str!("../../templates/http-rust/Cargo.toml"),
+    ),
+    (
+        "src/lib.rs",
+        include_str!("../../templates/http-rust/src/lib.rs"),
+    ),
+    (
+        "spin.toml",
+        include_str!("../../templates/http-rust/spin.toml"),
+    ),
+    (
+        ".gitignore",
+        include_str!("../../templates/http-rust/.gitignore"),
+    ),
 ];
 
 const HTTP_WIT: Files = &[
-    ("Cargo.toml", include_str!("../../templates/http-wit/Cargo.toml")),
-    ("src/lib.rs", include_str!("../../templates/http-wit/src/lib.rs")),
-    ("spin.toml", include_str!("../../templates/http-wit/spin.toml")),
-    (".gitignore", include_str!("../../templates/http-wit/.gitignore")),
-    ("wit/world.wit", include_str!("../../../../wit/guest/wasi-http-proxy-0.2/world.wit")),
-    ("wit/deps/cli.wit", include_str!("../../../../wit/guest/wasi-http-proxy-0.2/deps/cli.wit")),
-    ("wit/deps/clocks.wit", include_str!("../../../../wit/guest/wasi-http-proxy-0.2/deps/clocks.wit")),
-    ("wit/deps/filesystem.wit", include_str!("../../../../wit/guest/wasi-http-proxy-0.2/deps/filesystem.wit")),
-    ("wit/deps/http.wit", include_str!("../../../../wit/guest/wasi-http-proxy-0.2/deps/http.wit")),
-    ("wit/deps/io.wit", include_str!("../../../../wit/guest/wasi-http-proxy-0.2/deps/io.wit")),
-    ("wit/deps/random.wit", include_str!("../../../../wit/guest/wasi-http-proxy-0.2/deps/random.wit")),
-    ("wit/deps/sockets.wit", include_str!("../../../../wit/guest/wasi-http-proxy-0.2/deps/sockets.wit")),
+    (
+        "Cargo.toml",
+        include_str!("../../templates/http-wit/Cargo.toml"),
+    ),
+    (
+        "src/lib.rs",
+        include_str!("../../templates/http-wit/src/lib.rs"),
+    ),
+    (
+        "spin.toml",
+        include_str!("../../templates/http-wit/spin.toml"),
+    ),
+    (
+        ".gitignore",
+        include_str!("../../templates/http-wit/.gitignore"),
+    ),
+    (
+        "wit/world.wit",
+        include_str!("../../../../wit/guest/wasi-http-proxy-0.2/world.wit"),
+    ),
+    (
+        "wit/deps/cli.wit",
+        include_str!("../../../../wit/guest/wasi-http-proxy-0.2/deps/cli.wit"),
+    ),
+    (
+        "wit/deps/clocks.wit",
+        include_str!("../../../../wit/guest/wasi-http-proxy-0.2/deps/clocks.wit"),
+    ),
+    (
+        "wit/deps/filesystem.wit",
+        include_str!("../../../../wit/guest/wasi-http-proxy-0.2/deps/filesystem.wit"),
+    ),
+    (
+        "wit/deps/http.wit",
+        include_str!("../../../../wit/guest/wasi-http-proxy-0.2/deps/http.wit"),
+    ),
+    (
+        "wit/deps/io.wit",
+        include_str!("../../../../wit/guest/wasi-http-proxy-0.2/deps/io.wit"),
+    ),
+    (
+        "wit/deps/random.wit",
+        include_str!("../../../../wit/guest/wasi-http-proxy-0.2/deps/random.wit"),
+    ),
+    (
+        "wit/deps/sockets.wit",
+        include_str!("../../../../wit/guest/wasi-http-proxy-0.2/deps/sockets.wit"),
+    ),
 ];
 
 pub fn run(args: &NewArgs) -> Result<()> {
@@ -59,7 +107,12 @@ pub fn run(args: &NewArgs) -> Result<()> {
         );
     }
     let dir = args.output.clone().unwrap_or_else(|| PathBuf::from(name));
-    if dir.exists() && dir.read_dir().map(|mut d| d.next().is_some()).unwrap_or(true) {
+    if dir.exists()
+        && dir
+            .read_dir()
+            .map(|mut d| d.next().is_some())
+            .unwrap_or(true)
+    {
         bail!(
             "{} already exists and is not empty\n  help: choose another name or pass `--output <empty dir>`",
             dir.display()
@@ -70,7 +123,11 @@ pub fn run(args: &NewArgs) -> Result<()> {
         Template::HttpWit => HTTP_WIT,
     };
     write_files(&dir, files, name)?;
-    println!("Created {} from the {:?} template.", dir.display(), args.template);
+    println!(
+        "Created {} from the {:?} template.",
+        dir.display(),
+        args.template
+    );
     println!("Next:");
     println!("  cd {}", dir.display());
     println!("  moa build && moa up");
@@ -82,9 +139,12 @@ fn write_files(dir: &Path, files: Files, name: &str) -> Result<()> {
     for (relative, content) in files {
         let path = dir.join(relative);
         if let Some(parent) = path.parent() {
-            std::fs::create_dir_all(parent).with_context(|| format!("cannot create {}", parent.display()))?;
+            std::fs::create_dir_all(parent)
+                .with_context(|| format!("cannot create {}", parent.display()))?;
         }
-        let text = content.replace("{{project-name}}", name).replace("{{project_name}}", &snake);
+        let text = content
+            .replace("{{project-name}}", name)
+            .replace("{{project_name}}", &snake);
         std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))?;
     }
     Ok(())

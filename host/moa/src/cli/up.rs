@@ -77,7 +77,10 @@ async fn serve(args: UpArgs, manifest_path: PathBuf) -> Result<()> {
         .map(EngineSection::into_settings)
         .unwrap_or_default();
     let engine = Arc::new(MoaEngine::new(&engine_settings)?);
-    let state_dir = args.state_dir.clone().unwrap_or_else(|| manifest.base_dir.join(".moa"));
+    let state_dir = args
+        .state_dir
+        .clone()
+        .unwrap_or_else(|| manifest.base_dir.join(".moa"));
     let metrics = Arc::new(Metrics::new());
 
     let mut stdout = std::io::stdout();
@@ -86,15 +89,22 @@ async fn serve(args: UpArgs, manifest_path: PathBuf) -> Result<()> {
         let metrics = metrics.clone();
         let runtime_config = runtime_config.clone();
         tokio::task::spawn_blocking(move || {
-            App::load(&engine, manifest, &runtime_config, &state_dir, metrics, |component| {
-                println!(
-                    "Loaded component `{}` ({}, {} in {:.2}s)",
-                    component.id,
-                    component.world.as_str(),
-                    component.origin.as_str(),
-                    component.load_time.as_secs_f64()
-                );
-            })
+            App::load(
+                &engine,
+                manifest,
+                &runtime_config,
+                &state_dir,
+                metrics,
+                |component| {
+                    println!(
+                        "Loaded component `{}` ({}, {} in {:.2}s)",
+                        component.id,
+                        component.world.as_str(),
+                        component.origin.as_str(),
+                        component.load_time.as_secs_f64()
+                    );
+                },
+            )
         })
         .await
         .context("component loading panicked")??
@@ -124,7 +134,11 @@ async fn serve(args: UpArgs, manifest_path: PathBuf) -> Result<()> {
 
     tracing::info!(address = %address, app = %app.manifest.manifest.name, "serving");
     trigger
-        .serve(listener, shutdown_signal(), Duration::from_secs(args.drain_timeout))
+        .serve(
+            listener,
+            shutdown_signal(),
+            Duration::from_secs(args.drain_timeout),
+        )
         .await
 }
 
@@ -133,13 +147,14 @@ async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(term) => term,
-            Err(_) => {
-                let _ = ctrl_c.await;
-                return;
-            }
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(term) => term,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
         tokio::select! {
             _ = ctrl_c => {},
             _ = term.recv() => {},

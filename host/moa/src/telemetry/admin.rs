@@ -20,7 +20,9 @@ pub async fn serve_admin(listener: tokio::net::TcpListener, metrics: Arc<Metrics
             let metrics = metrics.clone();
             async move { Ok::<_, std::convert::Infallible>(respond(&request, &metrics)) }
         });
-        let connection = builder.serve_connection(TokioIo::new(stream), service).into_owned();
+        let connection = builder
+            .serve_connection(TokioIo::new(stream), service)
+            .into_owned();
         tokio::spawn(async move {
             let _ = connection.await;
         });
@@ -35,12 +37,18 @@ fn respond(request: &Request<hyper::body::Incoming>, metrics: &Metrics) -> Respo
             metrics.render(),
         ),
         "/healthz" | "/readyz" => (StatusCode::OK, "text/plain", "ok\n".into()),
-        _ => (StatusCode::NOT_FOUND, "text/plain", "admin endpoints: /metrics, /healthz\n".into()),
+        _ => (
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            "admin endpoints: /metrics, /healthz\n".into(),
+        ),
     };
     let mut response = Response::new(Full::new(Bytes::from(body)));
     *response.status_mut() = status;
     if let Ok(value) = http::HeaderValue::from_str(content_type) {
-        response.headers_mut().insert(http::header::CONTENT_TYPE, value);
+        response
+            .headers_mut()
+            .insert(http::header::CONTENT_TYPE, value);
     }
     response
 }

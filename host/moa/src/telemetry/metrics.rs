@@ -47,14 +47,23 @@ impl Metrics {
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("moa");
         let requests = Family::<RequestLabels, Counter>::default();
-        let request_duration = Family::<ComponentLabels, Histogram, fn() -> Histogram>::new_with_constructor(latency_histogram as fn() -> Histogram);
+        let request_duration =
+            Family::<ComponentLabels, Histogram, fn() -> Histogram>::new_with_constructor(
+                latency_histogram as fn() -> Histogram,
+            );
         let instantiation_duration =
-            Family::<ComponentLabels, Histogram, fn() -> Histogram>::new_with_constructor(latency_histogram as fn() -> Histogram);
+            Family::<ComponentLabels, Histogram, fn() -> Histogram>::new_with_constructor(
+                latency_histogram as fn() -> Histogram,
+            );
         let traps = Family::<ComponentLabels, Counter>::default();
         let deadline_exceeded = Family::<ComponentLabels, Counter>::default();
         let outbound_denied = Family::<ComponentLabels, Counter>::default();
         let in_flight = Gauge::default();
-        registry.register("http_requests", "HTTP requests served, by component and status", requests.clone());
+        registry.register(
+            "http_requests",
+            "HTTP requests served, by component and status",
+            requests.clone(),
+        );
         registry.register(
             "http_request_duration_seconds",
             "Time from request received to response head sent",
@@ -65,7 +74,11 @@ impl Metrics {
             "Time to instantiate a component from its pre-instantiated form",
             instantiation_duration.clone(),
         );
-        registry.register("traps", "Component traps (the request got a 500)", traps.clone());
+        registry.register(
+            "traps",
+            "Component traps (the request got a 500)",
+            traps.clone(),
+        );
         registry.register(
             "deadline_exceeded",
             "Requests whose component ran past its deadline and was interrupted",
@@ -76,7 +89,11 @@ impl Metrics {
             "Outbound HTTP requests denied by allowed_outbound_hosts",
             outbound_denied.clone(),
         );
-        registry.register("http_requests_in_flight", "Requests being handled now", in_flight.clone());
+        registry.register(
+            "http_requests_in_flight",
+            "Requests being handled now",
+            in_flight.clone(),
+        );
         Metrics {
             registry,
             requests,
@@ -102,7 +119,9 @@ impl Metrics {
                 status,
             })
             .inc();
-        self.request_duration.get_or_create(&Self::labels(component)).observe(elapsed.as_secs_f64());
+        self.request_duration
+            .get_or_create(&Self::labels(component))
+            .observe(elapsed.as_secs_f64());
     }
 
     pub fn instantiated(&self, component: &str, elapsed: Duration) {
@@ -116,11 +135,15 @@ impl Metrics {
     }
 
     pub fn deadline_hit(&self, component: &str) {
-        self.deadline_exceeded.get_or_create(&Self::labels(component)).inc();
+        self.deadline_exceeded
+            .get_or_create(&Self::labels(component))
+            .inc();
     }
 
     pub fn outbound_denied(&self, component: &str) {
-        self.outbound_denied.get_or_create(&Self::labels(component)).inc();
+        self.outbound_denied
+            .get_or_create(&Self::labels(component))
+            .inc();
     }
 
     /// Counts a request as in flight until the guard drops.

@@ -42,7 +42,8 @@ pub fn init(format: LogFormat) -> Result<TelemetryGuard> {
         .ok()
         .or_else(|| std::env::var("RUST_LOG").ok())
         .unwrap_or_else(|| "info,wasmtime=warn,cranelift=warn".into());
-    let filter = EnvFilter::try_new(&filter).map_err(|e| anyhow::anyhow!("invalid MOA_LOG filter `{filter}`: {e}"))?;
+    let filter = EnvFilter::try_new(&filter)
+        .map_err(|e| anyhow::anyhow!("invalid MOA_LOG filter `{filter}`: {e}"))?;
 
     let fmt_layer = match format {
         LogFormat::Json => tracing_subscriber::fmt::layer()
@@ -52,7 +53,9 @@ pub fn init(format: LogFormat) -> Result<TelemetryGuard> {
             .with_span_list(false)
             .with_writer(std::io::stderr)
             .boxed(),
-        LogFormat::Text => tracing_subscriber::fmt::layer().with_writer(std::io::stderr).boxed(),
+        LogFormat::Text => tracing_subscriber::fmt::layer()
+            .with_writer(std::io::stderr)
+            .boxed(),
     };
 
     let (otel_layer, provider) = if std::env::var_os("OTEL_EXPORTER_OTLP_ENDPOINT").is_some()
@@ -61,14 +64,24 @@ pub fn init(format: LogFormat) -> Result<TelemetryGuard> {
         let exporter = opentelemetry_otlp::SpanExporter::builder()
             .with_http()
             .build()
-            .map_err(|e| anyhow::anyhow!("cannot set up OTLP export (check OTEL_EXPORTER_OTLP_ENDPOINT): {e}"))?;
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "cannot set up OTLP export (check OTEL_EXPORTER_OTLP_ENDPOINT): {e}"
+                )
+            })?;
         let service = std::env::var("OTEL_SERVICE_NAME").unwrap_or_else(|_| "moa".into());
         let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder()
             .with_batch_exporter(exporter)
-            .with_resource(opentelemetry_sdk::Resource::builder().with_service_name(service).build())
+            .with_resource(
+                opentelemetry_sdk::Resource::builder()
+                    .with_service_name(service)
+                    .build(),
+            )
             .build();
         let layer = tracing_opentelemetry::layer().with_tracer(provider.tracer("moa"));
-        opentelemetry::global::set_text_map_propagator(opentelemetry_sdk::propagation::TraceContextPropagator::new());
+        opentelemetry::global::set_text_map_propagator(
+            opentelemetry_sdk::propagation::TraceContextPropagator::new(),
+        );
         (Some(layer), Some(provider))
     } else {
         (None, None)
@@ -96,7 +109,8 @@ pub fn link_parent_trace(span: &tracing::Span, headers: &http::HeaderMap) {
         }
     }
     if headers.contains_key("traceparent") {
-        let parent = opentelemetry::global::get_text_map_propagator(|p| p.extract(&Extractor(headers)));
+        let parent =
+            opentelemetry::global::get_text_map_propagator(|p| p.extract(&Extractor(headers)));
         let _ = span.set_parent(parent);
     }
 }

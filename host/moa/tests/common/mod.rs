@@ -95,11 +95,21 @@ impl Moa {
             .arg("up")
             .arg("-f")
             .arg(app.manifest())
-            .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--drain-timeout", "2"])
+            .args([
+                "--listen",
+                "127.0.0.1:0",
+                "--admin-listen",
+                "127.0.0.1:0",
+                "--drain-timeout",
+                "2",
+            ])
             .arg("--state-dir")
             .arg(app.path().join(".moa"))
             .args(&options.args)
-            .env("MOA_CACHE_DIR", options.cache_dir.unwrap_or_else(shared_cache_dir))
+            .env(
+                "MOA_CACHE_DIR",
+                options.cache_dir.unwrap_or_else(shared_cache_dir),
+            )
             .env("MOA_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -153,7 +163,10 @@ impl Moa {
                     if let Ok(Some(status)) = child.try_wait() {
                         std::thread::sleep(Duration::from_millis(200));
                         let stderr = stderr_lines.lock().unwrap().join("\n");
-                        return Err(format!("moa exited with {status}\nstdout:\n{}\nstderr:\n{stderr}", lines.join("\n")));
+                        return Err(format!(
+                            "moa exited with {status}\nstdout:\n{}\nstderr:\n{stderr}",
+                            lines.join("\n")
+                        ));
                     }
                     if Instant::now() > deadline {
                         let _ = child.kill();
@@ -172,13 +185,21 @@ impl Moa {
         blocking(reqwest::Method::GET, &format!("{}{path}", self.url), None)
     }
 
-    pub fn send(&self, method: reqwest::Method, path: &str, body: Option<Vec<u8>>) -> (u16, String) {
+    pub fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> (u16, String) {
         blocking(method, &format!("{}{path}", self.url), body)
     }
 
     /// Stops moa with SIGTERM and waits for it to exit.
     pub fn stop(mut self) {
-        let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
             if let Ok(Some(_)) = self.child.try_wait() {
@@ -198,14 +219,23 @@ impl Drop for Moa {
 
 /// One HTTP request with a fresh client (tests are synchronous; the client runs on its own runtime).
 pub fn blocking(method: reqwest::Method, url: &str, body: Option<Vec<u8>>) -> (u16, String) {
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     runtime.block_on(async {
-        let client = reqwest::Client::builder().timeout(Duration::from_secs(60)).build().unwrap();
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(60))
+            .build()
+            .unwrap();
         let mut request = client.request(method, url);
         if let Some(body) = body {
             request = request.body(body);
         }
-        let response = request.send().await.unwrap_or_else(|e| panic!("request to {url} failed: {e}"));
+        let response = request
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("request to {url} failed: {e}"));
         let status = response.status().as_u16();
         (status, response.text().await.unwrap_or_default())
     })

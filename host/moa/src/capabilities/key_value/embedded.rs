@@ -101,7 +101,8 @@ impl KeyValueBackend for SqliteStore {
     async fn get_keys(&self, store: &str) -> Result<Vec<String>, KeyValueError> {
         let store = store.to_string();
         self.with_connection(move |c| {
-            let mut statement = c.prepare_cached("SELECT key FROM spin_key_value WHERE store = ?1 ORDER BY key")?;
+            let mut statement =
+                c.prepare_cached("SELECT key FROM spin_key_value WHERE store = ?1 ORDER BY key")?;
             let keys = statement
                 .query_map(params![store], |row| row.get(0))?
                 .collect::<rusqlite::Result<Vec<String>>>()?;

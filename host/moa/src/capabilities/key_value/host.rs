@@ -4,7 +4,9 @@
 use super::bindings::spin::key_value::key_value::{self, Error};
 use super::{KeyValueBackend, KeyValueGrant};
 use std::sync::Arc;
-use wasmtime::component::{Accessor, FutureReader, HasData, Linker, Resource, ResourceTable, StreamReader};
+use wasmtime::component::{
+    Accessor, FutureReader, HasData, Linker, Resource, ResourceTable, StreamReader,
+};
 
 /// The value behind a `store` resource handle.
 pub struct OpenStore {
@@ -37,7 +39,10 @@ fn other(err: impl std::fmt::Display) -> Error {
     Error::Other(err.to_string())
 }
 
-fn store_of<T>(accessor: &Accessor<T, KeyValue>, handle: &Resource<OpenStore>) -> wasmtime::Result<(String, Arc<dyn KeyValueBackend>)> {
+fn store_of<T>(
+    accessor: &Accessor<T, KeyValue>,
+    handle: &Resource<OpenStore>,
+) -> wasmtime::Result<(String, Arc<dyn KeyValueBackend>)> {
     accessor.with(|mut access| {
         let view = access.get();
         let store = view.table.get(handle)?;
@@ -55,7 +60,10 @@ impl key_value::HostStore for KeyValueView<'_> {
 }
 
 impl<T: Send> key_value::HostStoreWithStore<T> for KeyValue {
-    async fn open(accessor: &Accessor<T, Self>, label: String) -> wasmtime::Result<Result<Resource<OpenStore>, Error>> {
+    async fn open(
+        accessor: &Accessor<T, Self>,
+        label: String,
+    ) -> wasmtime::Result<Result<Resource<OpenStore>, Error>> {
         accessor.with(|mut access| {
             let view = access.get();
             let backend = match view.grant.open(&label) {
@@ -69,22 +77,39 @@ impl<T: Send> key_value::HostStoreWithStore<T> for KeyValue {
         })
     }
 
-    async fn get(accessor: &Accessor<T, Self>, self_: Resource<OpenStore>, key: String) -> wasmtime::Result<Result<Option<Vec<u8>>, Error>> {
+    async fn get(
+        accessor: &Accessor<T, Self>,
+        self_: Resource<OpenStore>,
+        key: String,
+    ) -> wasmtime::Result<Result<Option<Vec<u8>>, Error>> {
         let (label, backend) = store_of(accessor, &self_)?;
         Ok(backend.get(&label, &key).await.map_err(other))
     }
 
-    async fn set(accessor: &Accessor<T, Self>, self_: Resource<OpenStore>, key: String, value: Vec<u8>) -> wasmtime::Result<Result<(), Error>> {
+    async fn set(
+        accessor: &Accessor<T, Self>,
+        self_: Resource<OpenStore>,
+        key: String,
+        value: Vec<u8>,
+    ) -> wasmtime::Result<Result<(), Error>> {
         let (label, backend) = store_of(accessor, &self_)?;
         Ok(backend.set(&label, &key, value).await.map_err(other))
     }
 
-    async fn delete(accessor: &Accessor<T, Self>, self_: Resource<OpenStore>, key: String) -> wasmtime::Result<Result<(), Error>> {
+    async fn delete(
+        accessor: &Accessor<T, Self>,
+        self_: Resource<OpenStore>,
+        key: String,
+    ) -> wasmtime::Result<Result<(), Error>> {
         let (label, backend) = store_of(accessor, &self_)?;
         Ok(backend.delete(&label, &key).await.map_err(other))
     }
 
-    async fn exists(accessor: &Accessor<T, Self>, self_: Resource<OpenStore>, key: String) -> wasmtime::Result<Result<bool, Error>> {
+    async fn exists(
+        accessor: &Accessor<T, Self>,
+        self_: Resource<OpenStore>,
+        key: String,
+    ) -> wasmtime::Result<Result<bool, Error>> {
         let (label, backend) = store_of(accessor, &self_)?;
         Ok(backend.exists(&label, &key).await.map_err(other))
     }
@@ -100,7 +125,8 @@ impl<T: Send> key_value::HostStoreWithStore<T> for KeyValue {
         };
         accessor.with(|mut access| {
             let stream = StreamReader::new(&mut access, keys)?;
-            let future = FutureReader::new(&mut access, async move { Ok::<_, wasmtime::Error>(result) })?;
+            let future =
+                FutureReader::new(&mut access, async move { Ok::<_, wasmtime::Error>(result) })?;
             Ok((stream, future))
         })
     }

@@ -63,15 +63,23 @@ pub struct KeyValueStores {
 impl KeyValueStores {
     /// Reads `[key_value_store]` (the `default` store is embedded SQLite under `state_dir` unless
     /// configured) and checks that every component's `key_value_stores` label exists.
-    pub fn configure(runtime_config: &RuntimeConfig, state_dir: &Path, app: &LoadedManifest) -> Result<Self> {
-        let configs: BTreeMap<String, StoreConfig> = runtime_config.section("key_value_store")?.unwrap_or_default();
+    pub fn configure(
+        runtime_config: &RuntimeConfig,
+        state_dir: &Path,
+        app: &LoadedManifest,
+    ) -> Result<Self> {
+        let configs: BTreeMap<String, StoreConfig> = runtime_config
+            .section("key_value_store")?
+            .unwrap_or_default();
         let mut backends: BTreeMap<String, Arc<dyn KeyValueBackend>> = BTreeMap::new();
         let mut default_sqlite: Option<Arc<dyn KeyValueBackend>> = None;
         for (label, config) in &configs {
             let backend: Arc<dyn KeyValueBackend> = match config.kind.as_str() {
                 "spin" | "sqlite" => {
                     let path = match &config.path {
-                        Some(p) if p.is_relative() => runtime_config.base_dir().unwrap_or(Path::new(".")).join(p),
+                        Some(p) if p.is_relative() => {
+                            runtime_config.base_dir().unwrap_or(Path::new(".")).join(p)
+                        }
                         Some(p) => p.clone(),
                         None => state_dir.join(format!("key_value.{label}.db")),
                     };
@@ -89,7 +97,9 @@ impl KeyValueStores {
             backends.insert(label.clone(), backend);
         }
         if !backends.contains_key(DEFAULT_STORE) {
-            let sqlite = Arc::new(embedded::SqliteStore::open(&state_dir.join("key_value.db"))?) as Arc<dyn KeyValueBackend>;
+            let sqlite = Arc::new(embedded::SqliteStore::open(
+                &state_dir.join("key_value.db"),
+            )?) as Arc<dyn KeyValueBackend>;
             default_sqlite = Some(sqlite.clone());
             backends.insert(DEFAULT_STORE.into(), sqlite);
         }
@@ -118,7 +128,7 @@ impl KeyValueStores {
     pub fn grant(&self, allowed: &[String]) -> KeyValueGrant {
         KeyValueGrant {
             stores: self.clone(),
-            allowed: allowed.iter().cloned().collect::<Vec<_>>().into(),
+            allowed: allowed.to_vec().into(),
         }
     }
 }
@@ -131,11 +141,18 @@ pub struct KeyValueGrant {
 }
 
 impl KeyValueGrant {
-    fn open(&self, label: &str) -> Result<Arc<dyn KeyValueBackend>, bindings::spin::key_value::key_value::Error> {
+    fn open(
+        &self,
+        label: &str,
+    ) -> Result<Arc<dyn KeyValueBackend>, bindings::spin::key_value::key_value::Error> {
         use bindings::spin::key_value::key_value::Error;
         if !self.allowed.iter().any(|l| l == label) {
             return Err(Error::AccessDenied);
         }
-        self.stores.backends.get(label).cloned().ok_or(Error::NoSuchStore)
+        self.stores
+            .backends
+            .get(label)
+            .cloned()
+            .ok_or(Error::NoSuchStore)
     }
 }

@@ -32,7 +32,10 @@ impl AllowedHost {
         };
         let scheme = match scheme {
             "*" => None,
-            s if !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c)) => {
+            s if !s.is_empty()
+                && s.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c)) =>
+            {
                 Some(s.to_ascii_lowercase())
             }
             _ => return Err(format!("`{entry}` has an invalid scheme `{scheme}`")),
@@ -159,7 +162,10 @@ impl AllowedHosts {
             return false;
         };
         let scheme = scheme.to_ascii_lowercase();
-        let host = host.trim_start_matches('[').trim_end_matches(']').to_ascii_lowercase();
+        let host = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_ascii_lowercase();
         let Some(port) = uri.port_u16().or_else(|| default_port(&scheme)) else {
             return false;
         };
@@ -177,7 +183,12 @@ mod tests {
     use super::*;
 
     fn hosts(entries: &[&str]) -> AllowedHosts {
-        AllowedHosts::new(entries.iter().map(|e| AllowedHost::parse(e).unwrap()).collect())
+        AllowedHosts::new(
+            entries
+                .iter()
+                .map(|e| AllowedHost::parse(e).unwrap())
+                .collect(),
+        )
     }
 
     fn allows(list: &AllowedHosts, uri: &str) -> bool {
@@ -196,7 +207,11 @@ mod tests {
 
     #[test]
     fn wildcards_for_subdomains_ports_and_schemes() {
-        let list = hosts(&["https://*.example.com", "http://127.0.0.1:*", "*://db.local:8000..8010"]);
+        let list = hosts(&[
+            "https://*.example.com",
+            "http://127.0.0.1:*",
+            "*://db.local:8000..8010",
+        ]);
         assert!(allows(&list, "https://a.example.com/"));
         assert!(!allows(&list, "https://example.com/"));
         assert!(allows(&list, "http://127.0.0.1:4567/x"));
@@ -208,9 +223,21 @@ mod tests {
 
     #[test]
     fn bad_entries_explain_the_fix() {
-        assert!(AllowedHost::parse("example.com").unwrap_err().contains("https://example.com"));
-        assert!(AllowedHost::parse("*://example.com").unwrap_err().contains("explicit port"));
-        assert!(AllowedHost::parse("https://example.com/path").unwrap_err().contains("path"));
+        assert!(
+            AllowedHost::parse("example.com")
+                .unwrap_err()
+                .contains("https://example.com")
+        );
+        assert!(
+            AllowedHost::parse("*://example.com")
+                .unwrap_err()
+                .contains("explicit port")
+        );
+        assert!(
+            AllowedHost::parse("https://example.com/path")
+                .unwrap_err()
+                .contains("path")
+        );
         assert!(AllowedHost::parse("https://ex*ample.com").is_err());
         assert!(AllowedHost::parse("https://example.com:99999").is_err());
         assert!(hosts(&["http://self"]).allows_self());

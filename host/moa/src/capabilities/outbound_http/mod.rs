@@ -38,7 +38,11 @@ pub trait InternalHttp: Send + Sync {
 pub type InternalHttpSlot = Arc<OnceLock<Arc<dyn InternalHttp>>>;
 
 /// Parses each component's allow-list (rendering `{{ var }}` templates) at load time.
-pub fn configure(app: &LoadedManifest, component: &Component, variables: &AppVariables) -> Result<AllowedHosts> {
+pub fn configure(
+    app: &LoadedManifest,
+    component: &Component,
+    variables: &AppVariables,
+) -> Result<AllowedHosts> {
     let mut entries = Vec::new();
     for entry in &component.allowed_outbound_hosts {
         let rendered = variables.render(&entry.value)?;
@@ -63,17 +67,29 @@ pub struct OutboundHttpHooks {
     pub metrics: Arc<crate::telemetry::Metrics>,
 }
 
-type SendResult = Result<(http::Response<WasiBody>, Box<dyn Future<Output = Result<(), HttpError>> + Send>), HttpError>;
+type SendResult = Result<
+    (
+        http::Response<WasiBody>,
+        Box<dyn Future<Output = Result<(), HttpError>> + Send>,
+    ),
+    HttpError,
+>;
 
 impl OutboundHttpHooks {
     fn internal_target(&self, uri: &http::Uri) -> Option<Result<InternalTarget, ()>> {
         match uri.host() {
-            None | Some("self") | Some("self.alt") => {
-                Some(if self.allowed.allows_self() { Ok(InternalTarget::App) } else { Err(()) })
-            }
+            None | Some("self") | Some("self.alt") => Some(if self.allowed.allows_self() {
+                Ok(InternalTarget::App)
+            } else {
+                Err(())
+            }),
             Some(host) => {
                 let id = host.strip_suffix(INTERNAL_HOST_SUFFIX)?;
-                Some(if self.allowed.allows_uri(uri) { Ok(InternalTarget::Component(id.to_string())) } else { Err(()) })
+                Some(if self.allowed.allows_uri(uri) {
+                    Ok(InternalTarget::Component(id.to_string()))
+                } else {
+                    Err(())
+                })
             }
         }
     }
@@ -96,11 +112,18 @@ impl WasiHttpHooks for OutboundHttpHooks {
         match self.internal_target(&uri) {
             Some(Ok(target)) => {
                 let Some(internal) = self.internal.get().cloned() else {
-                    return Box::new(async { Err(HttpError::InternalError(Some("app router not ready".into()))) });
+                    return Box::new(async {
+                        Err(HttpError::InternalError(Some(
+                            "app router not ready".into(),
+                        )))
+                    });
                 };
                 return Box::new(async move {
                     let response = internal.dispatch(target, request).await?;
-                    Ok((response, Box::new(async { Ok(()) }) as Box<dyn Future<Output = _> + Send>))
+                    Ok((
+                        response,
+                        Box::new(async { Ok(()) }) as Box<dyn Future<Output = _> + Send>,
+                    ))
                 });
             }
             Some(Err(())) => {

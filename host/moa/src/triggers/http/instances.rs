@@ -6,13 +6,15 @@ use crate::engine::MoaEngine;
 use crate::state::HostState;
 use crate::telemetry::Metrics;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 use wasmtime::component::GuestTaskId;
 use wasmtime::{Store, StoreContextMut};
 use wasmtime_wasi_http::WasiHttpView;
-use wasmtime_wasi_http::handler::{HandlerState, Instance, ShouldAccept, WorkerExpiration, WorkerState, WorkerStatus};
+use wasmtime_wasi_http::handler::{
+    HandlerState, Instance, ShouldAccept, WorkerExpiration, WorkerState, WorkerStatus,
+};
 
 /// How long a reusable instance may sit idle before it is dropped.
 const IDLE_INSTANCE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -29,11 +31,17 @@ impl HandlerState for ComponentInstances {
     type WorkerExpiration = Expiration;
     type WorkerState = InstanceWorker;
 
-    async fn instantiate(&self) -> wasmtime::Result<Instance<HostState, Expiration, InstanceWorker>> {
+    async fn instantiate(
+        &self,
+    ) -> wasmtime::Result<Instance<HostState, Expiration, InstanceWorker>> {
         let started = Instant::now();
-        let mut store = self.component.new_store(&self.engine).map_err(wasmtime::Error::from_anyhow)?;
+        let mut store = self
+            .component
+            .new_store(&self.engine)
+            .map_err(wasmtime::Error::from_anyhow)?;
         let proxy = self.component.pre.instantiate_async(&mut store).await?;
-        self.metrics.instantiated(&self.component.id, started.elapsed());
+        self.metrics
+            .instantiated(&self.component.id, started.elapsed());
         Ok(Instance {
             store,
             proxy,
@@ -45,6 +53,7 @@ impl HandlerState for ComponentInstances {
             state: InstanceWorker {
                 max_reuse: self.component.max_instance_reuse,
                 request_timeout: self.component.request_timeout,
+                outcome_listeners: Mutex::new(Vec::new()),
             },
         })
     }
@@ -58,7 +67,12 @@ pub struct Expiration {
 }
 
 impl WorkerExpiration for Expiration {
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>, status: WorkerStatus, start: Instant) -> Poll<()> {
+    fn poll(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        status: WorkerStatus,
+        start: Instant,
+    ) -> Poll<()> {
         let me = self.get_mut();
         let timeout = match status {
             WorkerStatus::Idle => IDLE_INSTANCE_TIMEOUT,
@@ -75,15 +89,20 @@ impl WorkerExpiration for Expiration {
     }
 }
 
-/// Decides whether an instance takes another request.
+/// Receives the error that ended an instance, when the instance (not just one request) failed:
+/// a trap outside the request's own call, such as an epoch interruption.
+pub type OutcomeListener = tokio::sync::oneshot::Sender<wasmtime::Error>;
+
+/// Decides whether an instance takes another request, and reports how the instance ended.
 pub struct InstanceWorker {
     max_reuse: usize,
     request_timeout: Duration,
+    outcome_listeners: Mutex<Vec<OutcomeListener>>,
 }
 
 impl WorkerState for InstanceWorker {
     type StoreData = HostState;
-    type RequestData = ();
+    type RequestData = OutcomeListener;
 
     fn should_accept_request(&self, concurrent_count: usize, total_count: usize) -> ShouldAccept {
         if total_count >= self.max_reuse {
@@ -98,16 +117,41 @@ impl WorkerState for InstanceWorker {
     fn on_request_start(
         &self,
         _store: StoreContextMut<'_, HostState>,
-        _data: (),
+        listener: OutcomeListener,
         _task: GuestTaskId,
     ) -> Pin<Box<dyn Future<Output = ()> + Send + Sync + 'static>> {
+        if let Ok(mut listeners) = self.outcome_listeners.lock() {
+            listeners.push(listener);
+        }
         Box::pin(tokio::time::sleep(self.request_timeout))
     }
 
     fn drop(&self, store: Store<HostState>, result: wasmtime::Result<()>) {
+        drop(store);
+        let listeners = self
+            .outcome_listeners
+            .lock()
+            .map(|mut l| std::mem::take(&mut *l))
+            .unwrap_or_default();
         if let Err(error) = result {
             tracing::debug!(error = %error, "instance ended with an error");
+            let message = format!("{error:#}");
+            let interrupted = is_interrupt(&error);
+            for listener in listeners {
+                let error = if interrupted {
+                    wasmtime::Error::new(wasmtime::Trap::Interrupt)
+                } else {
+                    wasmtime::format_err!("{message}")
+                };
+                let _ = listener.send(error);
+            }
         }
-        drop(store);
     }
+}
+
+/// Whether `error` comes from an epoch interruption (the request deadline).
+pub fn is_interrupt(error: &wasmtime::Error) -> bool {
+    error
+        .chain()
+        .any(|cause| cause.downcast_ref::<wasmtime::Trap>() == Some(&wasmtime::Trap::Interrupt))
 }

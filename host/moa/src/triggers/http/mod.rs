@@ -23,7 +23,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 use tracing::Instrument as _;
-use wasmtime_wasi_http::handler::{ExpirationError, InstantiationError, ProxyHandler};
+use wasmtime_wasi_http::handler::{
+    ExpirationError, InstantiationError, ProxyHandler, TrapOrPanicError,
+};
 use wasmtime_wasi_http::{Error as HttpError, WasiBody};
 
 type Handler = ProxyHandler<ComponentInstances>;
@@ -84,7 +86,11 @@ impl HttpTrigger {
                 (id.clone(), handler)
             })
             .collect();
-        let timeouts = app.components.iter().map(|(id, c)| (id.clone(), c.request_timeout)).collect();
+        let timeouts = app
+            .components
+            .iter()
+            .map(|(id, c)| (id.clone(), c.request_timeout))
+            .collect();
         let trigger = Arc::new(HttpTrigger {
             router,
             handlers,
@@ -93,7 +99,10 @@ impl HttpTrigger {
             max_body_bytes: app.limits.max_request_body_bytes,
             timeouts,
         });
-        let _ = app.capabilities.internal_http().set(Arc::new(InternalDispatcher(Arc::downgrade(&trigger))));
+        let _ = app
+            .capabilities
+            .internal_http()
+            .set(Arc::new(InternalDispatcher(Arc::downgrade(&trigger))));
         trigger
     }
 
@@ -126,11 +135,18 @@ impl HttpTrigger {
             };
             let _ = stream.set_nodelay(true);
             let trigger = self.clone();
-            let service = hyper::service::service_fn(move |request: Request<hyper::body::Incoming>| {
-                let trigger = trigger.clone();
-                async move { Ok::<_, std::convert::Infallible>(trigger.handle_outside(request, client).await) }
-            });
-            let connection = builder.serve_connection(TokioIo::new(stream), service).into_owned();
+            let service =
+                hyper::service::service_fn(move |request: Request<hyper::body::Incoming>| {
+                    let trigger = trigger.clone();
+                    async move {
+                        Ok::<_, std::convert::Infallible>(
+                            trigger.handle_outside(request, client).await,
+                        )
+                    }
+                });
+            let connection = builder
+                .serve_connection(TokioIo::new(stream), service)
+                .into_owned();
             let connection = graceful.watch(connection);
             tokio::spawn(async move {
                 if let Err(err) = connection.await {
@@ -139,14 +155,24 @@ impl HttpTrigger {
             });
         }
         tracing::info!("shutting down: waiting for in-flight requests");
-        if tokio::time::timeout(drain, graceful.shutdown()).await.is_err() {
-            tracing::warn!(drain_ms = drain.as_millis() as u64, "in-flight requests did not finish in time");
+        if tokio::time::timeout(drain, graceful.shutdown())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                drain_ms = drain.as_millis() as u64,
+                "in-flight requests did not finish in time"
+            );
         }
         Ok(())
     }
 
     /// A request from outside: routed over public routes, logged and counted.
-    async fn handle_outside(&self, request: Request<hyper::body::Incoming>, client: SocketAddr) -> Response<WasiBody> {
+    async fn handle_outside(
+        &self,
+        request: Request<hyper::body::Incoming>,
+        client: SocketAddr,
+    ) -> Response<WasiBody> {
         let started = Instant::now();
         let request_id = request_id(request.headers());
         let span = tracing::info_span!("http.request", request_id = %request_id, method = %request.method(), path = %request.uri().path());
@@ -197,7 +223,8 @@ impl HttpTrigger {
         }
         let status = response.status().as_u16();
         let elapsed = started.elapsed();
-        self.metrics.request_finished(component_name, status, elapsed);
+        self.metrics
+            .request_finished(component_name, status, elapsed);
         tracing::info!(
             target: "moa::http",
             parent: &span,
@@ -245,21 +272,50 @@ impl HttpTrigger {
     }
 
     /// Runs a routed request in its component.
-    async fn call(&self, matched: &RouteMatch<'_>, mut request: Request<WasiBody>, incoming: &Incoming) -> Result<Response<WasiBody>, Failure> {
+    async fn call(
+        &self,
+        matched: &RouteMatch<'_>,
+        mut request: Request<WasiBody>,
+        incoming: &Incoming,
+    ) -> Result<Response<WasiBody>, Failure> {
         let Some(handler) = self.handlers.get(matched.component) else {
-            return Err(Failure::Unavailable(format!("component `{}` is not loaded", matched.component)));
+            return Err(Failure::Unavailable(format!(
+                "component `{}` is not loaded",
+                matched.component
+            )));
         };
         self.set_spin_headers(&mut request, matched, incoming.client);
-        let timeout = self.timeouts.get(matched.component).copied().unwrap_or_default();
-        let result = handler.handle((), request).await;
+        let timeout = self
+            .timeouts
+            .get(matched.component)
+            .copied()
+            .unwrap_or_default();
+        let (listener, outcome) = tokio::sync::oneshot::channel();
+        let result = handler.handle(listener, request).await;
         if incoming.body_overflow.load(Ordering::Relaxed) {
             return Err(Failure::BodyTooLarge);
         }
-        result.map_err(|error| classify(error, timeout))
+        match result {
+            Ok(response) => Ok(response),
+            // The instance itself failed (e.g. interrupted at its deadline); it reports why as
+            // it is torn down.
+            Err(error) if error.downcast_ref::<TrapOrPanicError>().is_some() => {
+                match tokio::time::timeout(Duration::from_secs(1), outcome).await {
+                    Ok(Ok(cause)) => Err(classify(cause, timeout)),
+                    _ => Err(classify(error, timeout)),
+                }
+            }
+            Err(error) => Err(classify(error, timeout)),
+        }
     }
 
     /// Makes the URI absolute and adds the headers Spin gives components.
-    fn set_spin_headers(&self, request: &mut Request<WasiBody>, matched: &RouteMatch<'_>, client: Option<SocketAddr>) {
+    fn set_spin_headers(
+        &self,
+        request: &mut Request<WasiBody>,
+        matched: &RouteMatch<'_>,
+        client: Option<SocketAddr>,
+    ) {
         let host = request
             .headers()
             .get(http::header::HOST)
@@ -267,14 +323,22 @@ impl HttpTrigger {
             .map(str::to_string)
             .or_else(|| request.uri().authority().map(|a| a.to_string()))
             .unwrap_or_else(|| "localhost".into());
-        let path_and_query = request.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/").to_string();
+        let path_and_query = request
+            .uri()
+            .path_and_query()
+            .map(|p| p.as_str())
+            .unwrap_or("/")
+            .to_string();
         let full_url = format!("http://{host}{path_and_query}");
         if let Ok(uri) = full_url.parse() {
             *request.uri_mut() = uri;
         }
         let headers = request.headers_mut();
         let mut set = |name: &str, value: &str| {
-            if let (Ok(name), Ok(value)) = (http::HeaderName::from_bytes(name.as_bytes()), HeaderValue::from_str(value)) {
+            if let (Ok(name), Ok(value)) = (
+                http::HeaderName::from_bytes(name.as_bytes()),
+                HeaderValue::from_str(value),
+            ) {
                 headers.insert(name, value);
             }
         };
@@ -295,10 +359,12 @@ impl HttpTrigger {
 
 /// Maps a handler error to what the client sees.
 fn classify(error: wasmtime::Error, timeout: Duration) -> Failure {
-    if error.downcast_ref::<ExpirationError>().is_some() || error.downcast_ref::<wasmtime::Trap>() == Some(&wasmtime::Trap::Interrupt) {
+    if error.downcast_ref::<ExpirationError>().is_some() || instances::is_interrupt(&error) {
         return Failure::Deadline(timeout);
     }
-    if let Some(instantiation) = error.downcast_ref::<InstantiationError<()>>() {
+    if let Some(instantiation) =
+        error.downcast_ref::<InstantiationError<instances::OutcomeListener>>()
+    {
         let text = format!("{:#}", instantiation.error);
         if text.contains("maximum concurrent") || text.contains("pooling allocator") {
             return Failure::Unavailable("no free instance slot; retry shortly".into());
@@ -308,11 +374,21 @@ fn classify(error: wasmtime::Error, timeout: Duration) -> Failure {
     Failure::Trap(format!("{error:#}"))
 }
 
-fn error_response(failure: &Failure, request_id: &str, component: Option<&str>, path: &str) -> Response<WasiBody> {
+fn error_response(
+    failure: &Failure,
+    request_id: &str,
+    component: Option<&str>,
+    path: &str,
+) -> Response<WasiBody> {
     let message = match failure {
         Failure::NotFound => format!("no route matches {path}"),
-        Failure::BodyTooLarge => "request body is larger than the host's max_request_body_bytes".into(),
-        Failure::Deadline(timeout) => format!("the component did not finish within its {} ms deadline", timeout.as_millis()),
+        Failure::BodyTooLarge => {
+            "request body is larger than the host's max_request_body_bytes".into()
+        }
+        Failure::Deadline(timeout) => format!(
+            "the component did not finish within its {} ms deadline",
+            timeout.as_millis()
+        ),
         Failure::Unavailable(why) => why.clone(),
         Failure::Trap(_) => "the component failed while handling the request".into(),
     };
@@ -328,9 +404,10 @@ fn error_response(failure: &Failure, request_id: &str, component: Option<&str>, 
             .boxed_unsync(),
     );
     *response.status_mut() = failure.status();
-    response
-        .headers_mut()
-        .insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     response
 }
 
@@ -339,7 +416,12 @@ fn request_id(headers: &http::HeaderMap) -> String {
     headers
         .get("x-request-id")
         .and_then(|v| v.to_str().ok())
-        .filter(|v| !v.is_empty() && v.len() <= 128 && v.chars().all(|c| c.is_ascii_alphanumeric() || "-_.:".contains(c)))
+        .filter(|v| {
+            !v.is_empty()
+                && v.len() <= 128
+                && v.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.:".contains(c))
+        })
         .map(str::to_string)
         .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string())
 }
@@ -348,7 +430,11 @@ fn request_id(headers: &http::HeaderMap) -> String {
 struct InternalDispatcher(Weak<HttpTrigger>);
 
 impl InternalHttp for InternalDispatcher {
-    fn dispatch(&self, target: InternalTarget, request: Request<WasiBody>) -> BoxFuture<'static, Result<Response<WasiBody>, HttpError>> {
+    fn dispatch(
+        &self,
+        target: InternalTarget,
+        request: Request<WasiBody>,
+    ) -> BoxFuture<'static, Result<Response<WasiBody>, HttpError>> {
         let trigger = self.0.clone();
         Box::pin(async move {
             let Some(trigger) = trigger.upgrade() else {
@@ -373,22 +459,30 @@ impl InternalHttp for InternalDispatcher {
                     };
                     // Borrow-checker friendly: route from an owned id below.
                     return match trigger.handlers.contains_key(id.as_str()) {
-                        true => trigger
-                            .call(&route, request, &incoming)
-                            .await
-                            .or_else(|f| Ok(error_response(&f, &incoming.request_id, Some(id), &path))),
+                        true => trigger.call(&route, request, &incoming).await.or_else(|f| {
+                            Ok(error_response(&f, &incoming.request_id, Some(id), &path))
+                        }),
                         false => Err(HttpError::DestinationNotFound),
                     };
                 }
             };
             let Some(route) = route else {
-                return Ok(error_response(&Failure::NotFound, &incoming.request_id, None, &path));
+                return Ok(error_response(
+                    &Failure::NotFound,
+                    &incoming.request_id,
+                    None,
+                    &path,
+                ));
             };
             let component = route.component.to_string();
-            trigger
-                .call(&route, request, &incoming)
-                .await
-                .or_else(|f| Ok(error_response(&f, &incoming.request_id, Some(&component), &path)))
+            trigger.call(&route, request, &incoming).await.or_else(|f| {
+                Ok(error_response(
+                    &f,
+                    &incoming.request_id,
+                    Some(&component),
+                    &path,
+                ))
+            })
         })
     }
 }

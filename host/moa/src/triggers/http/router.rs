@@ -83,8 +83,16 @@ impl Router {
         }
         // Most specific first: exact before wildcard, then more segments, then more literals.
         routes.sort_by_key(|r| {
-            let literals = r.segments.iter().filter(|s| matches!(s, Segment::Literal(_))).count();
-            (r.wildcard, std::cmp::Reverse(r.segments.len()), std::cmp::Reverse(literals))
+            let literals = r
+                .segments
+                .iter()
+                .filter(|s| matches!(s, Segment::Literal(_)))
+                .count();
+            (
+                r.wildcard,
+                std::cmp::Reverse(r.segments.len()),
+                std::cmp::Reverse(literals),
+            )
         });
         Router { routes }
     }
@@ -97,7 +105,9 @@ impl Router {
     pub fn route(&self, path: &str) -> Option<RouteMatch<'_>> {
         let parts = split(path);
         'routes: for route in &self.routes {
-            if parts.len() < route.segments.len() || (!route.wildcard && parts.len() != route.segments.len()) {
+            if parts.len() < route.segments.len()
+                || (!route.wildcard && parts.len() != route.segments.len())
+            {
                 continue;
             }
             let mut params = Vec::new();
@@ -118,7 +128,11 @@ impl Router {
             } else {
                 String::new()
             };
-            let component_route = route.full.strip_suffix("/...").unwrap_or(&route.full).to_string();
+            let component_route = route
+                .full
+                .strip_suffix("/...")
+                .unwrap_or(&route.full)
+                .to_string();
             return Some(RouteMatch {
                 component: &route.component,
                 matched_route: &route.full,
@@ -193,7 +207,12 @@ mod tests {
         let r = Router::new("/", &[trigger("/a", "a")]);
         assert!(r.route("/b").is_none());
         assert!(r.route("/a/b").is_none());
-        assert!(!router().routes().iter().any(|route| route.component == "private"));
+        assert!(
+            !router()
+                .routes()
+                .iter()
+                .any(|route| route.component == "private")
+        );
     }
 
     #[test]
