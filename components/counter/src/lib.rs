@@ -14,7 +14,11 @@ async fn handle(req: Request) -> anyhow::Result<impl IntoResponse> {
         Some(bytes) => String::from_utf8(bytes)?.parse::<u64>()?,
         None => 0,
     };
-    let next = if req.method() == http::Method::GET { current + 1 } else { current };
+    let next = if req.method() == http::Method::GET {
+        current + 1
+    } else {
+        current
+    };
     store.set(KEY, next.to_string()).await?;
     Ok(http::Response::builder()
         .status(200)

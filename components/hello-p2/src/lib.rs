@@ -8,7 +8,9 @@ wit_bindgen::generate!({
 });
 
 use exports::wasi::http::incoming_handler::Guest;
-use wasi::http::types::{Fields, IncomingRequest, OutgoingBody, OutgoingResponse, ResponseOutparam};
+use wasi::http::types::{
+    Fields, IncomingRequest, OutgoingBody, OutgoingResponse, ResponseOutparam,
+};
 
 struct HelloP2;
 
@@ -22,7 +24,9 @@ impl Guest for HelloP2 {
             .next()
             .map(|v| String::from_utf8_lossy(&v).into_owned())
             .unwrap_or_default();
-        let message = format!("Hello from moa (wit-bindgen, wasi:http@0.2) at {path}\nmatched route: {route}\n");
+        let message = format!(
+            "Hello from moa (wit-bindgen, wasi:http@0.2) at {path}\nmatched route: {route}\n"
+        );
 
         let headers = Fields::new();
         let _ = headers.append("content-type", b"text/plain");

@@ -10,5 +10,7 @@ async fn handle(req: Request) -> anyhow::Result<impl IntoResponse> {
     Ok(http::Response::builder()
         .status(200)
         .header("content-type", "text/plain")
-        .body(format!("Hello from moa (spin-sdk 7, wasi:http@0.3) at {path}\n"))?)
+        .body(format!(
+            "Hello from moa (spin-sdk 7, wasi:http@0.3) at {path}\n"
+        ))?)
 }

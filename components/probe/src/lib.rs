@@ -43,7 +43,10 @@ async fn handle(req: Request) -> anyhow::Result<impl IntoResponse> {
             for i in (0..bytes).step_by(4096) {
                 block[i] = 1;
             }
-            reply(200, format!("allocated {}\n", std::hint::black_box(block).len()))
+            reply(
+                200,
+                format!("allocated {}\n", std::hint::black_box(block).len()),
+            )
         }
         ["kv", label, key] => {
             let store = match Store::open(label).await {
@@ -52,7 +55,11 @@ async fn handle(req: Request) -> anyhow::Result<impl IntoResponse> {
             };
             match *req.method() {
                 http::Method::PUT | http::Method::POST => {
-                    let body = req.into_body().bytes().await.map_err(|e| anyhow::anyhow!("{e:?}"))?;
+                    let body = req
+                        .into_body()
+                        .bytes()
+                        .await
+                        .map_err(|e| anyhow::anyhow!("{e:?}"))?;
                     store.set(key, &body).await?;
                     reply(200, "stored\n")
                 }
@@ -88,14 +95,25 @@ async fn handle(req: Request) -> anyhow::Result<impl IntoResponse> {
             match spin_sdk::http::send(outbound).await {
                 Ok(response) => {
                     let status = response.status().as_u16();
-                    let body = response.into_body().bytes().await.map_err(|e| anyhow::anyhow!("{e:?}"))?;
-                    reply(200, format!("status {status}\n{}", String::from_utf8_lossy(&body)))
+                    let body = response
+                        .into_body()
+                        .bytes()
+                        .await
+                        .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+                    reply(
+                        200,
+                        format!("status {status}\n{}", String::from_utf8_lossy(&body)),
+                    )
                 }
                 Err(err) => reply(502, format!("outbound failed: {err:?}\n")),
             }
         }
         ["echo"] => {
-            let body = req.into_body().bytes().await.map_err(|e| anyhow::anyhow!("{e:?}"))?;
+            let body = req
+                .into_body()
+                .bytes()
+                .await
+                .map_err(|e| anyhow::anyhow!("{e:?}"))?;
             reply(200, format!("{} bytes\n", body.len()))
         }
         _ => {
