@@ -1,0 +1,133 @@
+#!/usr/bin/env bash
+# HTTP benchmark (not a test): the same spin-sdk 7 hello component served by `moa up` and by
+# `wasmtime serve` (wasmtime-cli 48.0.8, the wasmtime moa links), plus a bare hyper hello server,
+# all driven by the same wrk settings after a warm-up. Prints a table and one RESULT line.
+#
+#   scripts/bench-http.sh            # DURATION=10 CONNECTIONS=32 WRK_THREADS=1 by default
+#
+# Both wasm servers run in two modes: a fresh instance per request (moa's default, the isolation
+# guarantee; wasmtime serve --max-instance-reuse-count 1) and instance reuse (moa
+# max_instance_reuse = 128; wasmtime serve's default). The RESULT line compares the default,
+# fresh-instance mode; the reuse rows are for information.
+set -euo pipefail
+source "$(dirname "$0")/lib.sh"
+
+DURATION="${DURATION:-10}"
+CONNECTIONS="${CONNECTIONS:-32}"
+WRK_THREADS="${WRK_THREADS:-1}"
+WARMUP="${WARMUP:-3}"
+TOOLS="$MOA_CACHE_HOME/tools"
+WASMTIME="$TOOLS/bin/wasmtime"
+
+ensure_toolchain
+if ! command -v wrk >/dev/null; then
+  log "installing wrk"
+  apt-get update -qq && apt-get install -y -qq wrk
+fi
+if ! "$WASMTIME" --version 2>/dev/null | grep -q '^wasmtime 48.0.8'; then
+  log "installing wasmtime-cli 48.0.8 (about 18 minutes on 2 cores, once)"
+  CARGO_TARGET_DIR="$MOA_CACHE_HOME/tools-target" cargo install wasmtime-cli --version 48.0.8 --locked --root "$TOOLS"
+fi
+log "building moa and the bare hyper server (release)"
+(cd "$MOA_ROOT" && cargo build --release -p moa --bin moa --example hyper_hello)
+build_components
+
+HELLO="$MOA_ROOT/components/target/wasm32-wasip2/release/hello.wasm"
+WORK="$(mktemp -d)"
+SERVER_PID=""
+cleanup() {
+  [ -n "$SERVER_PID" ] && kill "$SERVER_PID" 2>/dev/null || true
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])'; }
+
+wait_ready() { # url
+  for _ in $(seq 1 300); do
+    curl -fs -o /dev/null "$1" && return 0
+    sleep 0.1
+  done
+  echo "server at $1 did not come up" >&2
+  return 1
+}
+
+# wrk latency figures come as 950.00us / 1.23ms / 1.01s: print them in ms.
+to_ms() { awk '{v=$1; if (v ~ /us$/) {sub(/us$/,"",v); v=v/1000} else if (v ~ /ms$/) {sub(/ms$/,"",v)} else if (v ~ /s$/) {sub(/s$/,"",v); v=v*1000}; printf "%.2f", v}'; }
+
+declare -A RPS P50 P99
+ORDER=()
+
+measure() { # name url
+  local name="$1" url="$2" out
+  wait_ready "$url"
+  wrk -t"$WRK_THREADS" -c"$CONNECTIONS" -d"${WARMUP}s" "$url" >/dev/null
+  out="$(wrk -t"$WRK_THREADS" -c"$CONNECTIONS" -d"${DURATION}s" --latency "$url")"
+  if echo "$out" | grep -q 'Non-2xx'; then
+    echo "$out" >&2
+    echo "error: $name answered non-2xx responses" >&2
+    exit 1
+  fi
+  RPS[$name]="$(echo "$out" | awk '/^Requests\/sec/ {printf "%.0f", $2}')"
+  P50[$name]="$(echo "$out" | awk '$1=="50%" {print $2}' | to_ms)"
+  P99[$name]="$(echo "$out" | awk '$1=="99%" {print $2}' | to_ms)"
+  ORDER+=("$name")
+  log "$name: ${RPS[$name]} req/s, p50 ${P50[$name]} ms, p99 ${P99[$name]} ms"
+}
+
+stop_server() {
+  kill "$SERVER_PID" 2>/dev/null || true
+  wait "$SERVER_PID" 2>/dev/null || true
+  SERVER_PID=""
+}
+
+cat > "$WORK/spin.toml" <<EOF
+spin_manifest_version = 2
+[application]
+name = "bench"
+[[trigger.http]]
+route = "/..."
+component = "hello"
+[component.hello]
+source = "$HELLO"
+EOF
+printf '[limits]\nmax_instance_reuse = 128\n' > "$WORK/reuse.toml"
+
+run_moa() { # name extra-args...
+  local name="$1"; shift
+  local port; port="$(free_port)"
+  MOA_LOG=warn "$CARGO_TARGET_DIR/release/moa" up -f "$WORK/spin.toml" --listen "127.0.0.1:$port" \
+    --state-dir "$WORK/state" "$@" >"$WORK/$name.log" 2>&1 &
+  SERVER_PID=$!
+  measure "$name" "http://127.0.0.1:$port/hello"
+  stop_server
+}
+
+run_wasmtime() { # name extra-args...
+  local name="$1"; shift
+  local port; port="$(free_port)"
+  "$WASMTIME" serve -Scli --addr "127.0.0.1:$port" "$@" "$HELLO" >"$WORK/$name.log" 2>&1 &
+  SERVER_PID=$!
+  measure "$name" "http://127.0.0.1:$port/hello"
+  stop_server
+}
+
+run_moa "moa" 
+run_wasmtime "wasmtime-serve" --max-instance-reuse-count 1
+port="$(free_port)"
+"$CARGO_TARGET_DIR/release/examples/hyper_hello" "127.0.0.1:$port" >"$WORK/hyper.log" 2>&1 &
+SERVER_PID=$!
+measure "hyper" "http://127.0.0.1:$port/hello"
+stop_server
+run_moa "moa-reuse" --runtime-config-file "$WORK/reuse.toml"
+run_wasmtime "wasmtime-serve-reuse"
+
+echo
+echo "wrk -t$WRK_THREADS -c$CONNECTIONS -d${DURATION}s (after ${WARMUP}s warm-up), $(nproc) cores shared by server and load generator"
+printf '%-22s %12s %10s %10s\n' server "req/s" "p50 ms" "p99 ms"
+for name in "${ORDER[@]}"; do
+  printf '%-22s %12s %10s %10s\n' "$name" "${RPS[$name]}" "${P50[$name]}" "${P99[$name]}"
+done
+echo
+ratio() { python3 -c "print(f'{$1/$2:.2f}')"; }
+echo "RESULT http moa_rps=${RPS[moa]} wasmtime_serve_rps=${RPS[wasmtime-serve]} hyper_rps=${RPS[hyper]} moa_vs_wasmtime=$(ratio "${RPS[moa]}" "${RPS[wasmtime-serve]}") moa_vs_hyper=$(ratio "${RPS[moa]}" "${RPS[hyper]}") moa_p99_ms=${P99[moa]}"
