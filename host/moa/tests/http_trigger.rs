@@ -344,3 +344,49 @@ fn metrics_count_requests_traps_and_deadlines() {
         "{line}"
     );
 }
+
+#[test]
+fn sigterm_lets_an_in_flight_request_finish() {
+    let app = AppDir::new(LIMITS);
+    let moa = Moa::start(&app, Options::default());
+    let url = format!("{}/probe/sleep/1500", moa.url);
+    let pending = std::thread::spawn(move || common::blocking(Method::GET, &url, None));
+    std::thread::sleep(std::time::Duration::from_millis(400));
+    moa.stop();
+    // Had moa exited without draining, the connection would have been reset.
+    assert_eq!(pending.join().unwrap(), (200, "slept\n".to_string()));
+}
+
+#[test]
+fn requests_are_exported_as_otlp_traces_when_an_endpoint_is_set() {
+    let collector = common::Upstream::start();
+    let app = AppDir::new(LIMITS);
+    let moa = Moa::start(
+        &app,
+        Options {
+            env: vec![
+                ("OTEL_EXPORTER_OTLP_ENDPOINT".into(), collector.url.clone()),
+                ("OTEL_BSP_SCHEDULE_DELAY".into(), "100".into()),
+            ],
+            ..Default::default()
+        },
+    );
+    assert_eq!(moa.get("/probe/echo").0, 200);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while std::time::Instant::now() < deadline {
+        if collector
+            .requests
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|r| r == "POST /v1/traces")
+        {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    panic!(
+        "no OTLP export arrived: {:?}",
+        collector.requests.lock().unwrap()
+    );
+}

@@ -261,6 +261,8 @@ pub fn run_moa(args: &[&str], dir: &Path) -> (i32, String, String) {
 pub struct Upstream {
     pub url: String,
     pub hits: Arc<AtomicUsize>,
+    /// `METHOD /path` of every request received.
+    pub requests: Arc<Mutex<Vec<String>>>,
     _thread: std::thread::JoinHandle<()>,
 }
 
@@ -270,6 +272,8 @@ impl Upstream {
         let url = format!("http://{}", listener.local_addr().unwrap());
         let hits = Arc::new(AtomicUsize::new(0));
         let counter = hits.clone();
+        let requests = Arc::new(Mutex::new(Vec::new()));
+        let seen = requests.clone();
         let thread = std::thread::spawn(move || {
             use std::io::{Read, Write};
             for stream in listener.incoming() {
@@ -278,7 +282,10 @@ impl Upstream {
                 let mut buf = [0u8; 4096];
                 let n = stream.read(&mut buf).unwrap_or(0);
                 let request = String::from_utf8_lossy(&buf[..n]);
-                let path = request.split_whitespace().nth(1).unwrap_or("/").to_string();
+                let mut words = request.split_whitespace();
+                let method = words.next().unwrap_or("?").to_string();
+                let path = words.next().unwrap_or("/").to_string();
+                seen.lock().unwrap().push(format!("{method} {path}"));
                 let body = format!("upstream ok {path}");
                 let _ = write!(
                     stream,
@@ -290,6 +297,7 @@ impl Upstream {
         Upstream {
             url,
             hits,
+            requests,
             _thread: thread,
         }
     }
