@@ -22,6 +22,14 @@ ensure_toolchain() {
   fi
 }
 
+# redis-server (and redis-cli) for the tests that start their own Redis.
+ensure_redis() {
+  if ! command -v redis-server >/dev/null || ! command -v redis-cli >/dev/null; then
+    log "installing redis-server"
+    apt-get update -qq && apt-get install -y -qq redis-server redis-tools
+  fi
+}
+
 # components/target points at a shared cache dir, so component builds are reused across clones.
 link_components_target() {
   local shared="$MOA_CACHE_HOME/components-target"

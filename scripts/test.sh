@@ -4,6 +4,7 @@
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 ensure_toolchain
+ensure_redis
 build_components
 cd "$MOA_ROOT"
 log "running tests"

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{AppDir, Moa, Options, Upstream};
+use common::{AppDir, Moa, Options, RedisServer, Upstream};
 use reqwest::Method;
 
 const KV_APP: &str = r#"
@@ -29,21 +29,26 @@ source = "{counter}"
 key_value_stores = ["default"]
 "#;
 
-fn kv_options(app: &AppDir) -> Options {
-    let rc = app.write(
-        "runtime-config.toml",
-        "[key_value_store.cache]\ntype = \"spin\"\npath = \"cache.db\"\n",
-    );
+/// Runtime config with the `cache` store on SQLite (embedded) or on a real Redis server.
+fn kv_options(app: &AppDir, redis: Option<&RedisServer>) -> Options {
+    let text = match redis {
+        None => "[key_value_store.cache]\ntype = \"spin\"\npath = \"cache.db\"\n".to_string(),
+        Some(redis) => format!(
+            "[key_value_store.cache]\ntype = \"redis\"\nurl = \"{}\"\nprefix = \"app1:\"\n",
+            redis.url
+        ),
+    };
+    let rc = app.write("runtime-config.toml", &text);
     Options {
         args: vec!["--runtime-config-file".into(), rc.display().to_string()],
         ..Default::default()
     }
 }
 
-#[test]
-fn key_value_data_survives_a_restart() {
+/// The behaviour every key-value backend must have, whichever serves the `cache` store.
+fn key_value_behaviour_survives_a_restart(redis: Option<&RedisServer>) {
     let app = AppDir::new(KV_APP);
-    let moa = Moa::start(&app, kv_options(&app));
+    let moa = Moa::start(&app, kv_options(&app, redis));
     assert_eq!(
         moa.send(
             Method::PUT,
@@ -62,11 +67,20 @@ fn key_value_data_survives_a_restart() {
         .0,
         200
     );
+    assert_eq!(
+        moa.send(
+            Method::PUT,
+            "/granted/kv/cache/user:7",
+            Some(vec![0, 159, 146, 150])
+        )
+        .0,
+        200
+    );
     assert_eq!(moa.get("/counter").1.trim(), "1");
     assert_eq!(moa.get("/counter").1.trim(), "2");
     moa.stop();
 
-    let moa = Moa::start(&app, kv_options(&app));
+    let moa = Moa::start(&app, kv_options(&app, redis));
     assert_eq!(
         moa.get("/granted/kv/default/greeting"),
         (200, "annyeong".to_string())
@@ -75,24 +89,59 @@ fn key_value_data_survives_a_restart() {
     assert_eq!(moa.get("/counter").1.trim(), "3");
     // The two labels are separate stores.
     assert_eq!(moa.get("/granted/kv/cache/greeting").0, 404);
-    let (_, keys) = moa.get("/granted/keys/default");
-    assert_eq!(keys, "count\ngreeting");
+    assert_eq!(moa.get("/granted/keys/default").1, "count\ngreeting");
+    assert_eq!(moa.get("/granted/keys/cache").1, "token\nuser:7");
     assert_eq!(
-        moa.send(Method::DELETE, "/granted/kv/default/greeting", None)
-            .0,
+        moa.send(Method::DELETE, "/granted/kv/cache/token", None).0,
         200
     );
-    assert_eq!(moa.get("/granted/kv/default/greeting").0, 404);
+    assert_eq!(moa.get("/granted/kv/cache/token").0, 404);
+    assert_eq!(moa.get("/granted/keys/cache").1, "user:7");
+}
+
+#[test]
+fn key_value_data_survives_a_restart_on_embedded_sqlite() {
+    key_value_behaviour_survives_a_restart(None);
+}
+
+#[test]
+fn key_value_data_survives_a_restart_on_redis() {
+    let redis = RedisServer::start();
+    key_value_behaviour_survives_a_restart(Some(&redis));
+    // The data really is in Redis, under the configured prefix.
+    let output = std::process::Command::new("redis-cli")
+        .args(["-u", &redis.url, "GET", "app1:user:7"])
+        .output()
+        .unwrap();
+    assert_eq!(output.stdout, b"\0\x9f\x92\x96\n");
+}
+
+#[test]
+fn an_unreachable_redis_store_fails_at_load_naming_the_table() {
+    let app = AppDir::new(KV_APP);
+    let rc = app.write(
+        "rc.toml",
+        "[key_value_store.cache]\ntype = \"redis\"\nurl = \"redis://127.0.0.1:1\"\n",
+    );
+    let err = Moa::try_start(
+        &app,
+        Options {
+            args: vec!["--runtime-config-file".into(), rc.display().to_string()],
+            ..Default::default()
+        },
+    )
+    .err()
+    .expect("must fail");
     assert!(
-        app.path().join("cache.db").exists(),
-        "runtime config path is relative to the config file"
+        err.contains("[key_value_store.cache]") && err.contains("cannot connect to Redis"),
+        "{err}"
     );
 }
 
 #[test]
 fn a_component_opens_only_the_stores_it_was_granted() {
     let app = AppDir::new(KV_APP);
-    let moa = Moa::start(&app, kv_options(&app));
+    let moa = Moa::start(&app, kv_options(&app, None));
     let (status, body) = moa.get("/stranger/kv/default/x");
     assert_eq!(status, 403, "{body}");
     assert!(body.contains("AccessDenied"), "{body}");

@@ -1,11 +1,12 @@
 //! Key-value capability: `spin:key-value/key-value@3.0.0` for components, backed by an embedded
-//! SQLite store by default; the runtime config's `[key_value_store.<label>]` picks the backend.
+//! SQLite store by default; `[key_value_store.<label>]` in the runtime config picks SQLite or Redis.
 
 mod embedded;
 mod host;
+mod redis_store;
 
-use crate::runtime_config::RuntimeConfig;
-use anyhow::{Result, bail};
+use crate::runtime_config::{RuntimeConfig, ValueSource};
+use anyhow::{Context as _, Result, bail};
 use async_trait::async_trait;
 use moa_manifest::LoadedManifest;
 use std::collections::BTreeMap;
@@ -48,7 +49,12 @@ pub trait KeyValueBackend: Send + Sync {
 struct StoreConfig {
     #[serde(rename = "type")]
     kind: String,
+    /// `spin`/`sqlite`: the database file.
     path: Option<PathBuf>,
+    /// `redis`: `redis://[user:pass@]host:port[/db]`, literal or `{ env = "NAME" }`.
+    url: Option<ValueSource>,
+    /// `redis`: a prefix put before every key, to share one Redis between stores or apps.
+    prefix: Option<String>,
 }
 
 /// The label every app has, even with no runtime config.
@@ -72,7 +78,6 @@ impl KeyValueStores {
             .section("key_value_store")?
             .unwrap_or_default();
         let mut backends: BTreeMap<String, Arc<dyn KeyValueBackend>> = BTreeMap::new();
-        let mut default_sqlite: Option<Arc<dyn KeyValueBackend>> = None;
         for (label, config) in &configs {
             let backend: Arc<dyn KeyValueBackend> = match config.kind.as_str() {
                 "spin" | "sqlite" => {
@@ -85,25 +90,33 @@ impl KeyValueStores {
                     };
                     Arc::new(embedded::SqliteStore::open(&path)?)
                 }
-                "redis" => bail!(
-                    "{}: [key_value_store.{label}] type `redis` is not available in this version of moa\n  help: use type = \"spin\" (embedded SQLite) until the Redis backend lands",
-                    runtime_config.describe()
-                ),
+                "redis" => {
+                    let Some(url) = &config.url else {
+                        bail!(
+                            "{}: [key_value_store.{label}] type = \"redis\" needs `url`\n  help: add url = \"redis://127.0.0.1:6379\" (or url = {{ env = \"REDIS_URL\" }})",
+                            runtime_config.describe()
+                        );
+                    };
+                    let url = url.resolve(&format!("[key_value_store.{label}] url"))?;
+                    let prefix = config.prefix.clone();
+                    let store = tokio::runtime::Handle::current()
+                        .block_on(redis_store::RedisStore::connect(&url, prefix))
+                        .with_context(|| {
+                            format!("{}: [key_value_store.{label}]", runtime_config.describe())
+                        })?;
+                    Arc::new(store)
+                }
                 other => bail!(
-                    "{}: [key_value_store.{label}] has unknown type `{other}`\n  help: use type = \"spin\" (embedded SQLite)",
+                    "{}: [key_value_store.{label}] has unknown type `{other}`\n  help: use type = \"spin\" (embedded SQLite) or type = \"redis\"",
                     runtime_config.describe()
                 ),
             };
             backends.insert(label.clone(), backend);
         }
         if !backends.contains_key(DEFAULT_STORE) {
-            let sqlite = Arc::new(embedded::SqliteStore::open(
-                &state_dir.join("key_value.db"),
-            )?) as Arc<dyn KeyValueBackend>;
-            default_sqlite = Some(sqlite.clone());
-            backends.insert(DEFAULT_STORE.into(), sqlite);
+            let sqlite = embedded::SqliteStore::open(&state_dir.join("key_value.db"))?;
+            backends.insert(DEFAULT_STORE.into(), Arc::new(sqlite));
         }
-        drop(default_sqlite);
 
         for component in app.manifest.components.values() {
             for label in &component.key_value_stores {
