@@ -12,6 +12,8 @@
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 
+# Error backtraces are not part of serving; a developer shell often has them on.
+unset RUST_BACKTRACE RUST_LIB_BACKTRACE
 DURATION="${DURATION:-10}"
 CONNECTIONS="${CONNECTIONS:-32}"
 WRK_THREADS="${WRK_THREADS:-1}"

@@ -175,6 +175,8 @@ struct EngineSection {
     cache_dir: Option<PathBuf>,
     /// `false` turns the compile cache off.
     cache: Option<bool>,
+    keep_resident_kb: Option<usize>,
+    decommit_batch_size: Option<usize>,
 }
 
 impl EngineSection {
@@ -187,6 +189,12 @@ impl EngineSection {
                 Some(false) => None,
                 _ => self.cache_dir.or(defaults.cache_dir),
             },
+            keep_resident_bytes: self
+                .keep_resident_kb
+                .map_or(defaults.keep_resident_bytes, |kb| kb.saturating_mul(1024)),
+            decommit_batch_size: self
+                .decommit_batch_size
+                .unwrap_or(defaults.decommit_batch_size),
         }
     }
 }

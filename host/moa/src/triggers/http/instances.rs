@@ -1,7 +1,7 @@
 //! Per-component instance management on top of wasmtime-wasi-http's `ProxyHandler`: a fresh
 //! instance per request (or bounded reuse), instantiation metrics and request deadlines.
 
-use crate::app::AppComponent;
+use crate::app::{AppComponent, HttpWorld};
 use crate::engine::MoaEngine;
 use crate::state::HostState;
 use crate::telemetry::Metrics;
@@ -15,6 +15,9 @@ use wasmtime_wasi_http::WasiHttpView;
 use wasmtime_wasi_http::handler::{
     HandlerState, Instance, ShouldAccept, WorkerExpiration, WorkerState, WorkerStatus,
 };
+
+/// How many requests one reused WASIp3 instance serves at once (as `wasmtime serve` does).
+const MAX_CONCURRENT_PER_P3_INSTANCE: usize = 16;
 
 /// How long a reusable instance may sit idle before it is dropped.
 const IDLE_INSTANCE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -52,6 +55,13 @@ impl HandlerState for ComponentInstances {
             },
             state: InstanceWorker {
                 max_reuse: self.component.max_instance_reuse,
+                // A WASIp3 instance can take requests concurrently when it is reused at all.
+                max_concurrent: match self.component.world {
+                    HttpWorld::P3 if self.component.max_instance_reuse > 1 => {
+                        MAX_CONCURRENT_PER_P3_INSTANCE
+                    }
+                    _ => 1,
+                },
                 request_timeout: self.component.request_timeout,
                 outcome_listeners: Mutex::new(Vec::new()),
             },
@@ -96,6 +106,7 @@ pub type OutcomeListener = tokio::sync::oneshot::Sender<wasmtime::Error>;
 /// Decides whether an instance takes another request, and reports how the instance ended.
 pub struct InstanceWorker {
     max_reuse: usize,
+    max_concurrent: usize,
     request_timeout: Duration,
     outcome_listeners: Mutex<Vec<OutcomeListener>>,
 }
@@ -107,7 +118,7 @@ impl WorkerState for InstanceWorker {
     fn should_accept_request(&self, concurrent_count: usize, total_count: usize) -> ShouldAccept {
         if total_count >= self.max_reuse {
             ShouldAccept::Never
-        } else if concurrent_count >= 1 {
+        } else if concurrent_count >= self.max_concurrent {
             ShouldAccept::No
         } else {
             ShouldAccept::Yes
