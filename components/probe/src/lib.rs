@@ -1,5 +1,5 @@
 //! Test component: does on request what the host's tests need to observe (trap, spin, sleep,
-//! allocate, key-value, variables, outbound HTTP, echo), dispatching on `spin-path-info`;
+//! allocate, key-value, variables, outbound HTTP, publish, echo), dispatching on `spin-path-info`;
 //! anything else answers with the request's headers, one `name: value` per line.
 
 use spin_sdk::http::body::IncomingBodyExt as _;
@@ -106,6 +106,23 @@ async fn handle(req: Request) -> anyhow::Result<impl IntoResponse> {
                     )
                 }
                 Err(err) => reply(502, format!("outbound failed: {err:?}\n")),
+            }
+        }
+        ["publish", topic] => {
+            let key = query.strip_prefix("key=").map(|k| k.as_bytes().to_vec());
+            let payload = req
+                .into_body()
+                .bytes()
+                .await
+                .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+            let mut message = moa_sdk::messaging::Message::new(*topic, payload.to_vec())
+                .with_header("content-type", "application/json");
+            if let Some(key) = key {
+                message = message.with_key(key);
+            }
+            match moa_sdk::messaging::publish(message) {
+                Ok(()) => reply(200, "published\n"),
+                Err(err) => reply(403, format!("publish failed: {err:?}\n")),
             }
         }
         ["echo"] => {

@@ -70,6 +70,8 @@ pub(crate) struct RawComponent {
     #[serde(default)]
     pub ai_models: Vec<Spanned<String>>,
     #[serde(default)]
+    pub allowed_publish_topics: Vec<Spanned<String>>,
+    #[serde(default)]
     pub variables: BTreeMap<Spanned<String>, Spanned<String>>,
     #[serde(default)]
     pub environment: BTreeMap<String, String>,
@@ -155,6 +157,8 @@ pub struct Component {
     pub allowed_outbound_hosts: Vec<Located<String>>,
     pub key_value_stores: Vec<Located<String>>,
     pub ai_models: Vec<Located<String>>,
+    /// Topics (or `prefix*` patterns) the component may publish to with `moa:messaging/producer`.
+    pub allowed_publish_topics: Vec<Located<String>>,
     /// Component variables: name -> template (may reference `{{ app_variable }}`).
     pub variables: BTreeMap<String, Located<String>>,
     pub environment: BTreeMap<String, String>,

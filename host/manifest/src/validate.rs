@@ -287,6 +287,7 @@ fn validate_component(
         };
     let key_value_stores = located(raw.key_value_stores, "key-value store")?;
     let ai_models = located(raw.ai_models, "AI model")?;
+    let allowed_publish_topics = located(raw.allowed_publish_topics, "topic")?;
 
     let build = match raw.build {
         None => None,
@@ -353,6 +354,7 @@ fn validate_component(
         allowed_outbound_hosts,
         key_value_stores,
         ai_models,
+        allowed_publish_topics,
         variables: component_variables,
         environment: raw.environment,
         build,

@@ -6,7 +6,13 @@ use serde::de::DeserializeOwned;
 use std::path::{Path, PathBuf};
 
 /// Top-level tables moa understands, with the capability or concern that reads each.
-const KNOWN_SECTIONS: &[&str] = &["key_value_store", "variables", "limits", "engine"];
+const KNOWN_SECTIONS: &[&str] = &[
+    "key_value_store",
+    "messaging",
+    "variables",
+    "limits",
+    "engine",
+];
 
 /// A parsed runtime config; empty when no file was given (every capability then uses its
 /// embedded default).

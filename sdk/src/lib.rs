@@ -1,0 +1,62 @@
+//! moa's guest SDK: typed Rust over moa's own WIT interfaces (today `moa:messaging/producer`),
+//! for components built for wasm32-wasip2 beside spin-sdk, which covers Spin's interfaces.
+
+mod bindings {
+    wit_bindgen::generate!({
+        path: "../wit",
+        world: "moa:host/messaging",
+        generate_all,
+    });
+}
+
+/// Publishing messages to topics; the host decides which broker holds each topic.
+pub mod messaging {
+    use super::bindings::moa::messaging::{producer, types};
+
+    pub use types::Error;
+
+    /// A message to publish. Build it with [`Message::new`] and the `with_*` methods.
+    #[derive(Debug, Clone)]
+    pub struct Message {
+        topic: String,
+        key: Option<Vec<u8>>,
+        payload: Vec<u8>,
+        headers: Vec<(String, Vec<u8>)>,
+    }
+
+    impl Message {
+        pub fn new(topic: impl Into<String>, payload: impl Into<Vec<u8>>) -> Self {
+            Message {
+                topic: topic.into(),
+                key: None,
+                payload: payload.into(),
+                headers: Vec::new(),
+            }
+        }
+
+        /// Messages with the same key keep their order.
+        pub fn with_key(mut self, key: impl Into<Vec<u8>>) -> Self {
+            self.key = Some(key.into());
+            self
+        }
+
+        pub fn with_header(mut self, name: impl Into<String>, value: impl Into<Vec<u8>>) -> Self {
+            self.headers.push((name.into(), value.into()));
+            self
+        }
+    }
+
+    /// Publishes `message`; returns once the broker has stored it.
+    pub fn publish(message: Message) -> Result<(), Error> {
+        producer::publish(&types::Message {
+            topic: message.topic,
+            key: message.key,
+            payload: message.payload,
+            headers: message
+                .headers
+                .into_iter()
+                .map(|(name, value)| types::Header { name, value })
+                .collect(),
+        })
+    }
+}
