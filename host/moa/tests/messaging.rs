@@ -220,3 +220,61 @@ fn broker_config_mistakes_are_load_errors() {
         "{err}"
     );
 }
+
+#[test]
+fn published_messages_carry_the_request_trace_context() {
+    let app = AppDir::new(APP);
+    let moa = Moa::start(&app, Options::default());
+    let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let url = format!("{}/orders/publish/orders?key=t-1", moa.url);
+    let status = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(async {
+            reqwest::Client::new()
+                .post(&url)
+                .header("traceparent", traceparent)
+                .body("{}")
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        });
+    assert_eq!(status, 200);
+    // A malformed traceparent is not passed on.
+    let url = format!("{}/orders/publish/orders?key=t-2", moa.url);
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(async {
+            reqwest::Client::new()
+                .post(&url)
+                .header("traceparent", "garbage")
+                .body("{}")
+                .send()
+                .await
+                .unwrap();
+        });
+    moa.stop();
+
+    let log = moa_eventlog::EventLog::open(&app.path().join(".moa/events.db")).unwrap();
+    let partitions = log.partitions("orders").unwrap().unwrap();
+    let records: Vec<_> = (0..partitions)
+        .flat_map(|p| log.fetch("orders", p, 0, 100).unwrap())
+        .collect();
+    let header = |key: &[u8]| {
+        records
+            .iter()
+            .find(|r| r.key.as_deref() == Some(key))
+            .unwrap()
+            .headers
+            .iter()
+            .find(|(name, _)| name == "traceparent")
+            .map(|(_, value)| String::from_utf8_lossy(value).into_owned())
+    };
+    assert_eq!(header(b"t-1").as_deref(), Some(traceparent));
+    assert_eq!(header(b"t-2"), None);
+}

@@ -228,6 +228,7 @@ impl MessagingBrokers {
         MessagingGrant {
             brokers: self.clone(),
             allowed: allowed.into(),
+            traceparent: None,
         }
     }
 }
@@ -237,6 +238,14 @@ impl MessagingBrokers {
 pub struct MessagingGrant {
     brokers: Arc<MessagingBrokers>,
     allowed: Arc<[String]>,
+    /// The trace context of the work in progress, added to published messages as `traceparent`.
+    traceparent: Option<String>,
+}
+
+impl MessagingGrant {
+    pub fn set_traceparent(&mut self, traceparent: Option<String>) {
+        self.traceparent = traceparent;
+    }
 }
 
 /// Marker type naming this capability in the linker.
@@ -274,15 +283,23 @@ impl producer::Host for &mut MessagingGrant {
                 message.topic
             ))));
         }
+        let mut headers: Vec<(String, Vec<u8>)> = message
+            .headers
+            .into_iter()
+            .map(|h| (h.name, h.value))
+            .collect();
+        if let Some(traceparent) = &self.traceparent
+            && !headers
+                .iter()
+                .any(|(name, _)| name.eq_ignore_ascii_case("traceparent"))
+        {
+            headers.push(("traceparent".into(), traceparent.clone().into_bytes()));
+        }
         let outgoing = OutgoingMessage {
             topic: message.topic,
             key: message.key,
             payload: message.payload,
-            headers: message
-                .headers
-                .into_iter()
-                .map(|h| (h.name, h.value))
-                .collect(),
+            headers,
         };
         let broker = self.brokers.broker_for(&outgoing.topic).clone();
         Ok(broker.publish(outgoing).await.map_err(|err| match err {

@@ -103,6 +103,13 @@ impl WorkerExpiration for Expiration {
 /// a trap outside the request's own call, such as an epoch interruption.
 pub type OutcomeListener = tokio::sync::oneshot::Sender<wasmtime::Error>;
 
+/// What the trigger hands the instance with each request.
+pub struct RequestContext {
+    pub outcome: OutcomeListener,
+    /// W3C `traceparent` of the request, stamped on messages the component publishes.
+    pub traceparent: Option<String>,
+}
+
 /// Decides whether an instance takes another request, and reports how the instance ended.
 pub struct InstanceWorker {
     max_reuse: usize,
@@ -113,7 +120,7 @@ pub struct InstanceWorker {
 
 impl WorkerState for InstanceWorker {
     type StoreData = HostState;
-    type RequestData = OutcomeListener;
+    type RequestData = RequestContext;
 
     fn should_accept_request(&self, concurrent_count: usize, total_count: usize) -> ShouldAccept {
         if total_count >= self.max_reuse {
@@ -127,13 +134,19 @@ impl WorkerState for InstanceWorker {
 
     fn on_request_start(
         &self,
-        _store: StoreContextMut<'_, HostState>,
-        listener: OutcomeListener,
+        mut store: StoreContextMut<'_, HostState>,
+        context: RequestContext,
         _task: GuestTaskId,
     ) -> Pin<Box<dyn Future<Output = ()> + Send + Sync + 'static>> {
         if let Ok(mut listeners) = self.outcome_listeners.lock() {
-            listeners.push(listener);
+            listeners.push(context.outcome);
         }
+        // With instance reuse and concurrent requests the last request's context wins.
+        store
+            .data_mut()
+            .capabilities
+            .messaging
+            .set_traceparent(context.traceparent);
         Box::pin(tokio::time::sleep(self.request_timeout))
     }
 

@@ -67,6 +67,8 @@ struct Incoming {
     client: Option<SocketAddr>,
     /// Set when the body went over the limit while the component read it.
     body_overflow: Arc<AtomicBool>,
+    /// The W3C trace context to carry into messages the component publishes.
+    traceparent: Option<String>,
 }
 
 impl HttpTrigger {
@@ -185,6 +187,7 @@ impl HttpTrigger {
             request_id: request_id.clone(),
             client: Some(client),
             body_overflow: Arc::new(AtomicBool::new(false)),
+            traceparent: telemetry::traceparent(&span, request.headers()),
         };
         let (component, route, result) = async {
             let Some(matched) = self.router.route(&path) else {
@@ -291,7 +294,11 @@ impl HttpTrigger {
             .copied()
             .unwrap_or_default();
         let (listener, outcome) = tokio::sync::oneshot::channel();
-        let result = handler.handle(listener, request).await;
+        let context = instances::RequestContext {
+            outcome: listener,
+            traceparent: incoming.traceparent.clone(),
+        };
+        let result = handler.handle(context, request).await;
         if incoming.body_overflow.load(Ordering::Relaxed) {
             return Err(Failure::BodyTooLarge);
         }
@@ -363,7 +370,7 @@ fn classify(error: wasmtime::Error, timeout: Duration) -> Failure {
         return Failure::Deadline(timeout);
     }
     if let Some(instantiation) =
-        error.downcast_ref::<InstantiationError<instances::OutcomeListener>>()
+        error.downcast_ref::<InstantiationError<instances::RequestContext>>()
     {
         let text = format!("{:#}", instantiation.error);
         if text.contains("maximum concurrent") || text.contains("pooling allocator") {
@@ -445,6 +452,7 @@ impl InternalHttp for InternalDispatcher {
                 request_id: request_id(request.headers()),
                 client: None,
                 body_overflow: Arc::new(AtomicBool::new(false)),
+                traceparent: telemetry::traceparent(&tracing::Span::none(), request.headers()),
             };
             let route = match &target {
                 InternalTarget::App => trigger.router.route(&path),
