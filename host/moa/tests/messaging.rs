@@ -226,38 +226,23 @@ fn published_messages_carry_the_request_trace_context() {
     let app = AppDir::new(APP);
     let moa = Moa::start(&app, Options::default());
     let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
-    let url = format!("{}/orders/publish/orders?key=t-1", moa.url);
-    let status = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-        .block_on(async {
-            reqwest::Client::new()
+    let post_with_traceparent = |key: &str, value: &str| {
+        let url = format!("{}/orders/publish/orders?key={key}", moa.url);
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let request = reqwest::Client::new()
                 .post(&url)
-                .header("traceparent", traceparent)
-                .body("{}")
-                .send()
-                .await
-                .unwrap()
-                .status()
-                .as_u16()
-        });
-    assert_eq!(status, 200);
+                .header("traceparent", value)
+                .body("{}");
+            request.send().await.unwrap().status().as_u16()
+        })
+    };
+    assert_eq!(post_with_traceparent("t-1", traceparent), 200);
     // A malformed traceparent is not passed on.
-    let url = format!("{}/orders/publish/orders?key=t-2", moa.url);
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-        .block_on(async {
-            reqwest::Client::new()
-                .post(&url)
-                .header("traceparent", "garbage")
-                .body("{}")
-                .send()
-                .await
-                .unwrap();
-        });
+    assert_eq!(post_with_traceparent("t-2", "garbage"), 200);
     moa.stop();
 
     let log = moa_eventlog::EventLog::open(&app.path().join(".moa/events.db")).unwrap();

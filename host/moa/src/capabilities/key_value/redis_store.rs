@@ -15,19 +15,8 @@ pub struct RedisStore {
 impl RedisStore {
     /// Connects to `url` (e.g. `redis://127.0.0.1:6379/0`); fails at load if Redis is unreachable.
     pub async fn connect(url: &str, prefix: Option<String>) -> anyhow::Result<Self> {
-        use anyhow::Context as _;
-        let client =
-            redis::Client::open(url).with_context(|| format!("invalid Redis url `{url}`"))?;
-        let config = redis::aio::ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(std::time::Duration::from_secs(5)))
-            .set_number_of_retries(3);
-        let connection = ConnectionManager::new_with_config(client, config)
-            .await
-            .with_context(|| {
-                format!("cannot connect to Redis at {url}: is it running and reachable?")
-            })?;
         Ok(RedisStore {
-            connection,
+            connection: crate::redis_client::connect(url).await?,
             prefix: prefix.unwrap_or_default(),
         })
     }

@@ -17,18 +17,10 @@ pub struct RedisStreamsBroker {
 
 impl RedisStreamsBroker {
     pub async fn connect(url: &str, maxlen: Option<u64>) -> anyhow::Result<Self> {
-        use anyhow::Context as _;
-        let client =
-            redis::Client::open(url).with_context(|| format!("invalid Redis url `{url}`"))?;
-        let config = redis::aio::ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(std::time::Duration::from_secs(5)))
-            .set_number_of_retries(3);
-        let connection = ConnectionManager::new_with_config(client, config)
-            .await
-            .with_context(|| {
-                format!("cannot connect to Redis at {url}: is it running and reachable?")
-            })?;
-        Ok(RedisStreamsBroker { connection, maxlen })
+        Ok(RedisStreamsBroker {
+            connection: crate::redis_client::connect(url).await?,
+            maxlen,
+        })
     }
 }
 
