@@ -234,6 +234,13 @@ fn load_component(
 /// Turns `files` entries into directory mounts. A glob mounts the directory before its first
 /// wildcard at the same relative path in the guest (read-only).
 fn mounts(app: &LoadedManifest, component: &Component) -> Result<Vec<(PathBuf, String)>> {
+    if !component.exclude_files.is_empty() {
+        anyhow::bail!(
+            "{}: component `{}` uses exclude_files, which moa does not support yet\n  help: move the files to exclude out of the mounted directory and remove exclude_files",
+            app.path.display(),
+            component.id
+        );
+    }
     let mut out = Vec::new();
     for mount in &component.files {
         let (host, guest) = match mount {
@@ -247,6 +254,13 @@ fn mounts(app: &LoadedManifest, component: &Component) -> Result<Vec<(PathBuf, S
                     .take_while(|part| !part.contains(['*', '?', '[']))
                     .collect();
                 let mut relative = prefix.join("/");
+                if relative.is_empty() || relative == "." {
+                    anyhow::bail!(
+                        "{}: component `{}` has files = [\"{pattern}\"], which would expose the whole app directory (state, config) to the component\n  help: keep the files in a directory and mount that, e.g. files = [\"static/**\"]",
+                        app.path.display(),
+                        component.id
+                    );
+                }
                 let host = app.base_dir.join(&relative);
                 if host.is_file() {
                     relative = Path::new(&relative)

@@ -92,6 +92,26 @@ fn most_specific_route_wins_and_spin_headers_describe_the_match() {
     // `:id` segments are matched and reported.
     let (_, dump) = moa.get("/users/42");
     assert_eq!(header(&dump, "spin-path-match-id"), Some("42"), "{dump}");
+    // Headers a client sends under the `spin-` prefix do not reach the component.
+    let url = format!("{}/users/7", moa.url);
+    let dump = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(async {
+            let request = reqwest::Client::new()
+                .get(&url)
+                .header("spin-path-match-admin", "true")
+                .header("spin-client-addr", "10.0.0.1:1");
+            request.send().await.unwrap().text().await.unwrap()
+        });
+    assert_eq!(header(&dump, "spin-path-match-admin"), None, "{dump}");
+    assert!(
+        header(&dump, "spin-client-addr")
+            .unwrap()
+            .starts_with("127.0.0.1:"),
+        "{dump}"
+    );
     // Anything else falls through to `/...`.
     let (_, dump) = moa.get("/elsewhere/x");
     assert_eq!(header(&dump, "spin-matched-route"), Some("/..."), "{dump}");
@@ -184,6 +204,19 @@ allowed_outbound_hosts = ["http://hidden.spin.internal", "http://self"]
     let (status, body) = moa.get("/caller/fetch?url=http://self/hello");
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("Hello from moa"), "{body}");
+    // An outside client cannot pose as an in-app caller.
+    let url = format!("{}/probe/headers", moa.url);
+    let status = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(async {
+            let request = reqwest::Client::new()
+                .get(&url)
+                .header("host", "hidden.spin.internal");
+            request.send().await.unwrap().status().as_u16()
+        });
+    assert_eq!(status, 400);
     // A component without the grant is refused.
     let (status, body) = moa.get("/probe/fetch?url=http://hidden.spin.internal/x");
     assert_eq!(status, 502, "{body}");

@@ -53,7 +53,7 @@ struct StoreConfig {
     path: Option<PathBuf>,
     /// `redis`: `redis://[user:pass@]host:port[/db]`, literal or `{ env = "NAME" }`.
     url: Option<ValueSource>,
-    /// `redis`: a prefix put before every key, to share one Redis between stores or apps.
+    /// `redis`: put before every key (default `<label>:`), so stores sharing a Redis stay apart.
     prefix: Option<String>,
 }
 
@@ -78,6 +78,7 @@ impl KeyValueStores {
             .section("key_value_store")?
             .unwrap_or_default();
         let mut backends: BTreeMap<String, Arc<dyn KeyValueBackend>> = BTreeMap::new();
+        let mut redis_prefixes: Vec<(String, (String, String))> = Vec::new();
         for (label, config) in &configs {
             let backend: Arc<dyn KeyValueBackend> = match config.kind.as_str() {
                 "spin" | "sqlite" => {
@@ -98,9 +99,24 @@ impl KeyValueStores {
                         );
                     };
                     let url = url.resolve(&format!("[key_value_store.{label}] url"))?;
-                    let prefix = config.prefix.clone();
+                    // Each store gets its own key space on a shared Redis: `<label>:` unless set.
+                    let prefix = config.prefix.clone().unwrap_or_else(|| format!("{label}:"));
+                    if let Some((other, _)) =
+                        redis_prefixes
+                            .iter()
+                            .find(|(_, (u, p)): &&(String, (String, String))| {
+                                *u == url
+                                    && (p.starts_with(&prefix) || prefix.starts_with(p.as_str()))
+                            })
+                    {
+                        bail!(
+                            "{}: [key_value_store.{label}] and [key_value_store.{other}] share a Redis with overlapping key prefixes, so each could read the other's keys\n  help: give each store its own `prefix` (neither a prefix of the other) or its own Redis database",
+                            runtime_config.describe()
+                        );
+                    }
+                    redis_prefixes.push((label.clone(), (url.clone(), prefix.clone())));
                     let store = tokio::runtime::Handle::current()
-                        .block_on(redis_store::RedisStore::connect(&url, prefix))
+                        .block_on(redis_store::RedisStore::connect(&url, Some(prefix)))
                         .with_context(|| {
                             format!("{}: [key_value_store.{label}]", runtime_config.describe())
                         })?;

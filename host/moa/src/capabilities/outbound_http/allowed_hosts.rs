@@ -176,6 +176,17 @@ impl AllowedHosts {
     pub fn allows_self(&self) -> bool {
         self.entries.iter().any(|e| e.host == HostPattern::SelfApp)
     }
+
+    /// Whether the component may call component `id` through `http://<id>.spin.internal`. Only an
+    /// entry naming that host (or `*.spin.internal`) grants it: a bare `*` host does not.
+    pub fn allows_internal(&self, id: &str) -> bool {
+        let host = format!("{id}.spin.internal");
+        self.entries.iter().any(|e| match &e.host {
+            HostPattern::Exact(h) => *h == host,
+            HostPattern::Subdomains(suffix) => suffix == "spin.internal",
+            HostPattern::Any | HostPattern::SelfApp => false,
+        })
+    }
 }
 
 #[cfg(test)]
@@ -241,5 +252,14 @@ mod tests {
         assert!(AllowedHost::parse("https://ex*ample.com").is_err());
         assert!(AllowedHost::parse("https://example.com:99999").is_err());
         assert!(hosts(&["http://self"]).allows_self());
+    }
+
+    #[test]
+    fn private_components_need_an_explicit_spin_internal_entry() {
+        assert!(hosts(&["http://billing.spin.internal"]).allows_internal("billing"));
+        assert!(!hosts(&["http://billing.spin.internal"]).allows_internal("admin"));
+        assert!(hosts(&["http://*.spin.internal"]).allows_internal("admin"));
+        assert!(!hosts(&["*://*:*"]).allows_internal("admin"));
+        assert!(!hosts(&["https://*"]).allows_internal("admin"));
     }
 }

@@ -77,7 +77,8 @@ type SendResult = Result<
 
 impl OutboundHttpHooks {
     fn internal_target(&self, uri: &http::Uri) -> Option<Result<InternalTarget, ()>> {
-        match uri.host() {
+        let host = uri.host().map(str::to_ascii_lowercase);
+        match host.as_deref() {
             None | Some("self") | Some("self.alt") => Some(if self.allowed.allows_self() {
                 Ok(InternalTarget::App)
             } else {
@@ -85,7 +86,7 @@ impl OutboundHttpHooks {
             }),
             Some(host) => {
                 let id = host.strip_suffix(INTERNAL_HOST_SUFFIX)?;
-                Some(if self.allowed.allows_uri(uri) {
+                Some(if self.allowed.allows_internal(id) {
                     Ok(InternalTarget::Component(id.to_string()))
                 } else {
                     Err(())

@@ -139,8 +139,11 @@ impl WorkerState for InstanceWorker {
         _task: GuestTaskId,
     ) -> Pin<Box<dyn Future<Output = ()> + Send + Sync + 'static>> {
         if let Ok(mut listeners) = self.outcome_listeners.lock() {
+            listeners.retain(|listener| !listener.is_closed());
             listeners.push(context.outcome);
         }
+        // The CPU deadline counts from this request's start, also on a reused instance.
+        store.set_epoch_deadline(MoaEngine::ticks_for(self.request_timeout));
         // With instance reuse and concurrent requests the last request's context wins.
         store
             .data_mut()

@@ -30,6 +30,9 @@ use wasmtime_wasi_http::{Error as HttpError, WasiBody};
 
 type Handler = ProxyHandler<ComponentInstances>;
 
+/// How long a client may take to send a request's headers.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// The HTTP trigger of one app.
 pub struct HttpTrigger {
     router: Router,
@@ -42,6 +45,7 @@ pub struct HttpTrigger {
 
 /// Why a request got an error response instead of the component's.
 enum Failure {
+    BadRequest(String),
     NotFound,
     BodyTooLarge,
     Deadline(Duration),
@@ -52,6 +56,7 @@ enum Failure {
 impl Failure {
     fn status(&self) -> StatusCode {
         match self {
+            Failure::BadRequest(_) => StatusCode::BAD_REQUEST,
             Failure::NotFound => StatusCode::NOT_FOUND,
             Failure::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Failure::Deadline(_) => StatusCode::GATEWAY_TIMEOUT,
@@ -121,7 +126,13 @@ impl HttpTrigger {
         drain: Duration,
     ) -> Result<()> {
         let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-        let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+        let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+        // Without a timer hyper applies no header-read timeout: a slow client would hold its
+        // connection forever.
+        builder
+            .http1()
+            .timer(hyper_util::rt::TokioTimer::new())
+            .header_read_timeout(HEADER_READ_TIMEOUT);
         let mut shutdown = std::pin::pin!(shutdown);
         loop {
             let (stream, client) = tokio::select! {
@@ -189,7 +200,22 @@ impl HttpTrigger {
             body_overflow: Arc::new(AtomicBool::new(false)),
             traceparent: telemetry::traceparent(&span, request.headers()),
         };
+        let forged_internal = request
+            .headers()
+            .get(http::header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .map(|h| h.split(':').next().unwrap_or("").to_ascii_lowercase())
+            .is_some_and(|h| h.ends_with(crate::capabilities::outbound_http::INTERNAL_HOST_SUFFIX));
         let (component, route, result) = async {
+            if forged_internal {
+                return (
+                    None,
+                    None,
+                    Err(Failure::BadRequest(
+                        "the Host header names an in-app (*.spin.internal) address".into(),
+                    )),
+                );
+            }
             let Some(matched) = self.router.route(&path) else {
                 return (None, None, Err(Failure::NotFound));
             };
@@ -341,6 +367,15 @@ impl HttpTrigger {
             *request.uri_mut() = uri;
         }
         let headers = request.headers_mut();
+        // The `spin-*` headers are the host's word; a client's own are dropped, not passed on.
+        let forged: Vec<http::HeaderName> = headers
+            .keys()
+            .filter(|name| name.as_str().starts_with("spin-"))
+            .cloned()
+            .collect();
+        for name in forged {
+            headers.remove(name);
+        }
         let mut set = |name: &str, value: &str| {
             if let (Ok(name), Ok(value)) = (
                 http::HeaderName::from_bytes(name.as_bytes()),
@@ -388,6 +423,7 @@ fn error_response(
     path: &str,
 ) -> Response<WasiBody> {
     let message = match failure {
+        Failure::BadRequest(why) => why.clone(),
         Failure::NotFound => format!("no route matches {path}"),
         Failure::BodyTooLarge => {
             "request body is larger than the host's max_request_body_bytes".into()
