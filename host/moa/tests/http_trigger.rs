@@ -423,3 +423,34 @@ fn requests_are_exported_as_otlp_traces_when_an_endpoint_is_set() {
         collector.requests.lock().unwrap()
     );
 }
+
+#[test]
+fn nested_in_app_calls_stop_at_the_depth_limit_with_508() {
+    let app = AppDir::new(&format!(
+        r#"{ROUTES}
+[[trigger.http]]
+route = "/loop/..."
+component = "looper"
+[component.looper]
+source = "{{probe}}"
+allowed_outbound_hosts = ["http://self"]
+"#
+    ));
+    let moa = Moa::start(&app, Options::default());
+    let nested = |levels: usize| {
+        let mut path = "/loop/echo".to_string();
+        for _ in 0..levels {
+            path = format!("/loop/fetch?url=http://self{path}");
+        }
+        moa.get(&path)
+    };
+    let (status, body) = nested(5);
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("0 bytes") && !body.contains("508"), "{body}");
+    let (status, body) = nested(12);
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body.contains("status 508") && body.contains("nested deeper than 10"),
+        "{body}"
+    );
+}

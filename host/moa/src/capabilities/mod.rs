@@ -118,6 +118,7 @@ impl ComponentGrants {
                 allowed: self.allowed_hosts.clone(),
                 internal: self.internal_http.clone(),
                 metrics: self.metrics.clone(),
+                depth: 0,
             },
         }
     }

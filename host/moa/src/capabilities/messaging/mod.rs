@@ -123,10 +123,18 @@ impl MessagingBrokers {
         let describe = runtime_config.describe();
         let mut brokers: BTreeMap<String, Arc<dyn Broker>> = BTreeMap::new();
         let mut embedded_log = None;
-        let open_embedded = |path: &Path| -> Result<Arc<moa_eventlog::EventLog>> {
-            Ok(Arc::new(moa_eventlog::EventLog::open(path).with_context(
-                || format!("cannot open the embedded event log at {}", path.display()),
-            )?))
+        // One log object per file: two brokers naming the same file share it.
+        let mut open_logs: BTreeMap<std::path::PathBuf, Arc<moa_eventlog::EventLog>> =
+            BTreeMap::new();
+        let mut open_embedded = |path: &Path| -> Result<Arc<moa_eventlog::EventLog>> {
+            if let Some(log) = open_logs.get(path) {
+                return Ok(log.clone());
+            }
+            let log = Arc::new(moa_eventlog::EventLog::open(path).with_context(|| {
+                format!("cannot open the embedded event log at {}", path.display())
+            })?);
+            open_logs.insert(path.to_path_buf(), log.clone());
+            Ok(log)
         };
         for (name, config) in &section.brokers {
             let broker: Arc<dyn Broker> = match config {

@@ -26,10 +26,12 @@ pub enum InternalTarget {
 
 /// Serves in-app requests; implemented by the HTTP trigger.
 pub trait InternalHttp: Send + Sync {
+    /// `caller_depth` is how deeply nested the calling request already is (0 = from outside).
     fn dispatch(
         &self,
         target: InternalTarget,
         request: http::Request<WasiBody>,
+        caller_depth: u32,
     ) -> BoxFuture<'static, Result<http::Response<WasiBody>, HttpError>>;
 }
 
@@ -65,6 +67,8 @@ pub struct OutboundHttpHooks {
     pub allowed: Arc<AllowedHosts>,
     pub internal: InternalHttpSlot,
     pub metrics: Arc<crate::telemetry::Metrics>,
+    /// Nesting depth of the request this instance serves (set per request by the trigger).
+    pub depth: u32,
 }
 
 type SendResult = Result<
@@ -112,6 +116,7 @@ impl WasiHttpHooks for OutboundHttpHooks {
         };
         match self.internal_target(&uri) {
             Some(Ok(target)) => {
+                let depth = self.depth;
                 let Some(internal) = self.internal.get().cloned() else {
                     return Box::new(async {
                         Err(HttpError::InternalError(Some(
@@ -120,7 +125,7 @@ impl WasiHttpHooks for OutboundHttpHooks {
                     });
                 };
                 return Box::new(async move {
-                    let response = internal.dispatch(target, request).await?;
+                    let response = internal.dispatch(target, request, depth).await?;
                     Ok((
                         response,
                         Box::new(async { Ok(()) }) as Box<dyn Future<Output = _> + Send>,

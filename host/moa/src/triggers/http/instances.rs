@@ -108,6 +108,8 @@ pub struct RequestContext {
     pub outcome: OutcomeListener,
     /// W3C `traceparent` of the request, stamped on messages the component publishes.
     pub traceparent: Option<String>,
+    /// In-app call nesting depth of the request (0 from outside).
+    pub depth: u32,
 }
 
 /// Decides whether an instance takes another request, and reports how the instance ended.
@@ -145,11 +147,12 @@ impl WorkerState for InstanceWorker {
         // The CPU deadline counts from this request's start, also on a reused instance.
         store.set_epoch_deadline(MoaEngine::ticks_for(self.request_timeout));
         // With instance reuse and concurrent requests the last request's context wins.
-        store
-            .data_mut()
+        let state = store.data_mut();
+        state
             .capabilities
             .messaging
             .set_traceparent(context.traceparent);
+        state.capabilities.outbound_http.depth = context.depth;
         Box::pin(tokio::time::sleep(self.request_timeout))
     }
 

@@ -30,6 +30,9 @@ use wasmtime_wasi_http::{Error as HttpError, WasiBody};
 
 type Handler = ProxyHandler<ComponentInstances>;
 
+/// How deep in-app calls (`http://self`, `*.spin.internal`) may nest before 508.
+const MAX_IN_APP_DEPTH: u32 = 10;
+
 /// How long a client may take to send a request's headers.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -46,6 +49,7 @@ pub struct HttpTrigger {
 /// Why a request got an error response instead of the component's.
 enum Failure {
     BadRequest(String),
+    LoopDetected,
     NotFound,
     BodyTooLarge,
     Deadline(Duration),
@@ -57,6 +61,7 @@ impl Failure {
     fn status(&self) -> StatusCode {
         match self {
             Failure::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Failure::LoopDetected => StatusCode::LOOP_DETECTED,
             Failure::NotFound => StatusCode::NOT_FOUND,
             Failure::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Failure::Deadline(_) => StatusCode::GATEWAY_TIMEOUT,
@@ -74,6 +79,8 @@ struct Incoming {
     body_overflow: Arc<AtomicBool>,
     /// The W3C trace context to carry into messages the component publishes.
     traceparent: Option<String>,
+    /// 0 for a request from outside; n for the n-th nested in-app call.
+    depth: u32,
 }
 
 impl HttpTrigger {
@@ -199,6 +206,7 @@ impl HttpTrigger {
             client: Some(client),
             body_overflow: Arc::new(AtomicBool::new(false)),
             traceparent: telemetry::traceparent(&span, request.headers()),
+            depth: 0,
         };
         let forged_internal = request
             .headers()
@@ -320,13 +328,24 @@ impl HttpTrigger {
             .copied()
             .unwrap_or_default();
         let (listener, outcome) = tokio::sync::oneshot::channel();
+        if incoming.depth > MAX_IN_APP_DEPTH {
+            return Err(Failure::LoopDetected);
+        }
         let context = instances::RequestContext {
             outcome: listener,
             traceparent: incoming.traceparent.clone(),
+            depth: incoming.depth,
         };
+        let started = Instant::now();
         let result = handler.handle(context, request).await;
         if incoming.body_overflow.load(Ordering::Relaxed) {
             return Err(Failure::BodyTooLarge);
+        }
+        // Whatever error a component that ran past its deadline ends with (an interrupt, the
+        // instance torn down while a host call held the store, a p2 response never set), the
+        // client's answer is the deadline.
+        if result.is_err() && started.elapsed() >= timeout {
+            return Err(Failure::Deadline(timeout));
         }
         match result {
             Ok(response) => Ok(response),
@@ -424,6 +443,7 @@ fn error_response(
 ) -> Response<WasiBody> {
     let message = match failure {
         Failure::BadRequest(why) => why.clone(),
+        Failure::LoopDetected => format!("in-app calls nested deeper than {MAX_IN_APP_DEPTH}"),
         Failure::NotFound => format!("no route matches {path}"),
         Failure::BodyTooLarge => {
             "request body is larger than the host's max_request_body_bytes".into()
@@ -477,6 +497,7 @@ impl InternalHttp for InternalDispatcher {
         &self,
         target: InternalTarget,
         request: Request<WasiBody>,
+        caller_depth: u32,
     ) -> BoxFuture<'static, Result<Response<WasiBody>, HttpError>> {
         let trigger = self.0.clone();
         Box::pin(async move {
@@ -489,6 +510,7 @@ impl InternalHttp for InternalDispatcher {
                 client: None,
                 body_overflow: Arc::new(AtomicBool::new(false)),
                 traceparent: telemetry::traceparent(&tracing::Span::none(), request.headers()),
+                depth: caller_depth + 1,
             };
             let route = match &target {
                 InternalTarget::App => trigger.router.route(&path),
