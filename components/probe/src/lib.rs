@@ -8,6 +8,15 @@ use spin_sdk::http_service;
 use spin_sdk::key_value::Store;
 use std::time::Duration;
 
+/// Spin 2.x key-value (`fermyon:spin/key-value@2.0.0`), as spin-sdk <= 5 components import it.
+mod spin2 {
+    wit_bindgen::generate!({
+        path: "../../wit",
+        world: "moa:host/key-value-v2",
+        generate_all,
+    });
+}
+
 fn reply(status: u16, body: impl Into<String>) -> anyhow::Result<http::Response<String>> {
     Ok(http::Response::builder()
         .status(status)
@@ -71,6 +80,28 @@ async fn handle(req: Request) -> anyhow::Result<impl IntoResponse> {
                     Some(value) => reply(200, String::from_utf8_lossy(&value).into_owned()),
                     None => reply(404, "no such key\n"),
                 },
+            }
+        }
+        ["kv2", label, key] => {
+            use spin2::fermyon::spin::key_value::Store as StoreV2;
+            let store = match StoreV2::open(label) {
+                Ok(store) => store,
+                Err(err) => return reply(403, format!("open failed: {err:?}\n")),
+            };
+            if *req.method() == http::Method::PUT {
+                let body = req
+                    .into_body()
+                    .bytes()
+                    .await
+                    .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+                store
+                    .set(key, &body)
+                    .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+                return reply(200, "stored\n");
+            }
+            match store.get(key).map_err(|e| anyhow::anyhow!("{e:?}"))? {
+                Some(value) => reply(200, String::from_utf8_lossy(&value).into_owned()),
+                None => reply(404, "no such key\n"),
             }
         }
         ["keys", label] => {

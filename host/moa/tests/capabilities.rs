@@ -151,6 +151,43 @@ fn a_component_opens_only_the_stores_it_was_granted() {
 }
 
 #[test]
+fn spin2_key_value_interface_shares_stores_and_grants_with_spin3() {
+    let app = AppDir::new(KV_APP);
+    let moa = Moa::start(&app, kv_options(&app, None));
+    // Written through fermyon:spin/key-value@2.0.0, read through spin:key-value@3.0.0 and back.
+    assert_eq!(
+        moa.send(
+            Method::PUT,
+            "/granted/kv2/default/menu",
+            Some(b"bibimbap".to_vec())
+        )
+        .0,
+        200
+    );
+    assert_eq!(
+        moa.get("/granted/kv/default/menu"),
+        (200, "bibimbap".to_string())
+    );
+    assert_eq!(
+        moa.send(
+            Method::PUT,
+            "/granted/kv/cache/price",
+            Some(b"9000".to_vec())
+        )
+        .0,
+        200
+    );
+    assert_eq!(
+        moa.get("/granted/kv2/cache/price"),
+        (200, "9000".to_string())
+    );
+    assert_eq!(moa.get("/granted/kv2/default/missing").0, 404);
+    let (status, body) = moa.get("/stranger/kv2/default/menu");
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("AccessDenied"), "{body}");
+}
+
+#[test]
 fn a_store_label_missing_from_the_runtime_config_fails_at_load_with_the_line() {
     let app = AppDir::new(KV_APP);
     let err = Moa::try_start(&app, Options::default())

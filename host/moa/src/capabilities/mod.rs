@@ -30,6 +30,10 @@ pub fn link(linker: &mut Linker<HostState>) -> Result<()> {
         grant: &state.capabilities.key_value,
         table: &mut state.table,
     })?;
+    key_value::add_v2_to_linker(linker, |state| key_value::KeyValueView {
+        grant: &state.capabilities.key_value,
+        table: &mut state.table,
+    })?;
     variables::add_to_linker(linker, |state| &state.capabilities.variables)?;
     messaging::add_to_linker(linker, |state| &mut state.capabilities.messaging)?;
     Ok(())

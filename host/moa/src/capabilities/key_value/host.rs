@@ -10,8 +10,8 @@ use wasmtime::component::{
 
 /// The value behind a `store` resource handle.
 pub struct OpenStore {
-    label: String,
-    backend: Arc<dyn KeyValueBackend>,
+    pub(super) label: String,
+    pub(super) backend: Arc<dyn KeyValueBackend>,
 }
 
 /// Marker type naming this capability in the linker.

@@ -3,6 +3,7 @@
 
 mod embedded;
 mod host;
+mod host_v2;
 mod redis_store;
 
 use crate::runtime_config::{RuntimeConfig, ValueSource};
@@ -14,6 +15,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 pub use host::{KeyValue, KeyValueView, add_to_linker};
+pub use host_v2::add_to_linker as add_v2_to_linker;
 
 mod bindings {
     wasmtime::component::bindgen!({
@@ -22,6 +24,18 @@ mod bindings {
         imports: { default: trappable },
         with: {
             "spin:key-value/key-value.store": super::host::OpenStore,
+        },
+    });
+}
+
+/// `fermyon:spin/key-value@2.0.0`, the same stores for spin-sdk <= 5 components.
+mod bindings_v2 {
+    wasmtime::component::bindgen!({
+        path: "../../wit",
+        world: "moa:host/key-value-v2",
+        imports: { default: async | trappable },
+        with: {
+            "fermyon:spin/key-value.store": super::host::OpenStore,
         },
     });
 }
