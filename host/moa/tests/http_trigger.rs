@@ -94,17 +94,15 @@ fn most_specific_route_wins_and_spin_headers_describe_the_match() {
     assert_eq!(header(&dump, "spin-path-match-id"), Some("42"), "{dump}");
     // Headers a client sends under the `spin-` prefix do not reach the component.
     let url = format!("{}/users/7", moa.url);
-    let dump = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-        .block_on(async {
-            let request = reqwest::Client::new()
-                .get(&url)
-                .header("spin-path-match-admin", "true")
-                .header("spin-client-addr", "10.0.0.1:1");
-            request.send().await.unwrap().text().await.unwrap()
-        });
+    let (_, dump) = common::blocking_with_headers(
+        Method::GET,
+        &url,
+        &[
+            ("spin-path-match-admin", "true"),
+            ("spin-client-addr", "10.0.0.1:1"),
+        ],
+        None,
+    );
     assert_eq!(header(&dump, "spin-path-match-admin"), None, "{dump}");
     assert!(
         header(&dump, "spin-client-addr")
@@ -206,16 +204,8 @@ allowed_outbound_hosts = ["http://hidden.spin.internal", "http://self"]
     assert!(body.contains("Hello from moa"), "{body}");
     // An outside client cannot pose as an in-app caller.
     let url = format!("{}/probe/headers", moa.url);
-    let status = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-        .block_on(async {
-            let request = reqwest::Client::new()
-                .get(&url)
-                .header("host", "hidden.spin.internal");
-            request.send().await.unwrap().status().as_u16()
-        });
+    let (status, _) =
+        common::blocking_with_headers(Method::GET, &url, &[("host", "hidden.spin.internal")], None);
     assert_eq!(status, 400);
     // A component without the grant is refused.
     let (status, body) = moa.get("/probe/fetch?url=http://hidden.spin.internal/x");

@@ -228,17 +228,13 @@ fn published_messages_carry_the_request_trace_context() {
     let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
     let post_with_traceparent = |key: &str, value: &str| {
         let url = format!("{}/orders/publish/orders?key={key}", moa.url);
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        runtime.block_on(async {
-            let request = reqwest::Client::new()
-                .post(&url)
-                .header("traceparent", value)
-                .body("{}");
-            request.send().await.unwrap().status().as_u16()
-        })
+        common::blocking_with_headers(
+            Method::POST,
+            &url,
+            &[("traceparent", value)],
+            Some(b"{}".to_vec()),
+        )
+        .0
     };
     assert_eq!(post_with_traceparent("t-1", traceparent), 200);
     // A malformed traceparent is not passed on.

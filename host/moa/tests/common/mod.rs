@@ -219,6 +219,16 @@ impl Drop for Moa {
 
 /// One HTTP request with a fresh client (tests are synchronous; the client runs on its own runtime).
 pub fn blocking(method: reqwest::Method, url: &str, body: Option<Vec<u8>>) -> (u16, String) {
+    blocking_with_headers(method, url, &[], body)
+}
+
+/// [`blocking`] with extra request headers.
+pub fn blocking_with_headers(
+    method: reqwest::Method,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: Option<Vec<u8>>,
+) -> (u16, String) {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -229,6 +239,9 @@ pub fn blocking(method: reqwest::Method, url: &str, body: Option<Vec<u8>>) -> (u
             .build()
             .unwrap();
         let mut request = client.request(method, url);
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
         if let Some(body) = body {
             request = request.body(body);
         }
