@@ -46,17 +46,30 @@ pub mod messaging {
         }
     }
 
+    impl From<Message> for types::Message {
+        fn from(message: Message) -> Self {
+            types::Message {
+                topic: message.topic,
+                key: message.key,
+                payload: message.payload,
+                headers: message
+                    .headers
+                    .into_iter()
+                    .map(|(name, value)| types::Header { name, value })
+                    .collect(),
+            }
+        }
+    }
+
     /// Publishes `message`; returns once the broker has stored it.
     pub fn publish(message: Message) -> Result<(), Error> {
-        producer::publish(&types::Message {
-            topic: message.topic,
-            key: message.key,
-            payload: message.payload,
-            headers: message
-                .headers
-                .into_iter()
-                .map(|(name, value)| types::Header { name, value })
-                .collect(),
-        })
+        producer::publish(&message.into())
+    }
+
+    /// Publishes `messages` together (all in flight at once); returns once the broker has stored
+    /// every one. On error some may have been stored.
+    pub fn publish_batch(messages: impl IntoIterator<Item = Message>) -> Result<(), Error> {
+        let messages: Vec<types::Message> = messages.into_iter().map(Into::into).collect();
+        producer::publish_batch(&messages)
     }
 }

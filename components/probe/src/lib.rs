@@ -156,6 +156,41 @@ async fn handle(req: Request) -> anyhow::Result<impl IntoResponse> {
                 Err(err) => reply(403, format!("publish failed: {err:?}\n")),
             }
         }
+        ["publish-many", topic] => {
+            // n messages `<prefix><key>:<seq><size x padding>` over `keys` keys, in batches of `batch`.
+            let param = |name: &str, default: usize| -> anyhow::Result<usize> {
+                match query
+                    .split('&')
+                    .find_map(|kv| kv.strip_prefix(name).and_then(|v| v.strip_prefix('=')))
+                {
+                    Some(v) => Ok(v.parse()?),
+                    None => Ok(default),
+                }
+            };
+            let (n, keys, batch, size) = (
+                param("n", 1)?,
+                param("keys", 1)?.max(1),
+                param("batch", 100)?.max(1),
+                param("size", 0)?,
+            );
+            let padding = "x".repeat(size);
+            let prefix = query
+                .split('&')
+                .find_map(|kv| kv.strip_prefix("prefix="))
+                .unwrap_or("");
+            let mut pending = Vec::with_capacity(batch);
+            for i in 0..n {
+                let key = format!("k{}", i % keys);
+                let payload = format!("{prefix}{key}:{}{padding}", i / keys);
+                pending.push(moa_sdk::messaging::Message::new(*topic, payload).with_key(key));
+                if pending.len() == batch || i + 1 == n {
+                    if let Err(err) = moa_sdk::messaging::publish_batch(pending.drain(..)) {
+                        return reply(503, format!("publish failed after {i}: {err:?}\n"));
+                    }
+                }
+            }
+            reply(200, format!("published {n}\n"))
+        }
         ["echo"] => {
             let body = req
                 .into_body()

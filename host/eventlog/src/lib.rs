@@ -52,6 +52,15 @@ pub struct Record {
     pub timestamp_ms: i64,
 }
 
+/// A record to append with [`EventLog::append_batch`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewRecord {
+    pub topic: String,
+    pub key: Option<Vec<u8>>,
+    pub payload: Vec<u8>,
+    pub headers: Vec<(String, Vec<u8>)>,
+}
+
 /// Where an append landed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Appended {
@@ -256,6 +265,70 @@ impl EventLog {
         Ok(appended)
     }
 
+    /// Appends several records in one transaction, in order (so records with the same key keep
+    /// their order); all or none are stored.
+    pub fn append_batch(&self, records: &[NewRecord]) -> Result<Vec<Appended>> {
+        if let Some(record) = records.iter().find(|r| !is_valid_topic(&r.topic)) {
+            return Err(EventLogError::InvalidTopic(record.topic.clone()));
+        }
+        let mut out = Vec::with_capacity(records.len());
+        {
+            let mut state = self.lock()?;
+            let mut next_offsets = state.next_offsets.clone();
+            let mut topics = state.topics.clone();
+            let tx = state.connection.transaction()?;
+            for NewRecord {
+                topic,
+                key,
+                payload,
+                headers,
+            } in records
+            {
+                let partitions = match topics.get(topic) {
+                    Some(p) => *p,
+                    None => {
+                        tx.execute(
+                            "INSERT INTO topics (name, partitions) VALUES (?1, ?2)",
+                            params![topic, DEFAULT_PARTITIONS],
+                        )?;
+                        topics.insert(topic.clone(), DEFAULT_PARTITIONS);
+                        DEFAULT_PARTITIONS
+                    }
+                };
+                let partition = match key {
+                    Some(key) => partition_for(key, partitions),
+                    None => {
+                        (self.round_robin.fetch_add(1, Ordering::Relaxed) % u64::from(partitions))
+                            as u32
+                    }
+                };
+                let slot = (topic.clone(), partition);
+                let offset = next_offsets.get(&slot).copied().unwrap_or(0);
+                tx.prepare_cached(
+                    "INSERT INTO records (topic, partition, offset, key, payload, headers, timestamp_ms)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                )?
+                .execute(params![
+                    topic,
+                    partition,
+                    offset as i64,
+                    key,
+                    payload,
+                    encode_headers(headers),
+                    now_ms()
+                ])?;
+                next_offsets.insert(slot, offset + 1);
+                out.push(Appended { partition, offset });
+            }
+            tx.commit()?;
+            // Only a committed transaction moves the in-memory view.
+            state.next_offsets = next_offsets;
+            state.topics = topics;
+        }
+        self.appended.notify_waiters();
+        Ok(out)
+    }
+
     /// Up to `max` records of one partition, from `from_offset` on.
     pub fn fetch(
         &self,
@@ -408,6 +481,45 @@ mod tests {
             .collect();
         assert_eq!(order1, [b"created".to_vec(), b"paid".to_vec()]);
         assert_eq!(log.partitions("orders").unwrap(), Some(DEFAULT_PARTITIONS));
+    }
+
+    #[test]
+    fn a_batch_keeps_order_and_lands_where_single_appends_would() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = log(&dir);
+        let single = log.append("orders", Some(b"k7"), b"first", &[]).unwrap();
+        let batch: Vec<_> = (0..5)
+            .map(|i| NewRecord {
+                topic: "orders".into(),
+                key: Some(b"k7".to_vec()),
+                payload: format!("b{i}").into_bytes(),
+                headers: Vec::new(),
+            })
+            .collect();
+        let appended = log.append_batch(&batch).unwrap();
+        assert!(appended.iter().all(|a| a.partition == single.partition));
+        let offsets: Vec<u64> = appended.iter().map(|a| a.offset).collect();
+        assert_eq!(offsets, [1, 2, 3, 4, 5]);
+        let payloads: Vec<Vec<u8>> = log
+            .fetch("orders", single.partition, 1, 10)
+            .unwrap()
+            .into_iter()
+            .map(|r| r.payload)
+            .collect();
+        assert_eq!(
+            payloads,
+            batch.iter().map(|b| b.payload.clone()).collect::<Vec<_>>()
+        );
+        let bad = vec![NewRecord {
+            topic: "no spaces".into(),
+            key: None,
+            payload: Vec::new(),
+            headers: Vec::new(),
+        }];
+        assert!(matches!(
+            log.append_batch(&bad),
+            Err(EventLogError::InvalidTopic(_))
+        ));
     }
 
     #[test]

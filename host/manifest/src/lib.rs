@@ -17,16 +17,8 @@ use std::path::{Path, PathBuf};
 /// with the reason shown to the user.
 pub const UNSUPPORTED_TRIGGERS: &[(&str, &str)] = &[
     (
-        "kafka",
-        "Kafka triggers arrive with moa's event backbone; remove the [[trigger.kafka]] entries for now",
-    ),
-    (
-        "redis-stream",
-        "Redis Streams triggers arrive with moa's event backbone; remove the [[trigger.redis-stream]] entries for now",
-    ),
-    (
         "redis",
-        "Redis pub/sub triggers are not supported by moa; use HTTP triggers",
+        "Redis pub/sub triggers are not supported by moa (messages are lost while no one listens); use [[trigger.redis-stream]]",
     ),
     (
         "cron",

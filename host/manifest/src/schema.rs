@@ -44,13 +44,23 @@ pub(crate) struct RawVariable {
     pub secret: bool,
 }
 
-/// One `[[trigger.<type>]]` entry. Fields of trigger types moa does not know are ignored here,
-/// because such entries are rejected by type during validation.
+/// One `[[trigger.<type>]]` entry with the fields of every trigger type moa runs. Validation
+/// checks which fields the entry's type allows (and rejects unknown ones by name).
 #[derive(Debug, Deserialize)]
 pub(crate) struct RawTrigger {
     pub route: Option<Spanned<toml::Value>>,
     pub component: Option<Spanned<toml::Value>>,
     pub executor: Option<Spanned<toml::Value>>,
+    pub topics: Option<Spanned<Vec<String>>>,
+    pub stream: Option<Spanned<String>>,
+    pub group: Option<Spanned<String>>,
+    pub concurrency: Option<Spanned<u32>>,
+    pub max_attempts: Option<Spanned<u32>>,
+    pub max_deliveries: Option<Spanned<u32>>,
+    pub retry_backoff_ms: Option<Spanned<u64>>,
+    pub claim_idle_ms: Option<Spanned<u64>>,
+    pub dead_letter_topic: Option<Spanned<String>>,
+    pub dead_letter_stream: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -117,6 +127,8 @@ pub struct AppManifest {
     pub http_base: String,
     pub variables: BTreeMap<String, VariableDecl>,
     pub http_triggers: Vec<HttpTrigger>,
+    /// `[[trigger.kafka]]` and `[[trigger.redis-stream]]` entries.
+    pub event_triggers: Vec<EventTrigger>,
     pub components: BTreeMap<String, Component>,
 }
 
@@ -134,6 +146,58 @@ pub struct HttpTrigger {
     pub route: HttpRoute,
     pub component: String,
     pub position: Position,
+}
+
+/// Which event trigger type an entry is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventTriggerKind {
+    /// `[[trigger.kafka]]`: a consumer group over Kafka topics.
+    Kafka,
+    /// `[[trigger.redis-stream]]`: a consumer group over one Redis stream.
+    RedisStream,
+}
+
+impl EventTriggerKind {
+    /// The manifest's name of the trigger type.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventTriggerKind::Kafka => "kafka",
+            EventTriggerKind::RedisStream => "redis-stream",
+        }
+    }
+}
+
+/// One `[[trigger.kafka]]` or `[[trigger.redis-stream]]` entry: deliver every message of
+/// `topics` to `component`'s `moa:messaging/handler`, as consumer group `group`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventTrigger {
+    pub kind: EventTriggerKind,
+    pub component: String,
+    /// Kafka topics, or the one Redis stream.
+    pub topics: Vec<String>,
+    /// Consumer group (default `<app name>-<component id>`).
+    pub group: String,
+    /// Deliveries in flight at once: partitions in parallel (Kafka, embedded) or entries with
+    /// different keys (Redis Streams).
+    pub concurrency: u32,
+    /// Deliveries of one message (the first included) before it goes to the dead-letter topic.
+    pub max_attempts: u32,
+    /// Wait before the first retry; it doubles with each retry, up to 30 s.
+    pub retry_backoff_ms: u64,
+    /// Where messages go after `max_attempts` failures (default `<topic>.dlq`).
+    pub dead_letter: Option<String>,
+    /// Redis Streams: entries pending longer than this on another consumer are claimed.
+    pub claim_idle_ms: u64,
+    pub position: Position,
+}
+
+impl EventTrigger {
+    /// The dead-letter topic for messages of `topic`.
+    pub fn dead_letter_for(&self, topic: &str) -> String {
+        self.dead_letter
+            .clone()
+            .unwrap_or_else(|| format!("{topic}.dlq"))
+    }
 }
 
 /// Where an HTTP trigger listens.
@@ -198,8 +262,19 @@ pub struct ComponentLimits {
 impl AppManifest {
     /// The components named by at least one trigger, in id order.
     pub fn triggered_components(&self) -> impl Iterator<Item = &Component> {
-        self.components
-            .values()
-            .filter(|c| self.http_triggers.iter().any(|t| t.component == c.id))
+        self.components.values().filter(|c| {
+            self.http_triggers.iter().any(|t| t.component == c.id)
+                || self.event_triggers.iter().any(|t| t.component == c.id)
+        })
+    }
+
+    /// Whether an HTTP trigger names `component`.
+    pub fn has_http_trigger(&self, component: &str) -> bool {
+        self.http_triggers.iter().any(|t| t.component == component)
+    }
+
+    /// Whether an event trigger names `component`.
+    pub fn has_event_trigger(&self, component: &str) -> bool {
+        self.event_triggers.iter().any(|t| t.component == component)
     }
 }

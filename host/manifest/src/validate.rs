@@ -85,17 +85,43 @@ pub(crate) fn validate(
         components.insert(component.id.clone(), component);
     }
 
+    // Field names per trigger entry, to reject unknown ones (spans are not needed for that).
+    let trigger_keys = trigger_keys(text);
     let mut http_triggers = Vec::new();
+    let mut event_triggers = Vec::new();
     for (kind, entries) in raw.trigger {
         let kind_position = cx.pos(&kind);
         let kind = kind.into_inner();
+        let event_kind = match kind.as_str() {
+            "kafka" => Some(EventTriggerKind::Kafka),
+            "redis-stream" => Some(EventTriggerKind::RedisStream),
+            _ => None,
+        };
+        if let Some(event_kind) = event_kind {
+            for (index, entry) in entries.into_iter().enumerate() {
+                let keys = trigger_keys
+                    .get(&kind)
+                    .and_then(|list| list.get(index))
+                    .cloned()
+                    .unwrap_or_default();
+                event_triggers.push(validate_event_trigger(
+                    &cx,
+                    event_kind,
+                    entry,
+                    &keys,
+                    &components,
+                    &application.name,
+                )?);
+            }
+            continue;
+        }
         if kind != "http" {
             let help = UNSUPPORTED_TRIGGERS
                 .iter()
                 .find(|(k, _)| *k == kind)
                 .map(|(_, why)| why.to_string())
                 .unwrap_or_else(|| {
-                    "moa runs `[[trigger.http]]`; check the spelling of the trigger type".into()
+                    "moa runs `[[trigger.http]]`, `[[trigger.kafka]]` and `[[trigger.redis-stream]]`; check the spelling of the trigger type".into()
                 });
             let position = entries.first().map(|e| cx.pos(e)).unwrap_or(kind_position);
             return Err(cx.err(
@@ -118,8 +144,223 @@ pub(crate) fn validate(
         http_base,
         variables,
         http_triggers,
+        event_triggers,
         components,
     })
+}
+
+/// The keys of every `[[trigger.<kind>]]` entry, in file order.
+fn trigger_keys(text: &str) -> BTreeMap<String, Vec<Vec<String>>> {
+    let mut out = BTreeMap::new();
+    let Ok(table) = toml::from_str::<toml::Table>(text) else {
+        return out;
+    };
+    let Some(toml::Value::Table(triggers)) = table.get("trigger") else {
+        return out;
+    };
+    for (kind, entries) in triggers {
+        if let toml::Value::Array(entries) = entries {
+            let keys = entries
+                .iter()
+                .map(|e| {
+                    e.as_table()
+                        .map(|t| t.keys().cloned().collect())
+                        .unwrap_or_default()
+                })
+                .collect();
+            out.insert(kind.clone(), keys);
+        }
+    }
+    out
+}
+
+const KAFKA_FIELDS: &[&str] = &[
+    "component",
+    "topics",
+    "group",
+    "concurrency",
+    "max_attempts",
+    "retry_backoff_ms",
+    "dead_letter_topic",
+];
+const REDIS_STREAM_FIELDS: &[&str] = &[
+    "component",
+    "stream",
+    "group",
+    "concurrency",
+    "max_deliveries",
+    "retry_backoff_ms",
+    "claim_idle_ms",
+    "dead_letter_stream",
+];
+
+fn validate_event_trigger(
+    cx: &Ctx,
+    kind: EventTriggerKind,
+    entry: Spanned<RawTrigger>,
+    keys: &[String],
+    components: &BTreeMap<String, Component>,
+    app_name: &str,
+) -> Result<EventTrigger, ManifestError> {
+    let position = cx.pos(&entry);
+    let name = kind.as_str();
+    let allowed = match kind {
+        EventTriggerKind::Kafka => KAFKA_FIELDS,
+        EventTriggerKind::RedisStream => REDIS_STREAM_FIELDS,
+    };
+    if let Some(unknown) = keys.iter().find(|k| !allowed.contains(&k.as_str())) {
+        let hint = match (kind, unknown.as_str()) {
+            (EventTriggerKind::Kafka, "topic") => "write `topics = [\"...\"]`".to_string(),
+            (EventTriggerKind::RedisStream, "topics" | "topic") => {
+                "a redis-stream trigger reads one `stream = \"...\"`".to_string()
+            }
+            _ => format!("[[trigger.{name}]] takes: {}", allowed.join(", ")),
+        };
+        return Err(cx.err(
+            position,
+            format!("[[trigger.{name}]] has unknown field `{unknown}`"),
+            hint,
+        ));
+    }
+    let raw = entry.into_inner();
+    let Some(component) = raw.component else {
+        return Err(cx.err(
+            position,
+            format!("[[trigger.{name}]] has no `component`"),
+            "add `component = \"<component id>\"`",
+        ));
+    };
+    let component_position = cx.pos(&component);
+    let toml::Value::String(component) = component.into_inner() else {
+        return Err(cx.err(
+            component_position,
+            "`component` must be a component id",
+            "write `component = \"<component id>\"`",
+        ));
+    };
+    if !components.contains_key(&component) {
+        let known = components.keys().cloned().collect::<Vec<_>>().join(", ");
+        return Err(cx.err(
+            component_position,
+            format!("trigger references component `{component}`, which is not defined"),
+            format!("add a [component.{component}] table, or use one of: {known}"),
+        ));
+    }
+    let topics = match kind {
+        EventTriggerKind::Kafka => match raw.topics {
+            Some(t) if !t.get_ref().is_empty() => {
+                let topics_position = cx.pos(&t);
+                let topics = t.into_inner();
+                for topic in &topics {
+                    check_topic(cx, topics_position, topic)?;
+                }
+                topics
+            }
+            Some(t) => {
+                return Err(cx.err(
+                    cx.pos(&t),
+                    "[[trigger.kafka]] has an empty `topics`",
+                    "list the topics to consume: `topics = [\"orders\"]`",
+                ));
+            }
+            None => {
+                return Err(cx.err(
+                    position,
+                    format!("[[trigger.kafka]] for `{component}` has no `topics`"),
+                    "add `topics = [\"<topic>\"]`",
+                ));
+            }
+        },
+        EventTriggerKind::RedisStream => match raw.stream {
+            Some(s) => {
+                check_topic(cx, cx.pos(&s), s.get_ref())?;
+                vec![s.into_inner()]
+            }
+            None => {
+                return Err(cx.err(
+                    position,
+                    format!("[[trigger.redis-stream]] for `{component}` has no `stream`"),
+                    "add `stream = \"<stream name>\"`",
+                ));
+            }
+        },
+    };
+    let group = match raw.group {
+        Some(g) => {
+            if g.get_ref().trim().is_empty() {
+                return Err(cx.err(
+                    cx.pos(&g),
+                    "`group` is empty",
+                    "name the consumer group, or remove `group` to use `<app>-<component>`",
+                ));
+            }
+            g.into_inner()
+        }
+        None => format!("{app_name}-{component}"),
+    };
+    let positive = |value: Option<Spanned<u32>>, field: &str, default: u32| match value {
+        Some(v) if *v.get_ref() == 0 => Err(cx.err(
+            cx.pos(&v),
+            format!("`{field}` must be at least 1"),
+            format!("remove `{field}` to use the default ({default})"),
+        )),
+        Some(v) => Ok(v.into_inner()),
+        None => Ok(default),
+    };
+    let concurrency = positive(raw.concurrency, "concurrency", 8)?;
+    let max_attempts = match kind {
+        EventTriggerKind::Kafka => positive(raw.max_attempts, "max_attempts", 5)?,
+        EventTriggerKind::RedisStream => positive(raw.max_deliveries, "max_deliveries", 5)?,
+    };
+    let dead_letter = match kind {
+        EventTriggerKind::Kafka => raw.dead_letter_topic,
+        EventTriggerKind::RedisStream => raw.dead_letter_stream,
+    };
+    if let Some(d) = &dead_letter {
+        check_topic(cx, cx.pos(d), d.get_ref())?;
+        if topics.contains(d.get_ref()) {
+            return Err(cx.err(
+                cx.pos(d),
+                format!(
+                    "the dead-letter topic `{}` is also consumed by this trigger",
+                    d.get_ref()
+                ),
+                "dead-lettered messages would come straight back; name another topic",
+            ));
+        }
+    }
+    Ok(EventTrigger {
+        kind,
+        component,
+        topics,
+        group,
+        concurrency,
+        max_attempts,
+        retry_backoff_ms: raw.retry_backoff_ms.map_or(500, Spanned::into_inner),
+        dead_letter: dead_letter.map(Spanned::into_inner),
+        claim_idle_ms: raw.claim_idle_ms.map_or(30_000, Spanned::into_inner),
+        position,
+    })
+}
+
+/// Kafka's topic name rule (Redis stream names follow it too, so one name works on every broker).
+fn check_topic(cx: &Ctx, position: Position, topic: &str) -> Result<(), ManifestError> {
+    let valid = !topic.is_empty()
+        && topic.len() < 250
+        && topic != "."
+        && topic != ".."
+        && topic
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+    if valid {
+        Ok(())
+    } else {
+        Err(cx.err(
+            position,
+            format!("invalid topic name `{topic}`"),
+            "topic and stream names use 1-249 letters, digits, `.`, `_` and `-`",
+        ))
+    }
 }
 
 fn check_version(cx: &Ctx, raw: &RawManifest) -> Result<(), ManifestError> {
@@ -617,15 +858,56 @@ command = "cargo build"
     }
 
     #[test]
-    fn kafka_trigger_is_a_clear_error_until_supported() {
-        let text =
-            format!("{GOOD}\n[[trigger.kafka]]\ntopic = \"orders\"\ncomponent = \"hello\"\n");
-        let (line, msg) = err(&text);
+    fn event_triggers_are_parsed_with_defaults() {
+        let text = format!(
+            "{GOOD}\n[[trigger.kafka]]\ntopics = [\"orders\", \"payments\"]\ncomponent = \"hello\"\nmax_attempts = 3\n\n[[trigger.redis-stream]]\nstream = \"chat\"\ncomponent = \"hello\"\ngroup = \"ai\"\nclaim_idle_ms = 1000\n"
+        );
+        let m = parse(Path::new("spin.toml"), &text).unwrap();
+        assert_eq!(m.event_triggers.len(), 2);
+        let kafka = m
+            .event_triggers
+            .iter()
+            .find(|t| t.kind == crate::EventTriggerKind::Kafka)
+            .unwrap();
+        assert_eq!(kafka.topics, ["orders", "payments"]);
+        assert_eq!(kafka.group, "shop-hello");
+        assert_eq!((kafka.max_attempts, kafka.concurrency), (3, 8));
+        assert_eq!(kafka.dead_letter_for("orders"), "orders.dlq");
+        let redis = m
+            .event_triggers
+            .iter()
+            .find(|t| t.kind == crate::EventTriggerKind::RedisStream)
+            .unwrap();
+        assert_eq!((redis.group.as_str(), redis.claim_idle_ms), ("ai", 1000));
+        assert_eq!(redis.topics, ["chat"]);
+    }
+
+    #[test]
+    fn event_trigger_mistakes_name_the_field() {
+        let (line, msg) = err(&format!(
+            "{GOOD}\n[[trigger.kafka]]\ntopic = \"orders\"\ncomponent = \"hello\"\n"
+        ));
         assert_eq!(line, 27);
         assert!(
-            msg.contains("`kafka` is not supported") && msg.contains("event backbone"),
+            msg.contains("unknown field `topic`") && msg.contains("topics = ["),
             "{msg}"
         );
+        let (_, msg) = err(&format!(
+            "{GOOD}\n[[trigger.redis-stream]]\nstream = \"a b\"\ncomponent = \"hello\"\n"
+        ));
+        assert!(msg.contains("invalid topic name `a b`"), "{msg}");
+        let (_, msg) = err(&format!(
+            "{GOOD}\n[[trigger.kafka]]\ntopics = [\"o\"]\ncomponent = \"hello\"\nmax_attempts = 0\n"
+        ));
+        assert!(msg.contains("`max_attempts` must be at least 1"), "{msg}");
+        let (_, msg) = err(&format!(
+            "{GOOD}\n[[trigger.kafka]]\ntopics = [\"o\"]\ncomponent = \"hello\"\ndead_letter_topic = \"o\"\n"
+        ));
+        assert!(msg.contains("also consumed"), "{msg}");
+        let (_, msg) = err(&format!(
+            "{GOOD}\n[[trigger.cron]]\ncomponent = \"hello\"\n"
+        ));
+        assert!(msg.contains("`cron` is not supported"), "{msg}");
     }
 
     #[test]

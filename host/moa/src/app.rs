@@ -18,6 +18,8 @@ use wasmtime_wasi::{FsPerms, WasiCtxBuilder};
 use wasmtime_wasi_http::WasiHttpCtx;
 use wasmtime_wasi_http::handler::ProxyPre;
 
+use crate::triggers::events::EventHandlerPre;
+
 /// Host-wide limits, from the runtime config's `[limits]` (each component may lower or raise
 /// its own memory and timeout in `[component.<id>.moa]`).
 #[derive(Debug, Clone, serde::Deserialize)]
@@ -63,11 +65,19 @@ impl HttpWorld {
     }
 }
 
-/// One component ready to be instantiated per request.
-pub struct AppComponent {
-    pub id: String,
+/// A component's `wasi:http` export, ready to instantiate.
+pub struct HttpExport {
     pub pre: ProxyPre<HostState>,
     pub world: HttpWorld,
+}
+
+/// One component ready to be instantiated per request or per delivered event.
+pub struct AppComponent {
+    pub id: String,
+    /// Set when an HTTP trigger names the component.
+    pub http: Option<HttpExport>,
+    /// Set when an event trigger names the component.
+    pub events: Option<EventHandlerPre<HostState>>,
     pub grants: ComponentGrants,
     pub memory_limit_bytes: usize,
     pub request_timeout: Duration,
@@ -79,6 +89,18 @@ pub struct AppComponent {
 }
 
 impl AppComponent {
+    /// What the component exports that moa calls, for `moa up`'s listing.
+    pub fn exports(&self) -> String {
+        let mut exports = Vec::new();
+        if let Some(http) = &self.http {
+            exports.push(http.world.as_str());
+        }
+        if self.events.is_some() {
+            exports.push("moa:messaging/handler");
+        }
+        exports.join(" + ")
+    }
+
     /// A fresh store for one instance: WASI context, limits and the epoch deadline set.
     pub fn new_store(&self, engine: &MoaEngine) -> Result<Store<HostState>> {
         let mut wasi = WasiCtxBuilder::new();
@@ -190,17 +212,34 @@ fn load_component(
             source.display()
         )
     })?;
-    let (pre, world) = match wasmtime_wasi_http::p3::bindings::ServicePre::new(instance_pre.clone())
-    {
-        Ok(pre) => (ProxyPre::P3(pre), HttpWorld::P3),
-        Err(_) => match wasmtime_wasi_http::p2::bindings::ProxyPre::new(instance_pre) {
-            Ok(pre) => (ProxyPre::P2(pre), HttpWorld::P2),
-            Err(_) => anyhow::bail!(
-                "component `{}` ({}) is not an HTTP component: it exports neither wasi:http/handler@0.3.0 nor wasi:http/incoming-handler@0.2.x\n  help: build it with spin-sdk's #[http_service] or wit-bindgen's wasi:http/proxy world",
+    let http = if app.manifest.has_http_trigger(&component.id) {
+        let (pre, world) = match wasmtime_wasi_http::p3::bindings::ServicePre::new(
+            instance_pre.clone(),
+        ) {
+            Ok(pre) => (ProxyPre::P3(pre), HttpWorld::P3),
+            Err(_) => match wasmtime_wasi_http::p2::bindings::ProxyPre::new(instance_pre.clone()) {
+                Ok(pre) => (ProxyPre::P2(pre), HttpWorld::P2),
+                Err(_) => anyhow::bail!(
+                    "component `{}` ({}) is named by an HTTP trigger but is not an HTTP component: it exports neither wasi:http/handler@0.3.0 nor wasi:http/incoming-handler@0.2.x\n  help: build it with spin-sdk's #[http_service] or wit-bindgen's wasi:http/proxy world",
+                    component.id,
+                    source.display()
+                ),
+            },
+        };
+        Some(HttpExport { pre, world })
+    } else {
+        None
+    };
+    let events = if app.manifest.has_event_trigger(&component.id) {
+        Some(EventHandlerPre::new(instance_pre).map_err(|_| {
+            anyhow!(
+                "component `{}` ({}) is named by an event trigger but does not export moa:messaging/handler@0.1.0\n  help: export the handler (wit-bindgen world moa:host/event-component, see wit/moa-host.wit)",
                 component.id,
                 source.display()
-            ),
-        },
+            )
+        })?)
+    } else {
+        None
     };
 
     let memory_mb = component
@@ -213,8 +252,8 @@ fn load_component(
         .unwrap_or(limits.request_timeout_ms);
     Ok(AppComponent {
         id: component.id.clone(),
-        pre,
-        world,
+        http,
+        events,
         grants: capabilities.grants_for(app, component)?,
         memory_limit_bytes: usize::try_from(memory_mb.saturating_mul(1 << 20))
             .unwrap_or(usize::MAX),

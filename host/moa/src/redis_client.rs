@@ -7,12 +7,22 @@ use std::time::Duration;
 
 /// Connects to `url` (`redis://[user:pass@]host:port[/db]`, `rediss://` for TLS).
 pub async fn connect(url: &str) -> Result<ConnectionManager> {
+    connect_with_response_timeout(url, Duration::from_millis(500)).await
+}
+
+/// Like [`connect`], for commands that block on the server (`XREADGROUP ... BLOCK`) and so
+/// answer later than a normal command.
+pub async fn connect_with_response_timeout(
+    url: &str,
+    response_timeout: Duration,
+) -> Result<ConnectionManager> {
     let shown = redact(url);
     let url_for_error = shown.clone();
     let client = redis::Client::open(url)
         .with_context(move || format!("invalid Redis url `{url_for_error}`"))?;
     let config = ConnectionManagerConfig::new()
         .set_connection_timeout(Some(Duration::from_secs(5)))
+        .set_response_timeout(Some(response_timeout))
         .set_number_of_retries(3);
     ConnectionManager::new_with_config(client, config)
         .await

@@ -64,6 +64,11 @@ impl AppCapabilities {
         })
     }
 
+    /// The app's brokers (event triggers consume from them and dead-letter into them).
+    pub fn messaging(&self) -> &Arc<MessagingBrokers> {
+        &self.messaging
+    }
+
     /// The slot the HTTP trigger fills with its router, for `http://self` and `*.spin.internal`.
     pub fn internal_http(&self) -> &InternalHttpSlot {
         &self.internal_http

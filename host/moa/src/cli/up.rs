@@ -7,6 +7,7 @@ use moa::app::App;
 use moa::engine::{EngineSettings, MoaEngine};
 use moa::runtime_config::RuntimeConfig;
 use moa::telemetry::{self, LogFormat, Metrics};
+use moa::triggers::events::EventTriggers;
 use moa::triggers::http::{HttpTrigger, bind};
 use std::io::Write as _;
 use std::net::SocketAddr;
@@ -99,7 +100,7 @@ async fn serve(args: UpArgs, manifest_path: PathBuf) -> Result<()> {
                     println!(
                         "Loaded component `{}` ({}, {} in {:.2}s)",
                         component.id,
-                        component.world.as_str(),
+                        component.exports(),
                         component.origin.as_str(),
                         component.load_time.as_secs_f64()
                     );
@@ -111,17 +112,30 @@ async fn serve(args: UpArgs, manifest_path: PathBuf) -> Result<()> {
     };
 
     let trigger = HttpTrigger::new(&app, engine.clone(), metrics.clone());
-    let listener = bind(args.listen).await?;
-    let address = listener.local_addr()?;
-    println!("Serving http://{address}");
-    println!("Available Routes:");
-    for route in trigger.router().routes() {
-        let (path, note) = match route.full.strip_suffix("/...") {
-            Some(prefix) => (prefix.to_string(), " (wildcard)"),
-            None if route.full == "/..." => ("/".to_string(), " (wildcard)"),
-            None => (route.full.clone(), ""),
-        };
-        println!("  {}: http://{address}{path}{note}", route.component);
+    let events = EventTriggers::start(&app, engine.clone(), metrics.clone())?;
+    let has_http = !app.manifest.manifest.http_triggers.is_empty();
+    let listener = if has_http {
+        let listener = bind(args.listen).await?;
+        let address = listener.local_addr()?;
+        println!("Serving http://{address}");
+        println!("Available Routes:");
+        for route in trigger.router().routes() {
+            let (path, note) = match route.full.strip_suffix("/...") {
+                Some(prefix) => (prefix.to_string(), " (wildcard)"),
+                None if route.full == "/..." => ("/".to_string(), " (wildcard)"),
+                None => (route.full.clone(), ""),
+            };
+            println!("  {}: http://{address}{path}{note}", route.component);
+        }
+        Some(listener)
+    } else {
+        None
+    };
+    if !events.descriptions().is_empty() {
+        println!("Event triggers:");
+        for line in events.descriptions() {
+            println!("  {line}");
+        }
     }
     if let Some(admin) = args.admin_listen {
         let admin_listener = tokio::net::TcpListener::bind(admin)
@@ -132,14 +146,14 @@ async fn serve(args: UpArgs, manifest_path: PathBuf) -> Result<()> {
     }
     stdout.flush()?;
 
-    tracing::info!(address = %address, app = %app.manifest.manifest.name, "serving");
-    trigger
-        .serve(
-            listener,
-            shutdown_signal(),
-            Duration::from_secs(args.drain_timeout),
-        )
-        .await
+    tracing::info!(app = %app.manifest.manifest.name, "serving");
+    let drain = Duration::from_secs(args.drain_timeout);
+    match listener {
+        Some(listener) => trigger.serve(listener, shutdown_signal(), drain).await?,
+        None => shutdown_signal().await,
+    }
+    events.shutdown(drain).await;
+    Ok(())
 }
 
 /// Resolves on Ctrl-C or SIGTERM.

@@ -15,6 +15,13 @@ struct ComponentLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EventLabels {
+    component: String,
+    topic: String,
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
     component: String,
     status: u16,
@@ -35,6 +42,8 @@ pub struct Metrics {
     deadline_exceeded: Family<ComponentLabels, Counter>,
     outbound_denied: Family<ComponentLabels, Counter>,
     in_flight: Gauge,
+    events: Family<EventLabels, Counter>,
+    event_duration: Family<ComponentLabels, Histogram, fn() -> Histogram>,
 }
 
 impl Default for Metrics {
@@ -59,6 +68,21 @@ impl Metrics {
         let deadline_exceeded = Family::<ComponentLabels, Counter>::default();
         let outbound_denied = Family::<ComponentLabels, Counter>::default();
         let in_flight = Gauge::default();
+        let events = Family::<EventLabels, Counter>::default();
+        let event_duration =
+            Family::<ComponentLabels, Histogram, fn() -> Histogram>::new_with_constructor(
+                latency_histogram as fn() -> Histogram,
+            );
+        registry.register(
+            "events",
+            "Event deliveries by component, topic and outcome (ok, retry, dead_letter)",
+            events.clone(),
+        );
+        registry.register(
+            "event_handle_duration_seconds",
+            "Time to instantiate a component and run its handler for one delivery",
+            event_duration.clone(),
+        );
         registry.register(
             "http_requests",
             "HTTP requests served, by component and status",
@@ -103,7 +127,29 @@ impl Metrics {
             deadline_exceeded,
             outbound_denied,
             in_flight,
+            events,
+            event_duration,
         }
+    }
+
+    /// One delivery attempt finished: `outcome` is `ok`, `retry` or `dead_letter`.
+    pub fn event_attempt(
+        &self,
+        component: &str,
+        topic: &str,
+        outcome: &'static str,
+        elapsed: Duration,
+    ) {
+        self.events
+            .get_or_create(&EventLabels {
+                component: component.to_string(),
+                topic: topic.to_string(),
+                outcome,
+            })
+            .inc();
+        self.event_duration
+            .get_or_create(&Self::labels(component))
+            .observe(elapsed.as_secs_f64());
     }
 
     fn labels(component: &str) -> ComponentLabels {

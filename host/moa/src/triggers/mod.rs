@@ -1,4 +1,5 @@
-//! Triggers turn outside events into component calls, one folder per kind. HTTP is here;
-//! the event backbone adds Kafka and Redis Streams beside it.
+//! Triggers turn outside events into component calls, one folder per kind: HTTP requests, and
+//! events (Kafka, Redis Streams, the embedded log) delivered to `moa:messaging/handler`.
 
+pub mod events;
 pub mod http;

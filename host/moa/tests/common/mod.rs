@@ -32,11 +32,11 @@ pub struct AppDir {
 }
 
 impl AppDir {
-    /// Writes `manifest` as spin.toml; `{probe}`, `{hello}`, `{hello-p2}`, `{counter}` become wasm paths.
+    /// Writes `manifest` as spin.toml; `{probe}`, `{hello}`, `{hello-p2}`, `{counter}`, `{relay}` become wasm paths.
     pub fn new(manifest: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let mut text = manifest.to_string();
-        for name in ["probe", "hello", "hello-p2", "counter"] {
+        for name in ["probe", "hello", "hello-p2", "counter", "relay"] {
             let key = format!("{{{name}}}");
             if text.contains(&key) {
                 text = text.replace(&key, &wasm(name));

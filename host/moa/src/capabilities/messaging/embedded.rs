@@ -1,8 +1,8 @@
 //! The embedded broker: publishes into moa's on-disk event log (the development default).
 
-use super::{Broker, OutgoingMessage, PublishError};
+use super::{Broker, ConsumerSource, OutgoingMessage, PublishError};
 use async_trait::async_trait;
-use moa_eventlog::{EventLog, EventLogError};
+use moa_eventlog::{EventLog, EventLogError, NewRecord};
 use std::sync::Arc;
 
 pub struct EmbeddedBroker {
@@ -36,7 +36,32 @@ impl Broker for EmbeddedBroker {
         })
     }
 
+    async fn publish_batch(&self, messages: Vec<OutgoingMessage>) -> Result<(), PublishError> {
+        let log = self.log.clone();
+        let records: Vec<_> = messages
+            .into_iter()
+            .map(|m| NewRecord {
+                topic: m.topic,
+                key: m.key,
+                payload: m.payload,
+                headers: m.headers,
+            })
+            .collect();
+        tokio::task::spawn_blocking(move || log.append_batch(&records))
+            .await
+            .map_err(|e| PublishError::Other(format!("event log task failed: {e}")))?
+            .map(drop)
+            .map_err(|err| match err {
+                EventLogError::InvalidTopic(t) => PublishError::InvalidTopic(t),
+                other => PublishError::Unavailable(other.to_string()),
+            })
+    }
+
     fn kind(&self) -> &'static str {
         "embedded"
+    }
+
+    fn consumer_source(&self) -> ConsumerSource {
+        ConsumerSource::Embedded(self.log.clone())
     }
 }

@@ -1,7 +1,7 @@
 //! The Kafka broker: an idempotent rdkafka producer (acks=all), keys for per-entity order and
 //! headers passed through; librdkafka properties from the runtime config (SASL, TLS, MSK IAM).
 
-use super::{Broker, OutgoingMessage, PublishError};
+use super::{Broker, ConsumerSource, OutgoingMessage, PublishError};
 use async_trait::async_trait;
 use rdkafka::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -15,6 +15,8 @@ const DELIVERY_TIMEOUT: Duration = Duration::from_secs(30);
 
 pub struct KafkaBroker {
     producer: FutureProducer,
+    bootstrap: String,
+    properties: BTreeMap<String, String>,
 }
 
 impl KafkaBroker {
@@ -35,7 +37,11 @@ impl KafkaBroker {
         let producer: FutureProducer = config.create().map_err(|e| {
             anyhow::anyhow!("cannot create the Kafka producer for {bootstrap}: {e}")
         })?;
-        Ok(KafkaBroker { producer })
+        Ok(KafkaBroker {
+            producer,
+            bootstrap: bootstrap.to_string(),
+            properties: properties.clone(),
+        })
     }
 }
 
@@ -49,22 +55,61 @@ fn classify(err: KafkaError) -> PublishError {
     }
 }
 
+/// The rdkafka record for a message: topic, key, payload and headers as they are.
+fn to_record(message: &OutgoingMessage) -> FutureRecord<'_, Vec<u8>, Vec<u8>> {
+    let mut headers = OwnedHeaders::new_with_capacity(message.headers.len());
+    for (name, value) in &message.headers {
+        headers = headers.insert(Header {
+            key: name,
+            value: Some(value),
+        });
+    }
+    let record = FutureRecord::to(&message.topic)
+        .payload(&message.payload)
+        .headers(headers);
+    match &message.key {
+        Some(key) => record.key(key),
+        None => record,
+    }
+}
+
 #[async_trait]
 impl Broker for KafkaBroker {
+    async fn publish_batch(&self, messages: Vec<OutgoingMessage>) -> Result<(), PublishError> {
+        // Enqueue in order (the idempotent producer keeps that order per partition), then wait
+        // for every acknowledgement.
+        let mut pending = Vec::with_capacity(messages.len());
+        for message in &messages {
+            let mut record = to_record(message);
+            let started = std::time::Instant::now();
+            loop {
+                match self.producer.send_result(record) {
+                    Ok(delivery) => {
+                        pending.push(delivery);
+                        break;
+                    }
+                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back))
+                        if started.elapsed() < DELIVERY_TIMEOUT =>
+                    {
+                        record = back;
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                    Err((err, _)) => return Err(classify(err)),
+                }
+            }
+        }
+        for delivery in pending {
+            match delivery.await {
+                Ok(Ok(_)) => {}
+                Ok(Err((err, _))) => return Err(classify(err)),
+                Err(_) => return Err(PublishError::Unavailable("producer closed".into())),
+            }
+        }
+        Ok(())
+    }
+
     async fn publish(&self, message: OutgoingMessage) -> Result<(), PublishError> {
-        let mut headers = OwnedHeaders::new_with_capacity(message.headers.len());
-        for (name, value) in &message.headers {
-            headers = headers.insert(Header {
-                key: name,
-                value: Some(value),
-            });
-        }
-        let mut record = FutureRecord::to(&message.topic)
-            .payload(&message.payload)
-            .headers(headers);
-        if let Some(key) = &message.key {
-            record = record.key(key);
-        }
+        let record = to_record(&message);
         self.producer
             .send(record, DELIVERY_TIMEOUT)
             .await
@@ -74,5 +119,12 @@ impl Broker for KafkaBroker {
 
     fn kind(&self) -> &'static str {
         "kafka"
+    }
+
+    fn consumer_source(&self) -> ConsumerSource {
+        ConsumerSource::Kafka {
+            bootstrap: self.bootstrap.clone(),
+            properties: self.properties.clone(),
+        }
     }
 }

@@ -3,7 +3,7 @@
 
 mod embedded;
 mod kafka;
-mod redis_streams;
+pub mod redis_streams;
 
 use crate::runtime_config::{RuntimeConfig, ValueSource};
 use anyhow::{Context as _, Result, bail};
@@ -46,13 +46,36 @@ pub enum PublishError {
     Other(String),
 }
 
+/// Where an event trigger reads the topics a broker holds.
+#[derive(Clone)]
+pub enum ConsumerSource {
+    Kafka {
+        bootstrap: String,
+        /// The broker's librdkafka properties (SASL, TLS...), applied to consumers too.
+        properties: BTreeMap<String, String>,
+    },
+    Redis {
+        url: String,
+    },
+    Embedded(Arc<moa_eventlog::EventLog>),
+}
+
 /// A place messages go.
 #[async_trait]
 pub trait Broker: Send + Sync {
     /// Stores the message durably before returning.
     async fn publish(&self, message: OutgoingMessage) -> Result<(), PublishError>;
+    /// Stores several messages, all in flight at once but kept in order (same key, same order).
+    async fn publish_batch(&self, messages: Vec<OutgoingMessage>) -> Result<(), PublishError> {
+        for message in messages {
+            self.publish(message).await?;
+        }
+        Ok(())
+    }
     /// `kafka`, `redis` or `embedded`, for logs and errors.
     fn kind(&self) -> &'static str;
+    /// How a consumer connects to the same broker.
+    fn consumer_source(&self) -> ConsumerSource;
 }
 
 /// `[messaging]` in the runtime config.
@@ -231,6 +254,13 @@ impl MessagingBrokers {
             .map_or(&self.default, |(_, broker)| broker)
     }
 
+    /// The broker that holds `topic`, with how to consume from it.
+    pub fn source_for(&self, topic: &str) -> (Arc<dyn Broker>, ConsumerSource) {
+        let broker = self.broker_for(topic).clone();
+        let source = broker.consumer_source();
+        (broker, source)
+    }
+
     /// One component's grant: the topics it may publish to.
     pub fn grant(self: &Arc<Self>, allowed: Vec<String>) -> MessagingGrant {
         MessagingGrant {
@@ -273,23 +303,24 @@ pub fn add_to_linker<T: Send + 'static>(
 
 impl bindings::moa::messaging::types::Host for &mut MessagingGrant {}
 
-impl producer::Host for &mut MessagingGrant {
-    async fn publish(&mut self, message: Message) -> wasmtime::Result<Result<(), Error>> {
+impl MessagingGrant {
+    /// Checks the topic and the grant, and adds the trace context.
+    fn prepare(&self, message: Message) -> Result<OutgoingMessage, Error> {
         if !moa_eventlog::is_valid_topic(&message.topic) {
-            return Ok(Err(Error::InvalidTopic(format!(
+            return Err(Error::InvalidTopic(format!(
                 "`{}`: topics use 1-249 letters, digits, `.`, `_` and `-`",
                 message.topic
-            ))));
+            )));
         }
         if !self
             .allowed
             .iter()
             .any(|pattern| topic_matches(pattern, &message.topic))
         {
-            return Ok(Err(Error::AccessDenied(format!(
+            return Err(Error::AccessDenied(format!(
                 "topic `{}` is not in this component's allowed_publish_topics",
                 message.topic
-            ))));
+            )));
         }
         let mut headers: Vec<(String, Vec<u8>)> = message
             .headers
@@ -303,18 +334,62 @@ impl producer::Host for &mut MessagingGrant {
         {
             headers.push(("traceparent".into(), traceparent.clone().into_bytes()));
         }
-        let outgoing = OutgoingMessage {
+        Ok(OutgoingMessage {
             topic: message.topic,
             key: message.key,
             payload: message.payload,
             headers,
+        })
+    }
+}
+
+fn to_wit_error(err: PublishError) -> Error {
+    match err {
+        PublishError::InvalidTopic(m) => Error::InvalidTopic(m),
+        PublishError::Unavailable(m) => Error::Unavailable(m),
+        PublishError::TooLarge(m) => Error::TooLarge(m),
+        PublishError::Other(m) => Error::Other(m),
+    }
+}
+
+impl producer::Host for &mut MessagingGrant {
+    async fn publish(&mut self, message: Message) -> wasmtime::Result<Result<(), Error>> {
+        let outgoing = match self.prepare(message) {
+            Ok(outgoing) => outgoing,
+            Err(err) => return Ok(Err(err)),
         };
         let broker = self.brokers.broker_for(&outgoing.topic).clone();
-        Ok(broker.publish(outgoing).await.map_err(|err| match err {
-            PublishError::InvalidTopic(m) => Error::InvalidTopic(m),
-            PublishError::Unavailable(m) => Error::Unavailable(m),
-            PublishError::TooLarge(m) => Error::TooLarge(m),
-            PublishError::Other(m) => Error::Other(m),
-        }))
+        Ok(broker.publish(outgoing).await.map_err(to_wit_error))
+    }
+
+    async fn publish_batch(
+        &mut self,
+        messages: Vec<Message>,
+    ) -> wasmtime::Result<Result<(), Error>> {
+        // Every message is checked before any is sent, so a bad topic sends none.
+        let mut outgoing = Vec::with_capacity(messages.len());
+        for message in messages {
+            match self.prepare(message) {
+                Ok(m) => outgoing.push(m),
+                Err(err) => return Ok(Err(err)),
+            }
+        }
+        // One batch per broker, each in the component's order; brokers in parallel.
+        let mut per_broker: Vec<(Arc<dyn Broker>, Vec<OutgoingMessage>)> = Vec::new();
+        for message in outgoing {
+            let broker = self.brokers.broker_for(&message.topic);
+            match per_broker.iter_mut().find(|(b, _)| Arc::ptr_eq(b, broker)) {
+                Some((_, batch)) => batch.push(message),
+                None => per_broker.push((broker.clone(), vec![message])),
+            }
+        }
+        let sends = per_broker
+            .into_iter()
+            .map(|(broker, batch)| async move { broker.publish_batch(batch).await });
+        let results = futures::future::join_all(sends).await;
+        Ok(results
+            .into_iter()
+            .find_map(Result::err)
+            .map_or(Ok(()), |err| Err(to_wit_error(err))))
     }
 }

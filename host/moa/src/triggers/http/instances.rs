@@ -42,7 +42,13 @@ impl HandlerState for ComponentInstances {
             .component
             .new_store(&self.engine)
             .map_err(wasmtime::Error::from_anyhow)?;
-        let proxy = self.component.pre.instantiate_async(&mut store).await?;
+        let http = self.component.http.as_ref().ok_or_else(|| {
+            wasmtime::Error::msg(format!(
+                "component `{}` has no HTTP export",
+                self.component.id
+            ))
+        })?;
+        let proxy = http.pre.instantiate_async(&mut store).await?;
         self.metrics
             .instantiated(&self.component.id, started.elapsed());
         Ok(Instance {
@@ -56,7 +62,7 @@ impl HandlerState for ComponentInstances {
             state: InstanceWorker {
                 max_reuse: self.component.max_instance_reuse,
                 // A WASIp3 instance can take requests concurrently when it is reused at all.
-                max_concurrent: match self.component.world {
+                max_concurrent: match http.world {
                     HttpWorld::P3 if self.component.max_instance_reuse > 1 => {
                         MAX_CONCURRENT_PER_P3_INSTANCE
                     }

@@ -91,6 +91,7 @@ impl HttpTrigger {
         let handlers = app
             .components
             .iter()
+            .filter(|(_, component)| component.http.is_some())
             .map(|(id, component)| {
                 let handler = ProxyHandler::new(ComponentInstances {
                     component: component.clone(),

@@ -1,0 +1,70 @@
+//! Event component for tests and benchmarks: exports `moa:messaging/handler` and acts on each
+//! delivery's payload (`fail...`, `fail-first...`, `trap...`, `sleep:<ms>...`, anything else: ok).
+//!
+//! With the `RELAY_PREFIX` environment variable set, every handled message is published again to
+//! `<RELAY_PREFIX><topic>` with its key and payload, plus headers `attempt`, `partition` and
+//! `offset`, so tests can read what was delivered, in which order, how often.
+
+wit_bindgen::generate!({
+    path: "../../wit",
+    world: "moa:host/event-component",
+    generate_all,
+});
+
+use exports::moa::messaging::handler::{Delivery, Guest};
+use moa::messaging::producer;
+use moa::messaging::types::{Header, Message};
+
+struct Relay;
+
+impl Guest for Relay {
+    fn handle(delivery: Delivery) -> Result<(), String> {
+        let payload = String::from_utf8_lossy(&delivery.message.payload).into_owned();
+        if payload.starts_with("fail-first") && delivery.attempt == 1 {
+            return Err(format!("first attempt of {payload} fails"));
+        } else if payload.starts_with("fail") && !payload.starts_with("fail-first") {
+            return Err(format!("asked to fail: {payload}"));
+        } else if payload.starts_with("trap") {
+            panic!("asked to trap: {payload}");
+        } else if let Some(rest) = payload.strip_prefix("sleep:") {
+            let ms: u64 = rest
+                .split(|c: char| !c.is_ascii_digit())
+                .next()
+                .and_then(|d| d.parse().ok())
+                .unwrap_or(0);
+            std::thread::sleep(std::time::Duration::from_millis(ms));
+        }
+        if let Ok(prefix) = std::env::var("RELAY_PREFIX") {
+            let mut headers = vec![
+                header("attempt", delivery.attempt.to_string()),
+                header("partition", delivery.partition.to_string()),
+                header("offset", delivery.offset.to_string()),
+                header("id", delivery.id.clone()),
+            ];
+            headers.extend(
+                delivery
+                    .message
+                    .headers
+                    .into_iter()
+                    .filter(|h| h.name == "traceparent"),
+            );
+            producer::publish(&Message {
+                topic: format!("{prefix}{}", delivery.message.topic),
+                key: delivery.message.key,
+                payload: delivery.message.payload,
+                headers,
+            })
+            .map_err(|err| format!("relay publish failed: {err:?}"))?;
+        }
+        Ok(())
+    }
+}
+
+fn header(name: &str, value: String) -> Header {
+    Header {
+        name: name.into(),
+        value: value.into_bytes(),
+    }
+}
+
+export!(Relay);

@@ -1,0 +1,332 @@
+//! Kafka as a trigger source: one rdkafka consumer per trigger in the trigger's group; messages of
+//! each partition go to that partition's worker, which handles them one at a time (order per key)
+//! while partitions run in parallel (up to `concurrency`).
+//!
+//! Offsets are stored only after a message was handled or dead-lettered and committed by
+//! librdkafka's auto-commit (and synchronously on revoke and shutdown). On revoke, workers of the
+//! revoked partitions get a grace period to finish; what is still running is abandoned uncommitted.
+
+use super::{Event, TriggerRuntime};
+use anyhow::{Context as _, Result};
+use rdkafka::ClientConfig;
+use rdkafka::consumer::{
+    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
+};
+use rdkafka::message::{Headers as _, Message as _};
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::{Semaphore, mpsc};
+use tokio_util::sync::CancellationToken;
+
+/// A partition is paused when this many messages wait for its worker, resumed below the low mark.
+const QUEUE_HIGH: usize = 512;
+const QUEUE_LOW: usize = 64;
+/// How long a revoke waits for in-flight deliveries of the revoked partitions.
+const REVOKE_GRACE: Duration = Duration::from_secs(10);
+
+type PartitionKey = (String, i32);
+
+/// The main loop's handle on one partition worker.
+struct Worker {
+    sender: mpsc::UnboundedSender<Event>,
+    shared: Arc<WorkerShared>,
+}
+
+struct WorkerShared {
+    queued: AtomicUsize,
+    paused: AtomicBool,
+    busy: AtomicBool,
+    /// No new deliveries (revoked or shutting down); the one in flight may finish.
+    stop: CancellationToken,
+    /// Abandon the delivery in flight.
+    abort: CancellationToken,
+}
+
+type Workers = Arc<Mutex<HashMap<PartitionKey, Worker>>>;
+
+/// Sees rebalances: stops the workers of revoked partitions and commits what they finished.
+struct RebalanceContext {
+    workers: Workers,
+    group: String,
+}
+
+impl ClientContext for RebalanceContext {}
+
+impl ConsumerContext for RebalanceContext {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        let Rebalance::Revoke(revoked) = rebalance else {
+            return;
+        };
+        let stopping: Vec<Arc<WorkerShared>> = {
+            let Ok(mut workers) = self.workers.lock() else {
+                return;
+            };
+            revoked
+                .elements()
+                .iter()
+                .filter_map(|e| workers.remove(&(e.topic().to_string(), e.partition())))
+                .map(|w| w.shared)
+                .collect()
+        };
+        for worker in &stopping {
+            worker.stop.cancel();
+        }
+        // Give in-flight deliveries a grace period (this runs on the polling task, so block in
+        // place rather than stall the runtime), then abandon the rest and commit what finished.
+        let wait = || {
+            let deadline = Instant::now() + REVOKE_GRACE;
+            while stopping.iter().any(|w| w.busy.load(Ordering::Acquire))
+                && Instant::now() < deadline
+            {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(handle) if handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+                tokio::task::block_in_place(wait)
+            }
+            _ => wait(),
+        }
+        for worker in &stopping {
+            worker.abort.cancel();
+        }
+        if let Err(err) = consumer.commit_consumer_state(CommitMode::Sync) {
+            tracing::debug!(group = %self.group, error = %err, "no offsets committed on revoke");
+        }
+        tracing::info!(group = %self.group, partitions = revoked.count(), "partitions revoked");
+    }
+
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Assign(assigned) = rebalance {
+            tracing::info!(group = %self.group, partitions = assigned.count(), "partitions assigned");
+        }
+    }
+}
+
+/// One `[[trigger.kafka]]` consumer.
+pub struct KafkaTrigger {
+    runtime: Arc<TriggerRuntime>,
+    consumer: Arc<StreamConsumer<RebalanceContext>>,
+    workers: Workers,
+}
+
+impl KafkaTrigger {
+    /// Creates the consumer (the broker's properties apply: SASL, TLS...) and subscribes.
+    pub fn connect(
+        runtime: Arc<TriggerRuntime>,
+        bootstrap: &str,
+        properties: &BTreeMap<String, String>,
+    ) -> Result<Self> {
+        let mut config = ClientConfig::new();
+        config
+            .set("bootstrap.servers", bootstrap)
+            .set("group.id", &runtime.trigger.group)
+            .set("enable.auto.commit", "true")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.commit.interval.ms", "1000")
+            .set("auto.offset.reset", "earliest")
+            .set("client.id", crate::triggers::events::consumer_name());
+        for (key, value) in properties {
+            // Producer-only settings would make the consumer refuse to start.
+            if !is_producer_only(key) {
+                config.set(key, value);
+            }
+        }
+        let workers: Workers = Default::default();
+        let context = RebalanceContext {
+            workers: workers.clone(),
+            group: runtime.trigger.group.clone(),
+        };
+        let consumer: StreamConsumer<RebalanceContext> = config
+            .create_with_context(context)
+            .with_context(|| format!("cannot create the Kafka consumer for {bootstrap}"))?;
+        let topics: Vec<&str> = runtime.trigger.topics.iter().map(String::as_str).collect();
+        consumer
+            .subscribe(&topics)
+            .with_context(|| format!("cannot subscribe to {}", topics.join(", ")))?;
+        Ok(KafkaTrigger {
+            runtime,
+            consumer: Arc::new(consumer),
+            workers,
+        })
+    }
+
+    /// Polls until `stop`, then lets workers finish (or `abort` them) and commits.
+    pub async fn run(self, stop: CancellationToken, abort: CancellationToken) {
+        let permits = Arc::new(Semaphore::new(self.runtime.trigger.concurrency as usize));
+        let (resume_tx, mut resume_rx) = mpsc::unbounded_channel::<PartitionKey>();
+        let mut worker_tasks = tokio::task::JoinSet::new();
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                Some(key) = resume_rx.recv() => self.set_paused(&key, false),
+                message = self.consumer.recv() => {
+                    let message = match message {
+                        Ok(message) => message,
+                        Err(err) => {
+                            tracing::warn!(group = %self.runtime.trigger.group, error = %err, "Kafka consumer error");
+                            continue;
+                        }
+                    };
+                    let Ok(offset) = u64::try_from(message.offset()) else { continue };
+                    let topic = message.topic().to_string();
+                    let partition = message.partition();
+                    let headers = message
+                        .headers()
+                        .map(|h| {
+                            h.iter()
+                                .map(|h| (h.key.to_string(), h.value.unwrap_or_default().to_vec()))
+                                .collect()
+                        })
+                        .unwrap_or_default();
+                    let event = Event {
+                        id: format!("{topic}/{partition}/{offset}"),
+                        topic: topic.clone(),
+                        partition: partition as u32,
+                        offset,
+                        key: message.key().map(<[u8]>::to_vec),
+                        payload: message.payload().unwrap_or_default().to_vec(),
+                        headers,
+                    };
+                    drop(message);
+                    let key = (topic, partition);
+                    let shared = {
+                        let Ok(mut workers) = self.workers.lock() else { break };
+                        let worker = workers.entry(key.clone()).or_insert_with(|| {
+                            let (sender, receiver) = mpsc::unbounded_channel();
+                            let shared = Arc::new(WorkerShared {
+                                queued: AtomicUsize::new(0),
+                                paused: AtomicBool::new(false),
+                                busy: AtomicBool::new(false),
+                                stop: stop.child_token(),
+                                abort: abort.child_token(),
+                            });
+                            worker_tasks.spawn(partition_worker(
+                                self.runtime.clone(),
+                                self.consumer.clone(),
+                                key.clone(),
+                                receiver,
+                                shared.clone(),
+                                permits.clone(),
+                                resume_tx.clone(),
+                            ));
+                            Worker { sender, shared }
+                        });
+                        worker.shared.queued.fetch_add(1, Ordering::AcqRel);
+                        let _ = worker.sender.send(event);
+                        worker.shared.clone()
+                    };
+                    if shared.queued.load(Ordering::Acquire) >= QUEUE_HIGH
+                        && !shared.paused.swap(true, Ordering::AcqRel)
+                    {
+                        self.pause(&key, true);
+                        // The worker may have drained meanwhile; then resume at once.
+                        if shared.queued.load(Ordering::Acquire) < QUEUE_LOW
+                            && shared.paused.swap(false, Ordering::AcqRel)
+                        {
+                            self.pause(&key, false);
+                        }
+                    }
+                }
+            }
+        }
+        // Shutdown: workers finish their current delivery (or are aborted by the caller).
+        if let Ok(workers) = self.workers.lock() {
+            for worker in workers.values() {
+                worker.shared.stop.cancel();
+            }
+        }
+        while worker_tasks.join_next().await.is_some() {}
+        if let Err(err) = self.consumer.commit_consumer_state(CommitMode::Sync) {
+            tracing::debug!(error = %err, "no offsets committed at shutdown");
+        }
+        self.consumer.unsubscribe();
+    }
+
+    fn set_paused(&self, key: &PartitionKey, paused: bool) {
+        self.pause(key, paused);
+    }
+
+    fn pause(&self, key: &PartitionKey, paused: bool) {
+        let mut list = TopicPartitionList::new();
+        if list
+            .add_partition_offset(&key.0, key.1, Offset::Invalid)
+            .is_err()
+        {
+            return;
+        }
+        let result = if paused {
+            self.consumer.pause(&list)
+        } else {
+            self.consumer.resume(&list)
+        };
+        if let Err(err) = result {
+            tracing::debug!(topic = %key.0, partition = key.1, error = %err, "pause/resume failed");
+        }
+    }
+}
+
+/// Handles one partition's messages in order; stores each offset after success or dead-letter.
+async fn partition_worker(
+    runtime: Arc<TriggerRuntime>,
+    consumer: Arc<StreamConsumer<RebalanceContext>>,
+    key: PartitionKey,
+    mut receiver: mpsc::UnboundedReceiver<Event>,
+    shared: Arc<WorkerShared>,
+    permits: Arc<Semaphore>,
+    resume: mpsc::UnboundedSender<PartitionKey>,
+) {
+    loop {
+        let event = tokio::select! {
+            event = receiver.recv() => event,
+            _ = shared.stop.cancelled() => None,
+        };
+        let Some(event) = event else { return };
+        if shared.stop.is_cancelled() {
+            return;
+        }
+        shared.busy.store(true, Ordering::Release);
+        let outcome = match permits.acquire().await {
+            Ok(_permit) => runtime.deliver(&event, 1, &shared.abort).await,
+            Err(_) => None,
+        };
+        if outcome.is_some()
+            && let Err(err) = consumer.store_offset(&key.0, key.1, event.offset as i64)
+        {
+            tracing::warn!(topic = %key.0, partition = key.1, offset = event.offset, error = %err, "cannot store the offset (partition revoked?)");
+        }
+        shared.busy.store(false, Ordering::Release);
+        if outcome.is_none() {
+            return;
+        }
+        let queued = shared.queued.fetch_sub(1, Ordering::AcqRel) - 1;
+        if queued < QUEUE_LOW && shared.paused.swap(false, Ordering::AcqRel) {
+            let _ = resume.send(key.clone());
+        }
+    }
+}
+
+/// librdkafka properties that only producers accept.
+fn is_producer_only(key: &str) -> bool {
+    matches!(
+        key,
+        "acks"
+            | "enable.idempotence"
+            | "linger.ms"
+            | "queue.buffering.max.ms"
+            | "batch.size"
+            | "batch.num.messages"
+            | "compression.type"
+            | "compression.codec"
+            | "message.timeout.ms"
+            | "delivery.timeout.ms"
+            | "retries"
+            | "message.send.max.retries"
+            | "request.required.acks"
+            | "transactional.id"
+            | "partitioner"
+    )
+}

@@ -1,0 +1,424 @@
+//! Event triggers: `[[trigger.kafka]]` and `[[trigger.redis-stream]]` deliver messages at least once
+//! to a component's `moa:messaging/handler`, from Kafka, Redis Streams or the embedded event log.
+//!
+//! Every source shares [`TriggerRuntime::deliver`]: a fresh instance per attempt, retries with
+//! doubling backoff, then the dead-letter topic with the error in headers. A source commits a
+//! message (Kafka offset, XACK, log offset) only after `deliver` says it was handled or dead-lettered.
+
+mod embedded;
+mod kafka;
+mod redis_streams;
+
+use crate::app::{App, AppComponent};
+use crate::capabilities::messaging::{ConsumerSource, MessagingBrokers, OutgoingMessage};
+use crate::engine::MoaEngine;
+use crate::telemetry::Metrics;
+use anyhow::{Result, bail};
+use moa_manifest::{EventTrigger, EventTriggerKind};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+mod bindings {
+    wasmtime::component::bindgen!({
+        path: "../../wit",
+        world: "moa:host/event-handler",
+        exports: { default: async },
+    });
+}
+
+pub use bindings::EventHandlerPre;
+use bindings::exports::moa::messaging::handler::Delivery as WitDelivery;
+use bindings::moa::messaging::types::{Header as WitHeader, Message as WitMessage};
+
+/// Longest wait between two retries of one message.
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+/// A message taken from a broker, to be delivered to a component.
+#[derive(Debug, Clone)]
+pub struct Event {
+    pub topic: String,
+    pub partition: u32,
+    pub offset: u64,
+    /// The broker's id: `<topic>/<partition>/<offset>` or the stream entry id.
+    pub id: String,
+    pub key: Option<Vec<u8>>,
+    pub payload: Vec<u8>,
+    pub headers: Vec<(String, Vec<u8>)>,
+}
+
+impl Event {
+    fn header(&self, name: &str) -> Option<&[u8]> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_slice())
+    }
+}
+
+/// How a delivery ended when it ended on its own (not cancelled).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Handled,
+    DeadLettered,
+}
+
+/// One trigger's component, policy and brokers, shared by its consumer tasks.
+pub struct TriggerRuntime {
+    pub trigger: EventTrigger,
+    component: Arc<AppComponent>,
+    engine: Arc<MoaEngine>,
+    metrics: Arc<Metrics>,
+    brokers: Arc<MessagingBrokers>,
+}
+
+impl TriggerRuntime {
+    /// Runs one attempt: a fresh instance, the handler, the component's deadline.
+    async fn attempt(&self, event: &Event, attempt: u32) -> Result<(), String> {
+        let pre = self
+            .component
+            .events
+            .as_ref()
+            .ok_or_else(|| format!("component `{}` has no event handler", self.component.id))?;
+        let mut store = self
+            .component
+            .new_store(&self.engine)
+            .map_err(|e| format!("cannot create an instance: {e:#}"))?;
+        let traceparent = event
+            .header("traceparent")
+            .and_then(|v| std::str::from_utf8(v).ok())
+            .map(str::to_string);
+        store
+            .data_mut()
+            .capabilities
+            .messaging
+            .set_traceparent(traceparent);
+        let delivery = WitDelivery {
+            message: WitMessage {
+                topic: event.topic.clone(),
+                key: event.key.clone(),
+                payload: event.payload.clone(),
+                headers: event
+                    .headers
+                    .iter()
+                    .map(|(name, value)| WitHeader {
+                        name: name.clone(),
+                        value: value.clone(),
+                    })
+                    .collect(),
+            },
+            partition: event.partition,
+            offset: event.offset,
+            id: event.id.clone(),
+            attempt,
+        };
+        let call = async {
+            let instance = pre.instantiate_async(&mut store).await?;
+            instance
+                .moa_messaging_handler()
+                .call_handle(&mut store, &delivery)
+                .await
+        };
+        let timeout = self.component.request_timeout;
+        match tokio::time::timeout(timeout, call).await {
+            Err(_) => {
+                self.metrics.deadline_hit(&self.component.id);
+                Err(format!("deadline of {} ms exceeded", timeout.as_millis()))
+            }
+            Ok(Err(trap)) => {
+                if matches!(
+                    trap.downcast_ref::<wasmtime::Trap>(),
+                    Some(wasmtime::Trap::Interrupt)
+                ) {
+                    self.metrics.deadline_hit(&self.component.id);
+                    Err(format!("deadline of {} ms exceeded", timeout.as_millis()))
+                } else {
+                    self.metrics.trapped(&self.component.id);
+                    Err(format!("component trapped: {trap:#}"))
+                }
+            }
+            Ok(Ok(result)) => result,
+        }
+    }
+
+    /// Delivers `event` until it is handled, or dead-letters it after `max_attempts` failed
+    /// attempts (`first_attempt` counts earlier deliveries the broker remembers). `None` means
+    /// `abort` fired first: the event is neither handled nor dead-lettered and must not be committed.
+    pub async fn deliver(
+        &self,
+        event: &Event,
+        first_attempt: u32,
+        abort: &CancellationToken,
+    ) -> Option<Outcome> {
+        let mut attempt = first_attempt.max(1);
+        let component = self.component.id.as_str();
+        loop {
+            let started = Instant::now();
+            let result = tokio::select! {
+                result = self.attempt(event, attempt) => result,
+                _ = abort.cancelled() => return None,
+            };
+            match result {
+                Ok(()) => {
+                    self.metrics
+                        .event_attempt(component, &event.topic, "ok", started.elapsed());
+                    tracing::debug!(component, topic = %event.topic, id = %event.id, attempt, "event handled");
+                    return Some(Outcome::Handled);
+                }
+                Err(error) if attempt >= self.trigger.max_attempts => {
+                    self.metrics.event_attempt(
+                        component,
+                        &event.topic,
+                        "dead_letter",
+                        started.elapsed(),
+                    );
+                    self.dead_letter(event, &error, attempt, abort).await?;
+                    return Some(Outcome::DeadLettered);
+                }
+                Err(error) => {
+                    self.metrics
+                        .event_attempt(component, &event.topic, "retry", started.elapsed());
+                    let backoff = self.backoff(attempt);
+                    tracing::warn!(
+                        component,
+                        topic = %event.topic,
+                        id = %event.id,
+                        attempt,
+                        max_attempts = self.trigger.max_attempts,
+                        retry_in_ms = backoff.as_millis() as u64,
+                        error = %error,
+                        "event handler failed; retrying"
+                    );
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {}
+                        _ = abort.cancelled() => return None,
+                    }
+                    attempt += 1;
+                }
+            }
+        }
+    }
+
+    /// `retry_backoff_ms`, doubled for each earlier retry, at most [`MAX_BACKOFF`].
+    fn backoff(&self, attempt: u32) -> Duration {
+        let base = Duration::from_millis(self.trigger.retry_backoff_ms);
+        base.saturating_mul(1u32 << attempt.saturating_sub(1).min(16))
+            .min(MAX_BACKOFF)
+    }
+
+    /// Publishes the failed message to the dead-letter topic with why it failed, retrying until
+    /// the broker takes it (a message is never dropped); `None` if aborted first.
+    async fn dead_letter(
+        &self,
+        event: &Event,
+        error: &str,
+        attempts: u32,
+        abort: &CancellationToken,
+    ) -> Option<()> {
+        let topic = self.trigger.dead_letter_for(&event.topic);
+        let mut headers = event.headers.clone();
+        for (name, value) in [
+            ("moa-error", error.to_string()),
+            ("moa-original-topic", event.topic.clone()),
+            ("moa-original-partition", event.partition.to_string()),
+            ("moa-original-offset", event.offset.to_string()),
+            ("moa-original-id", event.id.clone()),
+            ("moa-attempts", attempts.to_string()),
+            ("moa-component", self.component.id.clone()),
+            ("moa-group", self.trigger.group.clone()),
+        ] {
+            headers.push((name.to_string(), value.into_bytes()));
+        }
+        let message = OutgoingMessage {
+            topic: topic.clone(),
+            key: event.key.clone(),
+            payload: event.payload.clone(),
+            headers,
+        };
+        let broker = self.brokers.broker_for(&topic).clone();
+        loop {
+            match broker.publish(message.clone()).await {
+                Ok(()) => {
+                    tracing::error!(
+                        component = %self.component.id,
+                        topic = %event.topic,
+                        id = %event.id,
+                        attempts,
+                        dead_letter_topic = %topic,
+                        error,
+                        "event dead-lettered"
+                    );
+                    return Some(());
+                }
+                Err(err) => {
+                    tracing::error!(dead_letter_topic = %topic, error = %err, "cannot dead-letter an event; retrying in 1 s");
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                        _ = abort.cancelled() => return None,
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The running event triggers of an app.
+pub struct EventTriggers {
+    tasks: JoinSet<()>,
+    /// Stops taking new messages; in-flight deliveries finish and are committed.
+    stop: CancellationToken,
+    /// Abandons in-flight deliveries (not committed: they are delivered again later).
+    abort: CancellationToken,
+    descriptions: Vec<String>,
+}
+
+impl EventTriggers {
+    /// Starts a consumer for every event trigger of `app`. Must run inside the tokio runtime.
+    pub fn start(app: &App, engine: Arc<MoaEngine>, metrics: Arc<Metrics>) -> Result<Self> {
+        let brokers = app.capabilities.messaging().clone();
+        let stop = CancellationToken::new();
+        let abort = CancellationToken::new();
+        let mut tasks = JoinSet::new();
+        let mut descriptions = Vec::new();
+        for trigger in &app.manifest.manifest.event_triggers {
+            let component = app
+                .components
+                .get(&trigger.component)
+                .cloned()
+                .ok_or_else(|| anyhow::anyhow!("component `{}` not loaded", trigger.component))?;
+            let source = source_for(app, &brokers, trigger)?;
+            let runtime = Arc::new(TriggerRuntime {
+                trigger: trigger.clone(),
+                component,
+                engine: engine.clone(),
+                metrics: metrics.clone(),
+                brokers: brokers.clone(),
+            });
+            let (stop, abort) = (stop.clone(), abort.clone());
+            let description = format!(
+                "{} ({}) -> {}: {} as group `{}`",
+                trigger.kind.as_str(),
+                source_kind(&source),
+                trigger.component,
+                trigger.topics.join(", "),
+                trigger.group
+            );
+            match source {
+                ConsumerSource::Embedded(log) => {
+                    tasks.spawn(embedded::run(runtime, log, stop, abort));
+                }
+                ConsumerSource::Kafka {
+                    bootstrap,
+                    properties,
+                } => {
+                    let consumer = kafka::KafkaTrigger::connect(runtime, &bootstrap, &properties)?;
+                    tasks.spawn(consumer.run(stop, abort));
+                }
+                ConsumerSource::Redis { url } => {
+                    tasks.spawn(redis_streams::run(runtime, url, stop, abort));
+                }
+            }
+            descriptions.push(description);
+        }
+        Ok(EventTriggers {
+            tasks,
+            stop,
+            abort,
+            descriptions,
+        })
+    }
+
+    /// One line per trigger: kind, backend, component, topics and group.
+    pub fn descriptions(&self) -> &[String] {
+        &self.descriptions
+    }
+
+    /// Stops consuming: in-flight deliveries get `drain` to finish (and are committed), the rest
+    /// are abandoned uncommitted, so another consumer or the next start delivers them again.
+    pub async fn shutdown(mut self, drain: Duration) {
+        self.stop.cancel();
+        let all_done = async { while self.tasks.join_next().await.is_some() {} };
+        if tokio::time::timeout(drain, all_done).await.is_err() {
+            tracing::warn!(
+                "event deliveries still running after the drain timeout; abandoning them uncommitted"
+            );
+            self.abort.cancel();
+            let _ = tokio::time::timeout(Duration::from_secs(5), async {
+                while self.tasks.join_next().await.is_some() {}
+            })
+            .await;
+        }
+    }
+}
+
+fn source_kind(source: &ConsumerSource) -> &'static str {
+    match source {
+        ConsumerSource::Kafka { .. } => "kafka",
+        ConsumerSource::Redis { .. } => "redis",
+        ConsumerSource::Embedded(_) => "embedded log",
+    }
+}
+
+/// The one broker all of a trigger's topics live on, checked against the trigger's kind.
+fn source_for(
+    app: &App,
+    brokers: &MessagingBrokers,
+    trigger: &EventTrigger,
+) -> Result<ConsumerSource> {
+    let where_ = format!("{}:{}", app.manifest.path.display(), trigger.position);
+    let mut chosen: Option<(
+        Arc<dyn crate::capabilities::messaging::Broker>,
+        ConsumerSource,
+    )> = None;
+    for topic in &trigger.topics {
+        let (broker, source) = brokers.source_for(topic);
+        if let Some((first, _)) = &chosen {
+            if !Arc::ptr_eq(first, &broker) {
+                bail!(
+                    "{where_}: the topics of this [[trigger.{}]] live on different brokers ({} and {})\n  help: route them to one broker in [[messaging.routes]], or split the trigger",
+                    trigger.kind.as_str(),
+                    first.kind(),
+                    broker.kind()
+                );
+            }
+        } else {
+            chosen = Some((broker, source));
+        }
+    }
+    let Some((broker, source)) = chosen else {
+        bail!("{where_}: the trigger has no topics");
+    };
+    match (trigger.kind, &source) {
+        (EventTriggerKind::Kafka, ConsumerSource::Redis { .. }) => bail!(
+            "{where_}: [[trigger.kafka]] reads {}, which the runtime config routes to a Redis broker\n  help: use [[trigger.redis-stream]] for Redis streams, or route the topic to a kafka broker in [[messaging.routes]]",
+            trigger.topics.join(", ")
+        ),
+        (EventTriggerKind::RedisStream, ConsumerSource::Kafka { .. }) => bail!(
+            "{where_}: [[trigger.redis-stream]] reads {}, which the runtime config routes to a Kafka broker\n  help: use [[trigger.kafka]] for Kafka topics, or route the stream to a redis broker in [[messaging.routes]]",
+            trigger.topics.join(", ")
+        ),
+        _ => {}
+    }
+    let _ = broker;
+    Ok(source)
+}
+
+/// This host instance's consumer name: `MOA_CONSUMER_NAME`, else the pod name (`POD_NAME`, set
+/// from the downward API in the Helm chart), else `<hostname>-<pid>`. Unique per replica, so
+/// Redis can tell whose pending entries are whose.
+pub fn consumer_name() -> String {
+    if let Some(name) = ["MOA_CONSUMER_NAME", "POD_NAME"]
+        .iter()
+        .find_map(|k| std::env::var(k).ok().filter(|v| !v.is_empty()))
+    {
+        return name;
+    }
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "moa".into());
+    format!("{host}-{}", std::process::id())
+}

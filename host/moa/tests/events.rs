@@ -1,0 +1,515 @@
+//! Event triggers against a real `moa up`, one behaviour suite shared by every backend: the
+//! embedded log, a real Kafka-protocol broker (tansu) and a real Redis. A probe component publishes
+//! over HTTP; the relay component handles deliveries and republishes them to `seen.<topic>`, which
+//! the tests read back from the same backend.
+
+mod common;
+
+use common::{AppDir, KafkaServer, Moa, Options, RedisServer};
+use reqwest::Method;
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+/// A message read back from a backend.
+#[derive(Debug, Clone)]
+struct Seen {
+    key: Option<String>,
+    payload: String,
+    headers: BTreeMap<String, String>,
+}
+
+enum Backend {
+    Embedded,
+    Kafka(KafkaServer),
+    Redis(RedisServer),
+}
+
+impl Backend {
+    fn trigger_kind(&self) -> &'static str {
+        match self {
+            Backend::Redis(_) => "redis-stream",
+            _ => "kafka",
+        }
+    }
+
+    fn runtime_config(&self, app: &AppDir) -> String {
+        match self {
+            Backend::Embedded => format!(
+                "[messaging.brokers.log]\ntype = \"embedded\"\npath = \"{}\"\n",
+                app.path().join("events.db").display()
+            ),
+            // A short session so that a killed host's partitions move on within seconds.
+            Backend::Kafka(kafka) => format!(
+                "[messaging.brokers.main]\ntype = \"kafka\"\nbrokers = \"{}\"\nproperties = {{ \"session.timeout.ms\" = \"6000\", \"heartbeat.interval.ms\" = \"500\" }}\n",
+                kafka.bootstrap
+            ),
+            Backend::Redis(redis) => format!(
+                "[messaging.brokers.main]\ntype = \"redis\"\nurl = \"{}\"\n",
+                redis.url
+            ),
+        }
+    }
+
+    /// Creates the topics a test uses (Kafka needs them up front to have several partitions).
+    fn create_topics(&self, topic: &str) {
+        if let Backend::Kafka(kafka) = self {
+            kafka.create_topic(topic, 4);
+            kafka.create_topic(&format!("seen.{topic}"), 4);
+            kafka.create_topic(&format!("{topic}.dlq"), 1);
+        }
+    }
+
+    /// Everything on `topic`, once at least `at_least` distinct payloads are there (redeliveries
+    /// may add repeats), or after `wait`.
+    fn read(&self, app: &AppDir, topic: &str, at_least: usize, wait: Duration) -> Vec<Seen> {
+        let deadline = Instant::now() + wait;
+        loop {
+            let seen = self.read_now(app, topic);
+            let distinct: BTreeSet<&str> = seen.iter().map(|s| s.payload.as_str()).collect();
+            if distinct.len() >= at_least || Instant::now() > deadline {
+                return seen;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    fn read_now(&self, app: &AppDir, topic: &str) -> Vec<Seen> {
+        match self {
+            Backend::Embedded => {
+                let path = app.path().join("events.db");
+                if !path.exists() {
+                    return Vec::new();
+                }
+                let log = moa_eventlog::EventLog::open(&path).unwrap();
+                let Some(partitions) = log.partitions(topic).unwrap() else {
+                    return Vec::new();
+                };
+                let mut out = Vec::new();
+                for partition in 0..partitions {
+                    for record in log.fetch(topic, partition, 0, usize::MAX >> 1).unwrap() {
+                        out.push(Seen {
+                            key: record.key.map(|k| String::from_utf8_lossy(&k).into_owned()),
+                            payload: String::from_utf8_lossy(&record.payload).into_owned(),
+                            headers: record
+                                .headers
+                                .into_iter()
+                                .map(|(k, v)| (k, String::from_utf8_lossy(&v).into_owned()))
+                                .collect(),
+                        });
+                    }
+                }
+                out
+            }
+            Backend::Kafka(kafka) => read_kafka(&kafka.bootstrap, topic),
+            Backend::Redis(redis) => read_redis(&redis.url, topic),
+        }
+    }
+}
+
+/// Reads a whole Kafka topic without a consumer group (assign every partition from the start).
+fn read_kafka(bootstrap: &str, topic: &str) -> Vec<Seen> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::message::{Headers as _, Message as _};
+    use rdkafka::{Offset, TopicPartitionList};
+    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", "moa-test-reader")
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let Ok(metadata) = consumer.fetch_metadata(Some(topic), Duration::from_secs(5)) else {
+        return Vec::new();
+    };
+    let mut list = TopicPartitionList::new();
+    let mut ends = BTreeMap::new();
+    for t in metadata.topics() {
+        for p in t.partitions() {
+            let (_, high) = consumer
+                .fetch_watermarks(topic, p.id(), Duration::from_secs(5))
+                .unwrap_or((0, 0));
+            if high > 0 {
+                list.add_partition_offset(topic, p.id(), Offset::Beginning)
+                    .unwrap();
+                ends.insert(p.id(), high);
+            }
+        }
+    }
+    if ends.is_empty() {
+        return Vec::new();
+    }
+    consumer.assign(&list).unwrap();
+    let total: i64 = ends.values().sum();
+    let mut out = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while (out.len() as i64) < total && Instant::now() < deadline {
+        let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) else {
+            continue;
+        };
+        out.push(Seen {
+            key: m.key().map(|k| String::from_utf8_lossy(k).into_owned()),
+            payload: String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned(),
+            headers: m
+                .headers()
+                .map(|h| {
+                    h.iter()
+                        .map(|h| {
+                            (
+                                h.key.to_string(),
+                                String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned(),
+                            )
+                        })
+                        .collect()
+                })
+                .unwrap_or_default(),
+        });
+    }
+    out
+}
+
+/// Reads a whole Redis stream with XRANGE.
+fn read_redis(url: &str, stream: &str) -> Vec<Seen> {
+    let client = redis::Client::open(url).unwrap();
+    let mut connection = client.get_connection().unwrap();
+    let reply: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+        .arg(stream)
+        .arg("-")
+        .arg("+")
+        .query(&mut connection)
+        .unwrap();
+    reply
+        .ids
+        .into_iter()
+        .map(|entry| {
+            let mut seen = Seen {
+                key: None,
+                payload: String::new(),
+                headers: BTreeMap::new(),
+            };
+            for (field, value) in entry.map {
+                let text: String = redis::from_redis_value(value).unwrap_or_default();
+                match field.as_str() {
+                    "payload" => seen.payload = text,
+                    "key" => seen.key = Some(text),
+                    _ => {
+                        if let Some(name) = field.strip_prefix("h:") {
+                            seen.headers.insert(name.to_string(), text);
+                        }
+                    }
+                }
+            }
+            seen
+        })
+        .collect()
+}
+
+/// The app: `front` (probe, HTTP) publishes to `orders`; `relay` handles `orders` and
+/// republishes to `seen.orders`.
+fn app(backend: &Backend, extra_trigger_fields: &str) -> (AppDir, Options) {
+    let kind = backend.trigger_kind();
+    let (source, attempts) = match kind {
+        "kafka" => ("topics = [\"orders\"]", "max_attempts = 3"),
+        _ => (
+            "stream = \"orders\"\nclaim_idle_ms = 1500",
+            "max_deliveries = 3",
+        ),
+    };
+    let manifest = format!(
+        r#"
+spin_manifest_version = 2
+[application]
+name = "shop"
+[[trigger.http]]
+route = "/..."
+component = "front"
+[[trigger.{kind}]]
+component = "relay"
+{source}
+group = "relay"
+{attempts}
+retry_backoff_ms = 50
+concurrency = 4
+{extra_trigger_fields}
+[component.front]
+source = "{{probe}}"
+allowed_publish_topics = ["orders"]
+[component.relay]
+source = "{{relay}}"
+allowed_publish_topics = ["seen.*"]
+environment = {{ RELAY_PREFIX = "seen." }}
+"#
+    );
+    let app = AppDir::new(&manifest);
+    backend.create_topics("orders");
+    let rc = app.write("runtime-config.toml", &backend.runtime_config(&app));
+    let options = Options {
+        args: vec!["--runtime-config-file".into(), rc.display().to_string()],
+        ..Default::default()
+    };
+    (app, options)
+}
+
+fn publish(moa: &Moa, key: &str, payload: &str) {
+    let (status, body) = moa.send(
+        Method::POST,
+        &format!("/publish/orders?key={key}"),
+        Some(payload.as_bytes().to_vec()),
+    );
+    assert_eq!(status, 200, "{body}");
+}
+
+/// The caller's W3C trace context sent with every publishing request.
+const TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+fn publish_many(moa: &Moa, query: &str) {
+    let (status, body) = common::blocking_with_headers(
+        Method::POST,
+        &format!("{}/publish-many/orders?{query}", moa.url),
+        &[("traceparent", TRACEPARENT)],
+        None,
+    );
+    assert_eq!(status, 200, "{body}");
+}
+
+/// Per key, the sequence numbers in the order they were seen (payload `<prefix>k<key>:<seq>`).
+fn sequences(seen: &[Seen]) -> BTreeMap<String, Vec<u32>> {
+    let mut out: BTreeMap<String, Vec<u32>> = BTreeMap::new();
+    for s in seen {
+        let tail = s.payload.rsplit_once(':').map(|(_, seq)| seq).unwrap();
+        out.entry(s.key.clone().unwrap_or_default())
+            .or_default()
+            .push(tail.parse().unwrap());
+    }
+    out
+}
+
+// ---------- the shared behaviour suite ----------
+
+fn delivers_every_message_once_in_key_order(backend: Backend) {
+    let (app, options) = app(&backend, "");
+    let moa = Moa::start(&app, options);
+    publish_many(&moa, "n=300&keys=6&batch=50");
+    let seen = backend.read(&app, "seen.orders", 300, Duration::from_secs(60));
+    assert_eq!(seen.len(), 300, "{}", moa.stderr());
+    for (key, seqs) in sequences(&seen) {
+        assert_eq!(
+            seqs,
+            (0..50).collect::<Vec<_>>(),
+            "key {key}: every message once, in publish order"
+        );
+    }
+    for s in &seen {
+        assert_eq!(s.headers.get("attempt").map(String::as_str), Some("1"));
+        assert_eq!(
+            s.headers.get("traceparent").map(String::as_str),
+            Some(TRACEPARENT),
+            "the publishing request's trace context travels with the event: {s:?}"
+        );
+    }
+    moa.stop();
+}
+
+fn failures_are_retried_then_dead_lettered(backend: Backend) {
+    let (app, options) = app(&backend, "");
+    let moa = Moa::start(&app, options);
+    publish(&moa, "a", "fail-first-then-ok");
+    publish(&moa, "b", "fail-always");
+    publish(&moa, "c", "trap-always");
+    publish(&moa, "a", "ok-after");
+    let seen = backend.read(&app, "seen.orders", 2, Duration::from_secs(60));
+    let by_payload: BTreeMap<&str, &Seen> = seen.iter().map(|s| (s.payload.as_str(), s)).collect();
+    assert_eq!(
+        by_payload.keys().copied().collect::<Vec<_>>(),
+        ["fail-first-then-ok", "ok-after"],
+        "{}",
+        moa.stderr()
+    );
+    assert_eq!(
+        by_payload["fail-first-then-ok"].headers["attempt"], "2",
+        "the failed first attempt was retried"
+    );
+    let dead = backend.read(&app, "orders.dlq", 2, Duration::from_secs(60));
+    let dead: BTreeMap<&str, &Seen> = dead.iter().map(|s| (s.payload.as_str(), s)).collect();
+    assert_eq!(
+        dead.keys().copied().collect::<Vec<_>>(),
+        ["fail-always", "trap-always"]
+    );
+    let failed = dead["fail-always"];
+    assert_eq!(failed.key.as_deref(), Some("b"));
+    assert_eq!(failed.headers["moa-attempts"], "3");
+    assert_eq!(failed.headers["moa-original-topic"], "orders");
+    assert_eq!(failed.headers["moa-component"], "relay");
+    assert!(
+        failed.headers["moa-error"].contains("asked to fail"),
+        "{failed:?}"
+    );
+    assert!(
+        dead["trap-always"].headers["moa-error"].contains("trapped"),
+        "{:?}",
+        dead["trap-always"]
+    );
+    // The host kept serving through the traps.
+    assert_eq!(moa.get("/nothing").0, 200);
+    moa.stop();
+}
+
+fn nothing_is_lost_when_the_host_is_killed(backend: Backend) {
+    let (app, options) = app(&backend, "");
+    let moa = Moa::start(&app, options.clone());
+    publish_many(&moa, "n=400&keys=8&batch=100&prefix=sleep:4:");
+    // Kill it mid-stream, without any chance to commit or clean up.
+    let partial = backend.read(&app, "seen.orders", 40, Duration::from_secs(60));
+    assert!(
+        partial.len() >= 40 && partial.len() < 400,
+        "{}",
+        partial.len()
+    );
+    drop(moa);
+    let restarted = Moa::start(&app, options);
+    let seen = backend.read(&app, "seen.orders", 400, Duration::from_secs(90));
+    let distinct: BTreeSet<&str> = seen.iter().map(|s| s.payload.as_str()).collect();
+    assert_eq!(
+        distinct.len(),
+        400,
+        "every message handled at least once after the restart\n{}",
+        restarted.stderr()
+    );
+    // Redelivered messages come again in order per key; duplicates only from the kill.
+    for (key, seqs) in sequences(&seen) {
+        let mut dedup = seqs.clone();
+        dedup.dedup();
+        let mut sorted = dedup.clone();
+        sorted.sort();
+        sorted.dedup();
+        assert_eq!(sorted, (0..50).collect::<Vec<_>>(), "key {key}");
+    }
+    restarted.stop();
+}
+
+// ---------- embedded log ----------
+
+#[test]
+fn embedded_delivers_every_message_once_in_key_order() {
+    delivers_every_message_once_in_key_order(Backend::Embedded);
+}
+
+#[test]
+fn embedded_failures_are_retried_then_dead_lettered() {
+    failures_are_retried_then_dead_lettered(Backend::Embedded);
+}
+
+#[test]
+fn embedded_nothing_is_lost_when_the_host_is_killed() {
+    nothing_is_lost_when_the_host_is_killed(Backend::Embedded);
+}
+
+// ---------- Kafka (tansu) ----------
+
+#[test]
+fn kafka_delivers_every_message_once_in_key_order() {
+    delivers_every_message_once_in_key_order(Backend::Kafka(KafkaServer::start()));
+}
+
+#[test]
+fn kafka_failures_are_retried_then_dead_lettered() {
+    failures_are_retried_then_dead_lettered(Backend::Kafka(KafkaServer::start()));
+}
+
+#[test]
+fn kafka_nothing_is_lost_when_the_host_is_killed() {
+    nothing_is_lost_when_the_host_is_killed(Backend::Kafka(KafkaServer::start()));
+}
+
+// ---------- Redis Streams ----------
+
+#[test]
+fn redis_delivers_every_message_once_in_key_order() {
+    delivers_every_message_once_in_key_order(Backend::Redis(RedisServer::start()));
+}
+
+#[test]
+fn redis_failures_are_retried_then_dead_lettered() {
+    failures_are_retried_then_dead_lettered(Backend::Redis(RedisServer::start()));
+}
+
+#[test]
+fn redis_nothing_is_lost_when_the_host_is_killed() {
+    nothing_is_lost_when_the_host_is_killed(Backend::Redis(RedisServer::start()));
+}
+
+// ---------- two hosts in one group ----------
+
+/// Events handled by one host so far, from its Prometheus metrics.
+fn handled(moa: &Moa) -> u64 {
+    let (_, metrics) = common::blocking(Method::GET, &format!("{}/metrics", moa.admin_url), None);
+    metrics
+        .lines()
+        .filter(|l| l.starts_with("moa_events_total{") && l.contains("outcome=\"ok\""))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
+fn two_hosts_share_the_work_and_take_over(backend: Backend) {
+    let (app, options) = app(&backend, "");
+    let first = Moa::start(&app, options.clone());
+    let second = Moa::start(&app, options);
+    if matches!(backend, Backend::Kafka(_)) {
+        // Both members joined before the traffic starts.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !(first.stderr().contains("partitions assigned")
+            && second.stderr().contains("partitions assigned"))
+            && Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+    publish_many(&first, "n=400&keys=8&batch=100&prefix=sleep:10:");
+    backend.read(&app, "seen.orders", 120, Duration::from_secs(60));
+    let (a, b) = (handled(&first), handled(&second));
+    assert!(
+        a > 0 && b > 0,
+        "both hosts took part: {a} and {b}\nfirst:\n{}\nsecond:\n{}",
+        first.stderr(),
+        second.stderr()
+    );
+    drop(first);
+    let seen = backend.read(&app, "seen.orders", 400, Duration::from_secs(90));
+    let distinct: BTreeSet<&str> = seen.iter().map(|s| s.payload.as_str()).collect();
+    assert_eq!(
+        distinct.len(),
+        400,
+        "the survivor took over the dead host's work\n{}",
+        second.stderr()
+    );
+    second.stop();
+}
+
+#[test]
+fn kafka_two_hosts_share_partitions_and_take_over() {
+    two_hosts_share_the_work_and_take_over(Backend::Kafka(KafkaServer::start()));
+}
+
+#[test]
+fn redis_two_consumers_share_the_stream_and_reclaim_a_dead_ones_entries() {
+    two_hosts_share_the_work_and_take_over(Backend::Redis(RedisServer::start()));
+}
+
+#[test]
+fn a_trigger_on_a_component_without_a_handler_is_refused() {
+    let app = AppDir::new(
+        r#"
+spin_manifest_version = 2
+[application]
+name = "shop"
+[[trigger.kafka]]
+component = "front"
+topics = ["orders"]
+[component.front]
+source = "{probe}"
+"#,
+    );
+    let err = Moa::try_start(&app, Options::default()).err().unwrap();
+    assert!(
+        err.contains("does not export moa:messaging/handler"),
+        "{err}"
+    );
+}
