@@ -240,7 +240,6 @@ component = "front"
 {trigger}
 component = "relay"
 group = "bench-relay"
-concurrency = {PARTITIONS}
 [component.front]
 source = "{}"
 allowed_publish_topics = ["*"]
@@ -351,12 +350,21 @@ async fn through_moa(args: &Args, topic: &str, trigger: &str, runtime_config: &s
     wait_handled(&client, &moa.admin, warmup as u64).await?;
     let started = Instant::now();
     let (published, consumed) = tokio::join!(
-        publish(args.messages),
+        async {
+            publish(args.messages).await?;
+            anyhow::Ok(started.elapsed())
+        },
         wait_handled(&client, &moa.admin, (warmup + args.messages) as u64)
     );
-    published?;
+    let published = published?;
     consumed?;
-    Ok(args.messages as f64 / started.elapsed().as_secs_f64())
+    let elapsed = started.elapsed();
+    eprintln!(
+        "  moa {topic}: published in {:.2} s, all handled in {:.2} s",
+        published.as_secs_f64(),
+        elapsed.as_secs_f64()
+    );
+    Ok(args.messages as f64 / elapsed.as_secs_f64())
 }
 
 #[tokio::main]

@@ -22,6 +22,8 @@ const BLOCK: Duration = Duration::from_millis(1000);
 const READ_COUNT: usize = 128;
 /// Entries waiting per lane before reading pauses.
 const LANE_DEPTH: usize = 64;
+/// Most entries acknowledged by one `XACK`.
+const ACK_BATCH: usize = 512;
 
 /// An entry on its way to a lane, with how many times Redis has delivered it.
 struct Pending {
@@ -78,6 +80,13 @@ pub async fn run(
     }
     tracing::info!(stream, group, consumer, "Redis Streams trigger started");
 
+    let (ack_sender, ack_receiver) = mpsc::unbounded_channel::<String>();
+    let acker = tokio::spawn(acknowledge(
+        commands.clone(),
+        stream.clone(),
+        group.clone(),
+        ack_receiver,
+    ));
     let lanes_count = runtime.trigger.concurrency.max(1) as usize;
     let mut lanes = Vec::with_capacity(lanes_count);
     let mut lane_tasks = tokio::task::JoinSet::new();
@@ -86,13 +95,12 @@ pub async fn run(
         lanes.push(sender);
         lane_tasks.spawn(lane(
             runtime.clone(),
-            commands.clone(),
-            stream.clone(),
-            group.clone(),
             receiver,
+            ack_sender.clone(),
             abort.clone(),
         ));
     }
+    drop(ack_sender);
     let claim_idle = Duration::from_millis(runtime.trigger.claim_idle_ms);
     let claim_every = (claim_idle / 2).clamp(Duration::from_millis(100), Duration::from_secs(10));
     let mut next_claim = tokio::time::Instant::now();
@@ -170,6 +178,8 @@ pub async fn run(
     }
     drop(lanes);
     while lane_tasks.join_next().await.is_some() {}
+    // Every lane is done: the acker sends what is left and ends.
+    let _ = acker.await;
 }
 
 /// Sends an entry to its key's lane (unkeyed entries round-robin); waits while the lane is full.
@@ -267,13 +277,12 @@ async fn reclaim(
         .collect()
 }
 
-/// Delivers a lane's entries one after the other and acknowledges each.
+/// Delivers a lane's entries one after the other; each handled (or dead-lettered) entry goes to
+/// the acker.
 async fn lane(
     runtime: Arc<TriggerRuntime>,
-    commands: ConnectionManager,
-    stream: String,
-    group: String,
     mut receiver: mpsc::Receiver<Pending>,
+    acks: mpsc::UnboundedSender<String>,
     abort: CancellationToken,
 ) {
     while let Some(pending) = receiver.recv().await {
@@ -284,17 +293,34 @@ async fn lane(
         {
             return;
         }
+        if acks.send(pending.event.id).is_err() {
+            return;
+        }
+    }
+}
+
+/// Acknowledges handled entries, all that are waiting in one `XACK` (so lanes never wait for a
+/// round trip), until every lane has stopped.
+async fn acknowledge(
+    commands: ConnectionManager,
+    stream: String,
+    group: String,
+    mut receiver: mpsc::UnboundedReceiver<String>,
+) {
+    let mut ids = Vec::with_capacity(ACK_BATCH);
+    while receiver.recv_many(&mut ids, ACK_BATCH).await > 0 {
         let mut connection = commands.clone();
         let acked: redis::RedisResult<i64> = redis::cmd("XACK")
             .arg(&stream)
             .arg(&group)
-            .arg(&pending.event.id)
+            .arg(&ids)
             .query_async(&mut connection)
             .await;
         if let Err(err) = acked {
-            // Not acknowledged: the entry stays pending and is reclaimed later (at least once).
-            tracing::warn!(stream, id = %pending.event.id, error = %err, "XACK failed");
+            // Not acknowledged: the entries stay pending and are reclaimed later (at least once).
+            tracing::warn!(stream, entries = ids.len(), error = %err, "XACK failed");
         }
+        ids.clear();
     }
 }
 
