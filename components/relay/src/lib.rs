@@ -2,8 +2,9 @@
 //! delivery's payload (`fail...`, `fail-first...`, `trap...`, `sleep:<ms>...`, anything else: ok).
 //!
 //! With the `RELAY_PREFIX` environment variable set, every handled message is published again to
-//! `<RELAY_PREFIX><topic>` with its key and payload, plus headers `attempt`, `partition` and
-//! `offset`, so tests can read what was delivered, in which order, how often.
+//! `<RELAY_PREFIX><topic>` with its key and payload, plus headers `attempt`, `partition`, `offset`,
+//! `id` and `instance-deliveries` (how many deliveries this instance has handled: 1 on a fresh
+//! one), so tests can read what was delivered, in which order, how often, on which instance.
 
 wit_bindgen::generate!({
     path: "../../wit",
@@ -17,8 +18,12 @@ use moa::messaging::types::{Header, Message};
 
 struct Relay;
 
+/// Deliveries this instance has handled, itself included: 1 on a fresh instance.
+static HANDLED: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
 impl Guest for Relay {
     fn handle(delivery: Delivery) -> Result<(), String> {
+        let handled = HANDLED.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
         let payload = String::from_utf8_lossy(&delivery.message.payload).into_owned();
         if payload.starts_with("fail-first") && delivery.attempt == 1 {
             return Err(format!("first attempt of {payload} fails"));
@@ -40,6 +45,7 @@ impl Guest for Relay {
                 header("partition", delivery.partition.to_string()),
                 header("offset", delivery.offset.to_string()),
                 header("id", delivery.id.clone()),
+                header("instance-deliveries", handled.to_string()),
             ];
             headers.extend(
                 delivery

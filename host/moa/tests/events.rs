@@ -300,6 +300,11 @@ fn delivers_every_message_once_in_key_order(backend: Backend) {
     for s in &seen {
         assert_eq!(s.headers.get("attempt").map(String::as_str), Some("1"));
         assert_eq!(
+            s.headers.get("instance-deliveries").map(String::as_str),
+            Some("1"),
+            "a fresh instance for every delivery by default"
+        );
+        assert_eq!(
             s.headers.get("traceparent").map(String::as_str),
             Some(TRACEPARENT),
             "the publishing request's trace context travels with the event: {s:?}"
@@ -383,6 +388,49 @@ fn nothing_is_lost_when_the_host_is_killed(backend: Backend) {
         assert_eq!(sorted, (0..50).collect::<Vec<_>>(), "key {key}");
     }
     restarted.stop();
+}
+
+#[test]
+fn instances_are_reused_only_when_configured_and_never_after_a_failure() {
+    let backend = Backend::Embedded;
+    let (app, mut options) = app(&backend, "");
+    let rc = app.write(
+        "runtime-config.toml",
+        &format!(
+            "{}[limits]\nmax_instance_reuse = 3\n",
+            backend.runtime_config(&app)
+        ),
+    );
+    options.args[1] = rc.display().to_string();
+    let moa = Moa::start(&app, options);
+    // One key: one partition, one lane, in order.
+    for payload in ["m0", "m1", "m2", "m3", "fail-first-m4", "m5", "m6"] {
+        publish(&moa, "one-key", payload);
+    }
+    let seen = backend.read(&app, "seen.orders", 7, Duration::from_secs(60));
+    let uses: Vec<(&str, &str)> = seen
+        .iter()
+        .map(|s| {
+            (
+                s.payload.as_str(),
+                s.headers["instance-deliveries"].as_str(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        uses,
+        [
+            ("m0", "1"),
+            ("m1", "2"),
+            ("m2", "3"),
+            ("m3", "1"),
+            // its first attempt failed on the instance that had m3, which was then discarded
+            ("fail-first-m4", "1"),
+            ("m5", "2"),
+            ("m6", "3"),
+        ]
+    );
+    moa.stop();
 }
 
 // ---------- embedded log ----------

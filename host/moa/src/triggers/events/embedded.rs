@@ -2,7 +2,7 @@
 //! from the group's committed offset, commits after each, and sleeps until the next append.
 //! Delivery counts are persisted, so a message that keeps crashing the host still dead-letters.
 
-use super::{Event, TriggerRuntime};
+use super::{Event, Lane, TriggerRuntime};
 use moa_eventlog::{DEFAULT_PARTITIONS, EventLog};
 use std::sync::Arc;
 use std::time::Duration;
@@ -68,6 +68,7 @@ async fn consume_partition(
             }
         }
     };
+    let mut lane = Lane::default();
     loop {
         if stop.is_cancelled() {
             return;
@@ -122,7 +123,11 @@ async fn consume_partition(
                 payload: record.payload,
                 headers: record.headers,
             };
-            if runtime.deliver(&event, attempt, &abort).await.is_none() {
+            if runtime
+                .deliver(&event, attempt, &mut lane, &abort)
+                .await
+                .is_none()
+            {
                 return;
             }
             let committed = {

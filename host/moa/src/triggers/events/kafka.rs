@@ -6,7 +6,7 @@
 //! librdkafka's auto-commit (and synchronously on revoke and shutdown). On revoke, workers of the
 //! revoked partitions get a grace period to finish; what is still running is abandoned uncommitted.
 
-use super::{Event, TriggerRuntime};
+use super::{Event, Lane, TriggerRuntime};
 use anyhow::{Context as _, Result};
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{
@@ -164,7 +164,7 @@ impl KafkaTrigger {
         loop {
             tokio::select! {
                 _ = stop.cancelled() => break,
-                Some(key) = resume_rx.recv() => self.set_paused(&key, false),
+                Some(key) = resume_rx.recv() => self.pause(&key, false),
                 message = self.consumer.recv() => {
                     let message = match message {
                         Ok(message) => message,
@@ -248,10 +248,6 @@ impl KafkaTrigger {
         self.consumer.unsubscribe();
     }
 
-    fn set_paused(&self, key: &PartitionKey, paused: bool) {
-        self.pause(key, paused);
-    }
-
     fn pause(&self, key: &PartitionKey, paused: bool) {
         let mut list = TopicPartitionList::new();
         if list
@@ -281,6 +277,7 @@ async fn partition_worker(
     permits: Arc<Semaphore>,
     resume: mpsc::UnboundedSender<PartitionKey>,
 ) {
+    let mut lane = Lane::default();
     loop {
         let event = tokio::select! {
             event = receiver.recv() => event,
@@ -292,7 +289,7 @@ async fn partition_worker(
         }
         shared.busy.store(true, Ordering::Release);
         let outcome = match permits.acquire().await {
-            Ok(_permit) => runtime.deliver(&event, 1, &shared.abort).await,
+            Ok(_permit) => runtime.deliver(&event, 1, &mut lane, &shared.abort).await,
             Err(_) => None,
         };
         if outcome.is_some()

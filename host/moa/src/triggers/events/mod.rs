@@ -28,9 +28,12 @@ mod bindings {
     });
 }
 
+use crate::state::HostState;
+use bindings::EventHandler;
 pub use bindings::EventHandlerPre;
 use bindings::exports::moa::messaging::handler::Delivery as WitDelivery;
 use bindings::moa::messaging::types::{Header as WitHeader, Message as WitMessage};
+use wasmtime::Store;
 
 /// Longest wait between two retries of one message.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
@@ -73,18 +76,41 @@ pub struct TriggerRuntime {
     brokers: Arc<MessagingBrokers>,
 }
 
+/// An instance kept by one consumer lane for its next delivery, when `max_instance_reuse` > 1.
+pub struct WarmInstance {
+    store: Store<HostState>,
+    handler: EventHandler,
+    uses: usize,
+}
+
+/// What one consumer lane (a partition worker, a Redis lane) keeps between deliveries.
+#[derive(Default)]
+pub struct Lane {
+    warm: Option<WarmInstance>,
+}
+
 impl TriggerRuntime {
-    /// Runs one attempt: a fresh instance, the handler, the component's deadline.
-    async fn attempt(&self, event: &Event, attempt: u32) -> Result<(), String> {
-        let pre = self
-            .component
-            .events
-            .as_ref()
-            .ok_or_else(|| format!("component `{}` has no event handler", self.component.id))?;
-        let mut store = self
-            .component
-            .new_store(&self.engine)
-            .map_err(|e| format!("cannot create an instance: {e:#}"))?;
+    /// Runs one attempt under the component's deadline: on the lane's warm instance if it has
+    /// one, else a fresh one. A failed attempt always discards its instance.
+    async fn attempt(&self, event: &Event, attempt: u32, lane: &mut Lane) -> Result<(), String> {
+        let (mut store, handler, uses) = match lane.warm.take() {
+            Some(warm) => (warm.store, warm.handler, warm.uses),
+            None => {
+                let pre = self.component.events.as_ref().ok_or_else(|| {
+                    format!("component `{}` has no event handler", self.component.id)
+                })?;
+                let mut store = self
+                    .component
+                    .new_store(&self.engine)
+                    .map_err(|e| format!("cannot create an instance: {e:#}"))?;
+                let handler = pre
+                    .instantiate_async(&mut store)
+                    .await
+                    .map_err(|trap| self.classify_trap(trap))?;
+                (store, handler, 0)
+            }
+        };
+        store.set_epoch_deadline(MoaEngine::ticks_for(self.component.request_timeout));
         let traceparent = event
             .header("traceparent")
             .and_then(|v| std::str::from_utf8(v).ok())
@@ -113,12 +139,12 @@ impl TriggerRuntime {
             id: event.id.clone(),
             attempt,
         };
-        let call = async {
-            let instance = pre.instantiate_async(&mut store).await?;
-            instance
+        let call = async move {
+            let result = handler
                 .moa_messaging_handler()
                 .call_handle(&mut store, &delivery)
-                .await
+                .await;
+            (store, handler, result)
         };
         let timeout = self.component.request_timeout;
         match tokio::time::timeout(timeout, call).await {
@@ -126,19 +152,34 @@ impl TriggerRuntime {
                 self.metrics.deadline_hit(&self.component.id);
                 Err(format!("deadline of {} ms exceeded", timeout.as_millis()))
             }
-            Ok(Err(trap)) => {
-                if matches!(
-                    trap.downcast_ref::<wasmtime::Trap>(),
-                    Some(wasmtime::Trap::Interrupt)
-                ) {
-                    self.metrics.deadline_hit(&self.component.id);
-                    Err(format!("deadline of {} ms exceeded", timeout.as_millis()))
-                } else {
-                    self.metrics.trapped(&self.component.id);
-                    Err(format!("component trapped: {trap:#}"))
+            Ok((_, _, Err(trap))) => Err(self.classify_trap(trap)),
+            Ok((store, handler, Ok(result))) => {
+                if result.is_ok() && uses + 1 < self.component.max_instance_reuse {
+                    lane.warm = Some(WarmInstance {
+                        store,
+                        handler,
+                        uses: uses + 1,
+                    });
                 }
+                result
             }
-            Ok(Ok(result)) => result,
+        }
+    }
+
+    /// Counts a trap (or an epoch interrupt, which is the deadline) and describes it.
+    fn classify_trap(&self, trap: wasmtime::Error) -> String {
+        if matches!(
+            trap.downcast_ref::<wasmtime::Trap>(),
+            Some(wasmtime::Trap::Interrupt)
+        ) {
+            self.metrics.deadline_hit(&self.component.id);
+            format!(
+                "deadline of {} ms exceeded",
+                self.component.request_timeout.as_millis()
+            )
+        } else {
+            self.metrics.trapped(&self.component.id);
+            format!("component trapped: {trap:#}")
         }
     }
 
@@ -149,6 +190,7 @@ impl TriggerRuntime {
         &self,
         event: &Event,
         first_attempt: u32,
+        lane: &mut Lane,
         abort: &CancellationToken,
     ) -> Option<Outcome> {
         let mut attempt = first_attempt.max(1);
@@ -156,7 +198,7 @@ impl TriggerRuntime {
         loop {
             let started = Instant::now();
             let result = tokio::select! {
-                result = self.attempt(event, attempt) => result,
+                result = self.attempt(event, attempt, lane) => result,
                 _ = abort.cancelled() => return None,
             };
             match result {

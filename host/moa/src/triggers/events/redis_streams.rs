@@ -6,7 +6,7 @@
 //! The attempt count starts from Redis's delivery counter, so a reclaimed entry counts its earlier
 //! deliveries and still dead-letters after `max_deliveries`.
 
-use super::{Event, TriggerRuntime};
+use super::{Event, Lane, TriggerRuntime};
 use crate::capabilities::messaging::redis_streams::{HEADER_PREFIX, KEY_FIELD, PAYLOAD_FIELD};
 use redis::Value;
 use redis::aio::ConnectionManager;
@@ -285,9 +285,10 @@ async fn lane(
     acks: mpsc::UnboundedSender<String>,
     abort: CancellationToken,
 ) {
+    let mut lane = Lane::default();
     while let Some(pending) = receiver.recv().await {
         if runtime
-            .deliver(&pending.event, pending.attempt, &abort)
+            .deliver(&pending.event, pending.attempt, &mut lane, &abort)
             .await
             .is_none()
         {
