@@ -183,13 +183,60 @@ async fn handle(req: Request) -> anyhow::Result<impl IntoResponse> {
                 let key = format!("k{}", i % keys);
                 let payload = format!("{prefix}{key}:{}{padding}", i / keys);
                 pending.push(moa_sdk::messaging::Message::new(*topic, payload).with_key(key));
-                if pending.len() == batch || i + 1 == n {
-                    if let Err(err) = moa_sdk::messaging::publish_batch(pending.drain(..)) {
-                        return reply(503, format!("publish failed after {i}: {err:?}\n"));
-                    }
+                if (pending.len() == batch || i + 1 == n)
+                    && let Err(err) = moa_sdk::messaging::publish_batch(pending.drain(..))
+                {
+                    return reply(503, format!("publish failed after {i}: {err:?}\n"));
                 }
             }
             reply(200, format!("published {n}\n"))
+        }
+        ["redis", op, key] => {
+            // Spin's outbound Redis: ?addr=redis://host:port; set takes the body as the value.
+            let address = query
+                .split('&')
+                .find_map(|kv| kv.strip_prefix("addr="))
+                .unwrap_or("")
+                .to_string();
+            let connection = match spin_sdk::redis::Connection::open(&address).await {
+                Ok(connection) => connection,
+                Err(err) => return reply(403, format!("open failed: {err:?}\n")),
+            };
+            let key = key.to_string();
+            let result = match *op {
+                "incr" => connection.incr(&key).await.map(|n| n.to_string()),
+                "get" => connection.get(&key).await.map(|v| {
+                    v.map_or("(nil)".into(), |v| String::from_utf8_lossy(&v).into_owned())
+                }),
+                "set" => {
+                    let body = req
+                        .into_body()
+                        .bytes()
+                        .await
+                        .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+                    connection.set(&key, &body).await.map(|()| "OK".into())
+                }
+                "sadd" => connection
+                    .sadd(&key, &["a", "b", "a"])
+                    .await
+                    .map(|n| n.to_string()),
+                "execute" => connection
+                    .execute(
+                        "HMGET",
+                        [
+                            spin_sdk::redis::RedisParameter::Binary(key.clone().into_bytes()),
+                            spin_sdk::redis::RedisParameter::Binary(b"f1".to_vec()),
+                            spin_sdk::redis::RedisParameter::Binary(b"missing".to_vec()),
+                        ],
+                    )
+                    .await
+                    .map(|results| format!("{results:?}")),
+                _ => return reply(404, "unknown redis op\n"),
+            };
+            match result {
+                Ok(text) => reply(200, format!("{text}\n")),
+                Err(err) => reply(500, format!("redis error: {err:?}\n")),
+            }
         }
         ["echo"] => {
             let body = req

@@ -207,7 +207,7 @@ fn load_component(
     })?;
     let instance_pre = linker.instantiate_pre(&compiled).map_err(|err| {
         anyhow!(
-            "component `{}` ({}) cannot be linked: {err}\n  help: moa provides WASI 0.2/0.3, wasi:http, spin:key-value@3.0.0, fermyon:spin/key-value@2.0.0, spin:variables@3.0.0 and moa:messaging/producer@0.1.0; remove the other imports or use a newer moa",
+            "component `{}` ({}) cannot be linked: {err}\n  help: moa provides WASI 0.2/0.3, wasi:http, spin:key-value@3.0.0, fermyon:spin/key-value@2.0.0, spin:variables@3.0.0, spin:redis@3.0.0 and moa:messaging/producer@0.1.0; remove the other imports or use a newer moa",
             component.id,
             source.display()
         )

@@ -362,3 +362,92 @@ allowed_outbound_hosts = ["api.toss.im"]
         "{err}"
     );
 }
+
+#[test]
+fn outbound_redis_works_on_granted_addresses_only() {
+    let redis = RedisServer::start();
+    let app = AppDir::new(&format!(
+        r#"
+spin_manifest_version = 2
+[application]
+name = "redis-out"
+[[trigger.http]]
+route = "/granted/..."
+component = "granted"
+[[trigger.http]]
+route = "/denied/..."
+component = "denied"
+[component.granted]
+source = "{{probe}}"
+allowed_outbound_hosts = ["{}"]
+[component.denied]
+source = "{{probe}}"
+allowed_outbound_hosts = ["redis://example.com:6379"]
+"#,
+        redis.url
+    ));
+    let moa = Moa::start(&app, Options::default());
+    let addr = format!("addr={}", redis.url);
+    assert_eq!(
+        moa.get(&format!("/granted/redis/incr/visits?{addr}")),
+        (200, "1\n".into())
+    );
+    assert_eq!(
+        moa.get(&format!("/granted/redis/incr/visits?{addr}")),
+        (200, "2\n".into())
+    );
+    let (status, _) = moa.send(
+        reqwest::Method::POST,
+        &format!("/granted/redis/set/greeting?{addr}"),
+        Some(b"annyeong".to_vec()),
+    );
+    assert_eq!(status, 200);
+    assert_eq!(
+        moa.get(&format!("/granted/redis/get/greeting?{addr}")),
+        (200, "annyeong\n".into())
+    );
+    assert_eq!(
+        moa.get(&format!("/granted/redis/sadd/tags?{addr}")),
+        (200, "2\n".into()),
+        "SADD a b a adds two members"
+    );
+    // The value is really in Redis, where other services can read it.
+    let mut direct = redis::Client::open(redis.url.as_str())
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let stored: String = redis::cmd("GET")
+        .arg("greeting")
+        .query(&mut direct)
+        .unwrap();
+    assert_eq!(stored, "annyeong");
+    let _: () = redis::cmd("HSET")
+        .arg("h")
+        .arg("f1")
+        .arg("v1")
+        .query(&mut direct)
+        .unwrap();
+    assert_eq!(
+        moa.get(&format!("/granted/redis/execute/h?{addr}")),
+        (
+            200,
+            "[RedisResult::Binary([118, 49]), RedisResult::Nil]\n".into()
+        )
+    );
+    // A type error is reported as such, not as a trap.
+    let (status, body) = moa.get(&format!("/granted/redis/incr/greeting?{addr}"));
+    assert_eq!((status, body.contains("TypeError")), (500, true), "{body}");
+    // Not in the allow-list: refused before any connection.
+    let (status, body) = moa.get(&format!("/denied/redis/incr/visits?{addr}"));
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("allowed_outbound_hosts"), "{body}");
+    let (status, body) = moa.get("/granted/redis/incr/visits?addr=not-a-url");
+    assert_eq!(
+        (status, body.contains("InvalidAddress")),
+        (403, true),
+        "{body}"
+    );
+    let visits: i64 = redis::cmd("GET").arg("visits").query(&mut direct).unwrap();
+    assert_eq!(visits, 2);
+    moa.stop();
+}

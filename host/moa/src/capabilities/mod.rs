@@ -4,6 +4,7 @@
 pub mod key_value;
 pub mod messaging;
 pub mod outbound_http;
+pub mod outbound_redis;
 pub mod variables;
 
 use crate::runtime_config::RuntimeConfig;
@@ -14,6 +15,7 @@ use key_value::{KeyValueGrant, KeyValueStores};
 use messaging::{MessagingBrokers, MessagingGrant};
 use moa_manifest::{Component, LoadedManifest};
 use outbound_http::{AllowedHosts, InternalHttpSlot, OutboundHttpHooks};
+use outbound_redis::RedisConnections;
 use std::path::Path;
 use std::sync::Arc;
 use variables::{AppVariables, ComponentVariables};
@@ -35,6 +37,11 @@ pub fn link(linker: &mut Linker<HostState>) -> Result<()> {
         table: &mut state.table,
     })?;
     variables::add_to_linker(linker, |state| &state.capabilities.variables)?;
+    outbound_redis::add_to_linker(linker, |state| outbound_redis::OutboundRedisView {
+        allowed: &state.capabilities.outbound_http.allowed,
+        connections: &state.capabilities.redis,
+        table: &mut state.table,
+    })?;
     messaging::add_to_linker(linker, |state| &mut state.capabilities.messaging)?;
     Ok(())
 }
@@ -45,6 +52,7 @@ pub struct AppCapabilities {
     messaging: Arc<MessagingBrokers>,
     variables: AppVariables,
     internal_http: InternalHttpSlot,
+    redis: RedisConnections,
     metrics: Arc<Metrics>,
 }
 
@@ -60,6 +68,7 @@ impl AppCapabilities {
             messaging: MessagingBrokers::configure(runtime_config, state_dir, app)?,
             variables: AppVariables::resolve(runtime_config, app)?,
             internal_http: Default::default(),
+            redis: Default::default(),
             metrics,
         })
     }
@@ -98,6 +107,7 @@ impl AppCapabilities {
             variables: self.variables.for_component(component)?,
             allowed_hosts: Arc::new(outbound_http::configure(app, component, &self.variables)?),
             internal_http: self.internal_http.clone(),
+            redis: self.redis.clone(),
             metrics: self.metrics.clone(),
         })
     }
@@ -112,6 +122,7 @@ pub struct ComponentGrants {
     variables: ComponentVariables,
     allowed_hosts: Arc<AllowedHosts>,
     internal_http: InternalHttpSlot,
+    redis: RedisConnections,
     metrics: Arc<Metrics>,
 }
 
@@ -122,6 +133,7 @@ impl ComponentGrants {
             key_value: self.key_value.clone(),
             messaging: self.messaging.clone(),
             variables: self.variables.clone(),
+            redis: self.redis.clone(),
             outbound_http: OutboundHttpHooks {
                 component_id: self.component_id.clone(),
                 allowed: self.allowed_hosts.clone(),
@@ -138,5 +150,6 @@ pub struct CapabilityState {
     pub key_value: KeyValueGrant,
     pub messaging: MessagingGrant,
     pub variables: ComponentVariables,
+    pub redis: RedisConnections,
     pub outbound_http: OutboundHttpHooks,
 }
