@@ -6,6 +6,7 @@
 # Every figure is end to end: first publish to last message consumed and committed.
 #
 #   scripts/bench-events.sh           # MESSAGES=20000 by default
+#   MOA_BENCH_EXTRA_RC=$'[engine]\nkeep_resident_kb = 0' scripts/bench-events.sh   # compare host settings
 #
 # Ends with: RESULT events kafka_msgs_s=... kafka_raw_msgs_s=... kafka_ratio=... redis_msgs_s=...
 #            redis_raw_msgs_s=... redis_ratio=...

@@ -250,7 +250,12 @@ source = "{}"
         args.relay.display()
     );
     std::fs::write(dir.path().join("spin.toml"), manifest)?;
-    std::fs::write(dir.path().join("rc.toml"), runtime_config)?;
+    // MOA_BENCH_EXTRA_RC: more runtime-config TOML (e.g. an [engine] table) to compare settings.
+    let extra = std::env::var("MOA_BENCH_EXTRA_RC").unwrap_or_default();
+    std::fs::write(
+        dir.path().join("rc.toml"),
+        format!("{runtime_config}\n{}\n", extra.replace("\\n", "\n")),
+    )?;
     let mut child = Command::new(&args.moa)
         .arg("up")
         .arg("-f")
