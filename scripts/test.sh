@@ -6,6 +6,7 @@ source "$(dirname "$0")/lib.sh"
 ensure_toolchain
 ensure_redis
 ensure_tansu
+"$MOA_ROOT/scripts/fetch-model.sh"
 build_components
 cd "$MOA_ROOT"
 log "running tests"
