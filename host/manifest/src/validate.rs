@@ -223,29 +223,7 @@ fn validate_event_trigger(
         ));
     }
     let raw = entry.into_inner();
-    let Some(component) = raw.component else {
-        return Err(cx.err(
-            position,
-            format!("[[trigger.{name}]] has no `component`"),
-            "add `component = \"<component id>\"`",
-        ));
-    };
-    let component_position = cx.pos(&component);
-    let toml::Value::String(component) = component.into_inner() else {
-        return Err(cx.err(
-            component_position,
-            "`component` must be a component id",
-            "write `component = \"<component id>\"`",
-        ));
-    };
-    if !components.contains_key(&component) {
-        let known = components.keys().cloned().collect::<Vec<_>>().join(", ");
-        return Err(cx.err(
-            component_position,
-            format!("trigger references component `{component}`, which is not defined"),
-            format!("add a [component.{component}] table, or use one of: {known}"),
-        ));
-    }
+    let component = trigger_component(cx, name, position, raw.component, components)?;
     let topics = match kind {
         EventTriggerKind::Kafka => match raw.topics {
             Some(t) if !t.get_ref().is_empty() => {
@@ -341,6 +319,54 @@ fn validate_event_trigger(
         claim_idle_ms: raw.claim_idle_ms.map_or(30_000, Spanned::into_inner),
         position,
     })
+}
+
+/// The component a trigger names: it must be a string id of a declared component.
+fn trigger_component(
+    cx: &Ctx,
+    trigger: &str,
+    position: Position,
+    component: Option<Spanned<toml::Value>>,
+    components: &BTreeMap<String, Component>,
+) -> Result<String, ManifestError> {
+    let Some(component) = component else {
+        return Err(cx.err(
+            position,
+            format!("[[trigger.{trigger}]] has no `component`"),
+            "add `component = \"<component id>\"`",
+        ));
+    };
+    let component_position = cx.pos(&component);
+    let component = match component.into_inner() {
+        toml::Value::String(s) => s,
+        toml::Value::Table(_) => {
+            return Err(cx.err(
+                component_position,
+                "inline components are not supported by moa yet",
+                "declare the component as [component.<id>] and write `component = \"<id>\"`",
+            ));
+        }
+        _ => {
+            return Err(cx.err(
+                component_position,
+                "`component` must be a component id",
+                "write `component = \"<component id>\"`",
+            ));
+        }
+    };
+    if !components.contains_key(&component) {
+        let known = components.keys().cloned().collect::<Vec<_>>().join(", ");
+        return Err(cx.err(
+            component_position,
+            format!("trigger references component `{component}`, which is not defined"),
+            if known.is_empty() {
+                format!("add a [component.{component}] table")
+            } else {
+                format!("add a [component.{component}] table, or use one of: {known}")
+            },
+        ));
+    }
+    Ok(component)
 }
 
 /// Kafka's topic name rule (Redis stream names follow it too, so one name works on every broker).
@@ -638,43 +664,7 @@ fn validate_http_trigger(
     let position = cx.pos(&entry);
     let raw = entry.into_inner();
 
-    let Some(component) = raw.component else {
-        return Err(cx.err(
-            position,
-            "[[trigger.http]] has no `component`",
-            "add `component = \"<component id>\"`",
-        ));
-    };
-    let component_position = cx.pos(&component);
-    let component = match component.into_inner() {
-        toml::Value::String(s) => s,
-        toml::Value::Table(_) => {
-            return Err(cx.err(
-                component_position,
-                "inline components are not supported by moa yet",
-                "declare the component as [component.<id>] and write `component = \"<id>\"`",
-            ));
-        }
-        _ => {
-            return Err(cx.err(
-                component_position,
-                "`component` must be a component id",
-                "write `component = \"<component id>\"`",
-            ));
-        }
-    };
-    if !components.contains_key(&component) {
-        let known = components.keys().cloned().collect::<Vec<_>>().join(", ");
-        return Err(cx.err(
-            component_position,
-            format!("trigger references component `{component}`, which is not defined"),
-            if known.is_empty() {
-                format!("add a [component.{component}] table")
-            } else {
-                format!("add a [component.{component}] table, or use one of: {known}")
-            },
-        ));
-    }
+    let component = trigger_component(cx, "http", position, raw.component, components)?;
 
     let Some(route) = raw.route else {
         return Err(cx.err(

@@ -30,10 +30,7 @@ impl Broker for EmbeddedBroker {
         .await
         .map_err(|e| PublishError::Other(format!("event log task failed: {e}")))?
         .map(drop)
-        .map_err(|err| match err {
-            EventLogError::InvalidTopic(t) => PublishError::InvalidTopic(t),
-            other => PublishError::Unavailable(other.to_string()),
-        })
+        .map_err(to_publish_error)
     }
 
     async fn publish_batch(&self, messages: Vec<OutgoingMessage>) -> Result<(), PublishError> {
@@ -51,10 +48,7 @@ impl Broker for EmbeddedBroker {
             .await
             .map_err(|e| PublishError::Other(format!("event log task failed: {e}")))?
             .map(drop)
-            .map_err(|err| match err {
-                EventLogError::InvalidTopic(t) => PublishError::InvalidTopic(t),
-                other => PublishError::Unavailable(other.to_string()),
-            })
+            .map_err(to_publish_error)
     }
 
     fn kind(&self) -> &'static str {
@@ -63,5 +57,12 @@ impl Broker for EmbeddedBroker {
 
     fn consumer_source(&self) -> ConsumerSource {
         ConsumerSource::Embedded(self.log.clone())
+    }
+}
+
+fn to_publish_error(err: EventLogError) -> PublishError {
+    match err {
+        EventLogError::InvalidTopic(topic) => PublishError::InvalidTopic(topic),
+        other => PublishError::Unavailable(other.to_string()),
     }
 }
