@@ -102,14 +102,19 @@ fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
-/// FNV-1a: stable across processes and versions, so a key keeps its partition after a restart.
-fn partition_for(key: &[u8], partitions: u32) -> u32 {
+/// FNV-1a of a message key: stable across processes and versions, so a key keeps its partition
+/// (or Redis Streams lane) after a restart.
+pub fn key_hash(key: &[u8]) -> u64 {
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
     for byte in key {
         hash ^= u64::from(*byte);
         hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
     }
-    (hash % u64::from(partitions.max(1))) as u32
+    hash
+}
+
+fn partition_for(key: &[u8], partitions: u32) -> u32 {
+    (key_hash(key) % u64::from(partitions.max(1))) as u32
 }
 
 impl EventLog {

@@ -32,7 +32,11 @@ impl KafkaBroker {
             )
             .set("linger.ms", "1");
         for (key, value) in properties {
-            config.set(key, value);
+            // The same properties configure the triggers' consumers; consumer-only keys would
+            // only make librdkafka warn here.
+            if !is_consumer_only(key) {
+                config.set(key, value);
+            }
         }
         let producer: FutureProducer = config.create().map_err(|e| {
             anyhow::anyhow!("cannot create the Kafka producer for {bootstrap}: {e}")
@@ -127,4 +131,26 @@ impl Broker for KafkaBroker {
             properties: self.properties.clone(),
         }
     }
+}
+
+/// librdkafka properties that only consumers accept.
+fn is_consumer_only(key: &str) -> bool {
+    key.starts_with("fetch.")
+        || matches!(
+            key,
+            "group.id"
+                | "group.instance.id"
+                | "session.timeout.ms"
+                | "heartbeat.interval.ms"
+                | "max.poll.interval.ms"
+                | "auto.offset.reset"
+                | "enable.auto.commit"
+                | "auto.commit.interval.ms"
+                | "enable.auto.offset.store"
+                | "partition.assignment.strategy"
+                | "group.protocol"
+                | "isolation.level"
+                | "queued.min.messages"
+                | "queued.max.messages.kbytes"
+        )
 }

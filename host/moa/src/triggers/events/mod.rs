@@ -428,7 +428,7 @@ fn source_for(
             chosen = Some((broker, source));
         }
     }
-    let Some((broker, source)) = chosen else {
+    let Some((_, source)) = chosen else {
         bail!("{where_}: the trigger has no topics");
     };
     match (trigger.kind, &source) {
@@ -442,7 +442,6 @@ fn source_for(
         ),
         _ => {}
     }
-    let _ = broker;
     Ok(source)
 }
 

@@ -190,7 +190,7 @@ async fn dispatch(
     stop: &CancellationToken,
 ) -> Result<(), ()> {
     let index = match &pending.event.key {
-        Some(key) => (fnv(key) % lanes.len() as u64) as usize,
+        Some(key) => (moa_eventlog::key_hash(key) % lanes.len() as u64) as usize,
         None => {
             *round_robin = round_robin.wrapping_add(1);
             *round_robin % lanes.len()
@@ -353,14 +353,4 @@ fn to_event(stream: &str, entry: StreamId) -> Event {
         payload,
         headers,
     }
-}
-
-/// FNV-1a, so a key always lands in the same lane.
-fn fnv(bytes: &[u8]) -> u64 {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for byte in bytes {
-        hash ^= u64::from(*byte);
-        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    hash
 }
