@@ -439,7 +439,8 @@ fn failures_are_retried_then_dead_lettered(backend: Backend) {
 fn nothing_is_lost_when_the_host_is_killed(backend: Backend) {
     let (app, options) = app(&backend, "");
     let moa = Moa::start(&app, options.clone());
-    publish_many(&moa, "n=400&keys=8&batch=100&prefix=sleep:4:");
+    // 15 ms each: at least 1.5 s of work, so the kill below lands mid-stream.
+    publish_many(&moa, "n=400&keys=8&batch=100&prefix=sleep:15:");
     // Kill it mid-stream, without any chance to commit or clean up.
     let partial = backend.read(&app, "seen.orders", 40, Duration::from_secs(60));
     assert!(
@@ -637,6 +638,38 @@ source = "{probe}"
     let err = Moa::try_start(&app, Options::default()).err().unwrap();
     assert!(
         err.contains("does not export moa:messaging/handler"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_kafka_trigger_on_a_topic_routed_to_redis_is_refused() {
+    let redis = RedisServer::start();
+    let backend = Backend::Redis(redis);
+    let app = AppDir::new(
+        r#"
+spin_manifest_version = 2
+[application]
+name = "shop"
+[[trigger.kafka]]
+component = "relay"
+topics = ["orders"]
+[component.relay]
+source = "{relay}"
+"#,
+    );
+    let rc = app.write("runtime-config.toml", &backend.runtime_config(&app));
+    let err = Moa::try_start(
+        &app,
+        Options {
+            args: vec!["--runtime-config-file".into(), rc.display().to_string()],
+            ..Default::default()
+        },
+    )
+    .err()
+    .unwrap();
+    assert!(
+        err.contains("routes to a Redis broker") && err.contains("[[trigger.redis-stream]]"),
         "{err}"
     );
 }
