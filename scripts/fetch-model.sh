@@ -9,6 +9,8 @@
 #
 #   scripts/fetch-model.sh            # fetch (about 1 min the first time, instant after)
 #   scripts/fetch-model.sh --verify   # and check the export on KorSTS dev through onnxruntime
+#   scripts/fetch-model.sh --int8     # also write models/multilingual-e5-small-int8 (dynamic
+#                                     # int8 quantization; measure it with MOA_MODEL_DIR=... eval-korsts.sh)
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 
@@ -58,6 +60,20 @@ JSON
 fi
 log "model: $DIR"
 log "onnxruntime: $ORT_DIR/libonnxruntime.so"
+if [ "${1:-}" = "--int8" ]; then
+  INT8="$MODELS/$MODEL_ID-int8"
+  if [ ! -s "$INT8/model.onnx" ]; then
+    ensure_model_venv
+    log "quantizing $MODEL_ID to int8 (dynamic, per-channel MatMul weights)"
+    mkdir -p "$INT8"
+    "$VENV/bin/python" "$MOA_ROOT/scripts/model/quantize_int8.py" "$DIR/model.onnx" "$INT8/model.onnx.tmp"
+    mv "$INT8/model.onnx.tmp" "$INT8/model.onnx"
+    cp "$DIR/tokenizer.json" "$INT8/tokenizer.json"
+    sed 's#"model_id": "intfloat/multilingual-e5-small"#"model_id": "intfloat/multilingual-e5-small-int8"#' \
+      "$DIR/moa.json" >"$INT8/moa.json"
+  fi
+  log "int8 model: $INT8"
+fi
 if [ "${1:-}" = "--verify" ]; then
   ensure_model_venv
   "$VENV/bin/python" "$MOA_ROOT/scripts/model/check_korsts.py" "$DIR" "${2:-$MOA_ROOT/../shared/data/korsts-dev.tsv}"

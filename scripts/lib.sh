@@ -7,6 +7,19 @@ MOA_BIN="$CARGO_TARGET_DIR/release/moa"
 
 log() { printf '==> %s\n' "$*" >&2; }
 
+# A TCP port nothing listens on right now.
+free_port() { python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])'; }
+
+# Waits (up to 10 s) until something listens on 127.0.0.1:$1.
+wait_port() {
+  for _ in $(seq 1 200); do
+    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+    sleep 0.05
+  done
+  echo "nothing listens on port $1" >&2
+  return 1
+}
+
 # Idempotent machine set-up: the wasm32-wasip2 target and the C toolchain bits -sys crates need.
 ensure_toolchain() {
   if ! rustup target list --installed 2>/dev/null | grep -qx wasm32-wasip2; then

@@ -65,12 +65,19 @@ impl Default for EmbedOptions {
 pub struct EmbedderSettings {
     /// Threads one inference uses (intra-op); default: all cores.
     pub intra_threads: usize,
+    /// Graph optimisation level 0-3 (3: all fusions and layout changes; the default).
+    pub optimization_level: u8,
+    /// Let idle intra-op threads spin for work between runs: a little faster under steady load,
+    /// but it burns CPU that a host sharing the cores (in-process mode) wants back.
+    pub allow_spinning: bool,
 }
 
 impl Default for EmbedderSettings {
     fn default() -> Self {
         EmbedderSettings {
             intra_threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            optimization_level: 3,
+            allow_spinning: true,
         }
     }
 }
@@ -103,11 +110,21 @@ impl Embedder {
             .map_err(|e| anyhow::anyhow!("tokenizer: {e}"))?;
         let model = dir.join("model.onnx");
         let failed = |e: String| anyhow::anyhow!("cannot load {}: {e}", model.display());
+        let level = match settings.optimization_level {
+            0 => GraphOptimizationLevel::Disable,
+            1 => GraphOptimizationLevel::Level1,
+            2 => GraphOptimizationLevel::Level2,
+            _ => GraphOptimizationLevel::Level3,
+        };
         let session = Session::builder(environment)
             .map_err(|e| failed(e.to_string()))?
-            .with_optimization_level(GraphOptimizationLevel::Level3)
+            .with_optimization_level(level)
             .map_err(|e| failed(e.to_string()))?
-            .with_intra_threads(settings.intra_threads)
+            .with_intra_threads(settings.intra_threads.max(1))
+            .map_err(|e| failed(e.to_string()))?
+            .with_inter_threads(1)
+            .map_err(|e| failed(e.to_string()))?
+            .with_intra_op_spinning(settings.allow_spinning)
             .map_err(|e| failed(e.to_string()))?
             .commit_from_file(&model)
             .map_err(|e| failed(e.to_string()))?;
@@ -130,22 +147,46 @@ impl Embedder {
         texts: &[&str],
         options: &EmbedOptions,
     ) -> Result<Vec<Vec<u32>>, EmbedError> {
-        let prefix = match options.kind {
-            TextKind::Query => self.config.query_prefix.as_str(),
-            TextKind::Passage => self.config.passage_prefix.as_str(),
+        self.tokenize_with_prefix(texts, self.prefix(options.kind), options.truncate)
+    }
+
+    /// The prefix moa.json gives texts of `kind`.
+    pub fn prefix(&self, kind: TextKind) -> &str {
+        match kind {
+            TextKind::Query => &self.config.query_prefix,
+            TextKind::Passage => &self.config.passage_prefix,
             TextKind::Raw => "",
+        }
+    }
+
+    /// Like [`Embedder::tokenize`] with an explicit prefix.
+    pub fn tokenize_with_prefix(
+        &self,
+        texts: &[&str],
+        prefix: &str,
+        truncate: bool,
+    ) -> Result<Vec<Vec<u32>>, EmbedError> {
+        let encode = |text: &str| {
+            self.tokenizer
+                .encode(format!("{prefix}{text}"), true)
+                .map_err(|e| EmbedError::Tokenizer(e.to_string()))
         };
-        let inputs: Vec<String> = texts.iter().map(|t| format!("{prefix}{t}")).collect();
-        let encodings = self
-            .tokenizer
-            .encode_batch(inputs, true)
-            .map_err(|e| EmbedError::Tokenizer(e.to_string()))?;
+        // One text (the common single-query call) skips the batch encoder's thread pool.
+        let encodings = match texts {
+            [text] => vec![encode(text)?],
+            _ => {
+                let inputs: Vec<String> = texts.iter().map(|t| format!("{prefix}{t}")).collect();
+                self.tokenizer
+                    .encode_batch(inputs, true)
+                    .map_err(|e| EmbedError::Tokenizer(e.to_string()))?
+            }
+        };
         let max = self.config.max_tokens;
         let mut out = Vec::with_capacity(encodings.len());
         for (index, encoding) in encodings.into_iter().enumerate() {
             let mut ids = encoding.get_ids().to_vec();
             if ids.len() > max {
-                if !options.truncate {
+                if !truncate {
                     return Err(EmbedError::TooLong {
                         index,
                         tokens: ids.len(),
@@ -173,19 +214,24 @@ impl Embedder {
     }
 
     /// Runs the graph on already tokenized texts (one padded batch).
-    pub fn embed_tokens(
+    pub fn embed_tokens<T: AsRef<[u32]>>(
         &self,
-        batch: &[Vec<u32>],
+        batch: &[T],
         normalize: bool,
     ) -> Result<Vec<Vec<f32>>, EmbedError> {
         if batch.is_empty() {
             return Ok(Vec::new());
         }
-        let width = batch.iter().map(Vec::len).max().unwrap_or(0).max(1);
+        let width = batch
+            .iter()
+            .map(|t| t.as_ref().len())
+            .max()
+            .unwrap_or(0)
+            .max(1);
         let mut ids = Array2::<i64>::zeros((batch.len(), width));
         let mut mask = Array2::<i64>::zeros((batch.len(), width));
         for (row, tokens) in batch.iter().enumerate() {
-            for (col, id) in tokens.iter().enumerate() {
+            for (col, id) in tokens.as_ref().iter().enumerate() {
                 ids[(row, col)] = i64::from(*id);
                 mask[(row, col)] = 1;
             }
@@ -240,17 +286,42 @@ fn pool(
             }
         };
         if normalize {
-            let norm = vector.iter().map(|v| v * v).sum::<f32>().sqrt().max(1e-12);
-            vector.iter_mut().for_each(|v| *v /= norm);
+            self::normalize(&mut vector);
         }
         out.push(vector);
     }
     out
 }
 
+/// Scales `vector` to unit length (L2).
+pub(crate) fn normalize(vector: &mut [f32]) {
+    let norm = vector.iter().map(|v| v * v).sum::<f32>().sqrt().max(1e-12);
+    vector.iter_mut().for_each(|v| *v /= norm);
+}
+
 /// Loads the ONNX Runtime shared library (from PyPI onnxruntime; see scripts/fetch-model.sh) and
-/// creates the process's environment. Call once per process.
+/// creates the process's environment. A process has one: later calls return it (and refuse a
+/// different library).
 pub fn init_onnxruntime(library: &Path) -> anyhow::Result<Environment> {
+    static LOADED: std::sync::Mutex<Option<(std::path::PathBuf, Environment)>> =
+        std::sync::Mutex::new(None);
+    let mut loaded = LOADED.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some((path, environment)) = loaded.as_ref() {
+        if path != library {
+            anyhow::bail!(
+                "ONNX Runtime is already loaded from {}; one process cannot also load {}",
+                path.display(),
+                library.display()
+            );
+        }
+        return Ok(environment.clone());
+    }
+    let environment = load_onnxruntime(library)?;
+    *loaded = Some((library.to_path_buf(), environment.clone()));
+    Ok(environment)
+}
+
+fn load_onnxruntime(library: &Path) -> anyhow::Result<Environment> {
     if !library.exists() {
         anyhow::bail!(
             "ONNX Runtime library {} not found\n  help: run scripts/fetch-model.sh, or set MOA_ORT_LIB",

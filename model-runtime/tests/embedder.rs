@@ -2,6 +2,7 @@
 //! scripts/fetch-model.sh) through the real ONNX Runtime library: shape, normalisation, determinism,
 //! padding-independence, Korean similarity, input limits, and KorSTS quality through Rust.
 
+use moa_model_runtime::eval::{self, read_sts};
 use moa_model_runtime::{EmbedError, EmbedOptions, Embedder, EmbedderSettings, init_onnxruntime};
 use std::path::PathBuf;
 use std::sync::OnceLock;
@@ -111,34 +112,6 @@ fn too_long_texts_are_refused_unless_truncation_is_asked_for() {
     assert_eq!(e.embed(&[long.as_str()], &options).unwrap()[0].len(), 384);
 }
 
-/// Spearman correlation (x100) with average ranks for ties.
-fn spearman(a: &[f64], b: &[f64]) -> f64 {
-    fn ranks(x: &[f64]) -> Vec<f64> {
-        let mut order: Vec<usize> = (0..x.len()).collect();
-        order.sort_by(|&i, &j| x[i].total_cmp(&x[j]));
-        let mut r = vec![0.0; x.len()];
-        let mut i = 0;
-        while i < order.len() {
-            let mut j = i;
-            while j + 1 < order.len() && x[order[j + 1]] == x[order[i]] {
-                j += 1;
-            }
-            for k in i..=j {
-                r[order[k]] = (i + j) as f64 / 2.0;
-            }
-            i = j + 1;
-        }
-        r
-    }
-    let (ra, rb) = (ranks(a), ranks(b));
-    let n = ra.len() as f64;
-    let (ma, mb) = (ra.iter().sum::<f64>() / n, rb.iter().sum::<f64>() / n);
-    let cov: f64 = ra.iter().zip(&rb).map(|(x, y)| (x - ma) * (y - mb)).sum();
-    let va: f64 = ra.iter().map(|x| (x - ma).powi(2)).sum();
-    let vb: f64 = rb.iter().map(|y| (y - mb).powi(2)).sum();
-    100.0 * cov / (va * vb).sqrt()
-}
-
 #[test]
 fn korsts_quality_through_the_rust_path() {
     // The package directory as cargo gives it when running the test (the compile-time value can
@@ -146,37 +119,32 @@ fn korsts_quality_through_the_rust_path() {
     let package = std::env::var_os("CARGO_MANIFEST_DIR")
         .map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from);
     let path = package.join("../../shared/data/korsts-dev.tsv");
-    let Ok(text) = std::fs::read_to_string(&path) else {
-        panic!(
-            "{} is missing (CI has ../shared beside the clone)",
-            path.display()
-        );
-    };
+    assert!(
+        path.exists(),
+        "{} is missing (CI has ../shared beside the clone)",
+        path.display()
+    );
     // The first 400 pairs keep the test short; scripts/eval-korsts.sh measures all of them.
-    let rows: Vec<Vec<&str>> = text
-        .lines()
-        .skip(1)
-        .take(400)
-        .map(|l| l.split('\t').collect())
-        .collect();
+    let pairs = read_sts(&path).unwrap();
+    let pairs = &pairs[..400];
     let e = embedder();
     let (mut gold, mut sims) = (Vec::new(), Vec::new());
-    for chunk in rows.chunks(32) {
-        let a: Vec<&str> = chunk.iter().map(|r| r[5]).collect();
-        let b: Vec<&str> = chunk.iter().map(|r| r[6]).collect();
+    for chunk in pairs.chunks(32) {
+        let a: Vec<&str> = chunk.iter().map(|p| p.first.as_str()).collect();
+        let b: Vec<&str> = chunk.iter().map(|p| p.second.as_str()).collect();
         let (va, vb) = (
             e.embed(&a, &EmbedOptions::default()).unwrap(),
             e.embed(&b, &EmbedOptions::default()).unwrap(),
         );
-        for (i, row) in chunk.iter().enumerate() {
-            gold.push(row[4].parse::<f64>().unwrap());
-            sims.push(f64::from(cosine(&va[i], &vb[i])));
+        for (i, pair) in chunk.iter().enumerate() {
+            gold.push(pair.score);
+            sims.push(eval::cosine(&va[i], &vb[i]));
         }
     }
-    let score = spearman(&gold, &sims);
+    let score = eval::spearman(&gold, &sims);
     eprintln!(
         "KorSTS dev, first {} pairs: spearman {score:.2}",
-        rows.len()
+        pairs.len()
     );
     assert!(score >= 75.0, "spearman {score:.2}");
 }

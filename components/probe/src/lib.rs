@@ -1,5 +1,5 @@
 //! Test component: does on request what the host's tests need to observe (trap, spin, sleep,
-//! allocate, key-value, variables, outbound HTTP, publish, echo), dispatching on `spin-path-info`;
+//! allocate, key-value, variables, outbound HTTP, publish, embeddings, echo), dispatching on `spin-path-info`;
 //! anything else answers with the request's headers, one `name: value` per line.
 
 use spin_sdk::http::body::IncomingBodyExt as _;
@@ -236,6 +236,37 @@ async fn handle(req: Request) -> anyhow::Result<impl IntoResponse> {
             match result {
                 Ok(text) => reply(200, format!("{text}\n")),
                 Err(err) => reply(500, format!("redis error: {err:?}\n")),
+            }
+        }
+        ["embed", model] => {
+            // Spin's LLM interface, unmodified: one text per body line; answers a summary line
+            // then one vector per line (comma-separated).
+            let body = req
+                .into_body()
+                .bytes()
+                .await
+                .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+            let texts: Vec<String> = String::from_utf8_lossy(&body)
+                .lines()
+                .map(str::to_string)
+                .collect();
+            let model = spin_sdk::llm::EmbeddingModel::Other(model);
+            match spin_sdk::llm::generate_embeddings(model, &texts) {
+                Ok(result) => {
+                    let mut lines = vec![format!(
+                        "count={} dimension={} prompt_tokens={}",
+                        result.embeddings.len(),
+                        result.embeddings.first().map_or(0, Vec::len),
+                        result.usage.prompt_token_count
+                    )];
+                    lines.extend(result.embeddings.iter().map(|v| {
+                        v.iter().map(f32::to_string).collect::<Vec<_>>().join(",")
+                    }));
+                    reply(200, lines.join("\n"))
+                }
+                Err(err @ spin_sdk::llm::Error::ModelNotSupported) => reply(404, format!("{err:?}\n")),
+                Err(err @ spin_sdk::llm::Error::InvalidInput(_)) => reply(400, format!("{err:?}\n")),
+                Err(err) => reply(500, format!("{err:?}\n")),
             }
         }
         ["echo"] => {

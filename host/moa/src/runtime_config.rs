@@ -12,6 +12,7 @@ const KNOWN_SECTIONS: &[&str] = &[
     "variables",
     "limits",
     "engine",
+    "embedding",
 ];
 
 /// A parsed runtime config; empty when no file was given (every capability then uses its

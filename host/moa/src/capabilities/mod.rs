@@ -2,6 +2,7 @@
 //! `configure` (runtime config + per-component grants at load), and a cheap per-instance state.
 
 pub mod key_value;
+pub mod llm;
 pub mod messaging;
 pub mod outbound_http;
 pub mod outbound_redis;
@@ -12,6 +13,7 @@ use crate::state::HostState;
 use crate::telemetry::Metrics;
 use anyhow::Result;
 use key_value::{KeyValueGrant, KeyValueStores};
+use llm::{AiModels, AiModelsGrant};
 use messaging::{MessagingBrokers, MessagingGrant};
 use moa_manifest::{Component, LoadedManifest};
 use outbound_http::{AllowedHosts, InternalHttpSlot, OutboundHttpHooks};
@@ -43,6 +45,7 @@ pub fn link(linker: &mut Linker<HostState>) -> Result<()> {
         table: &mut state.table,
     })?;
     messaging::add_to_linker(linker, |state| &mut state.capabilities.messaging)?;
+    llm::add_to_linker(linker, |state| &state.capabilities.ai_models)?;
     Ok(())
 }
 
@@ -53,6 +56,7 @@ pub struct AppCapabilities {
     variables: AppVariables,
     internal_http: InternalHttpSlot,
     redis: RedisConnections,
+    ai_models: AiModels,
     metrics: Arc<Metrics>,
 }
 
@@ -69,8 +73,20 @@ impl AppCapabilities {
             variables: AppVariables::resolve(runtime_config, app)?,
             internal_http: Default::default(),
             redis: Default::default(),
+            ai_models: {
+                let ai_models = AiModels::configure(runtime_config, app)?;
+                if let Some(runtime_metrics) = ai_models.metrics() {
+                    metrics.attach(runtime_metrics);
+                }
+                ai_models
+            },
             metrics,
         })
+    }
+
+    /// Where `generate-embeddings` goes (`None`: no component lists `ai_models`).
+    pub fn ai_models(&self) -> &AiModels {
+        &self.ai_models
     }
 
     /// The app's brokers (event triggers consume from them and dead-letter into them).
@@ -108,6 +124,13 @@ impl AppCapabilities {
             allowed_hosts: Arc::new(outbound_http::configure(app, component, &self.variables)?),
             internal_http: self.internal_http.clone(),
             redis: self.redis.clone(),
+            ai_models: self.ai_models.grant(
+                &component
+                    .ai_models
+                    .iter()
+                    .map(|m| m.value.clone())
+                    .collect::<Vec<_>>(),
+            ),
             metrics: self.metrics.clone(),
         })
     }
@@ -123,6 +146,7 @@ pub struct ComponentGrants {
     allowed_hosts: Arc<AllowedHosts>,
     internal_http: InternalHttpSlot,
     redis: RedisConnections,
+    ai_models: AiModelsGrant,
     metrics: Arc<Metrics>,
 }
 
@@ -134,6 +158,7 @@ impl ComponentGrants {
             messaging: self.messaging.clone(),
             variables: self.variables.clone(),
             redis: self.redis.clone(),
+            ai_models: self.ai_models.clone(),
             outbound_http: OutboundHttpHooks {
                 component_id: self.component_id.clone(),
                 allowed: self.allowed_hosts.clone(),
@@ -151,5 +176,6 @@ pub struct CapabilityState {
     pub messaging: MessagingGrant,
     pub variables: ComponentVariables,
     pub redis: RedisConnections,
+    pub ai_models: AiModelsGrant,
     pub outbound_http: OutboundHttpHooks,
 }

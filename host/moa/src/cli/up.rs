@@ -137,6 +137,9 @@ async fn serve(args: UpArgs, manifest_path: PathBuf) -> Result<()> {
             println!("  {line}");
         }
     }
+    if let Some(backend) = app.capabilities.ai_models().backend() {
+        println!("Embeddings: {}", backend.describe());
+    }
     if let Some(admin) = args.admin_listen {
         let admin_listener = tokio::net::TcpListener::bind(admin)
             .await

@@ -44,6 +44,7 @@ pub struct Metrics {
     in_flight: Gauge,
     events: Family<EventLabels, Counter>,
     event_duration: Family<ComponentLabels, Histogram, fn() -> Histogram>,
+    embedding: std::sync::OnceLock<std::sync::Arc<moa_model_runtime::RuntimeMetrics>>,
 }
 
 impl Default for Metrics {
@@ -129,6 +130,7 @@ impl Metrics {
             in_flight,
             events,
             event_duration,
+            embedding: Default::default(),
         }
     }
 
@@ -201,10 +203,21 @@ impl Metrics {
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
         let mut out = String::new();
-        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+        let encoded = prometheus_client::encoding::text::encode_registry(&mut out, &self.registry)
+            .and_then(|()| match self.embedding.get() {
+                Some(embedding) => embedding.encode(&mut out),
+                None => Ok(()),
+            })
+            .and_then(|()| prometheus_client::encoding::text::encode_eof(&mut out));
+        if encoded.is_err() {
             out.clear();
         }
         out
+    }
+
+    /// Adds the in-process model runtime's series (`moa_embed_*`) to /metrics.
+    pub fn attach(&self, embedding: std::sync::Arc<moa_model_runtime::RuntimeMetrics>) {
+        let _ = self.embedding.set(embedding);
     }
 }
 

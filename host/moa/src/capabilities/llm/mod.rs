@@ -1,0 +1,327 @@
+//! Embeddings for components: Spin's `fermyon:spin/llm@2.0.0` `generate-embeddings`
+//! (`spin_sdk::llm::generate_embeddings`), served by moa's model runtime in-process or over gRPC.
+//!
+//! `[embedding]` in the runtime config picks the backend: `type = "grpc"` with an `endpoint`, or
+//! (the default) `type = "in_process"`, which loads the model into `moa up` itself when a
+//! component lists a model under `ai_models`. A model name may end in `:passage` or `:raw` to get
+//! the document prefix or none (default: the query prefix); the grant names the bare model.
+
+use crate::runtime_config::RuntimeConfig;
+use anyhow::{Context as _, Result};
+use bindings::fermyon::spin::llm::{self, EmbeddingsResult, EmbeddingsUsage, Error};
+use moa_manifest::LoadedManifest;
+use moa_model_runtime::{
+    ClientSettings, EmbedCall, Embedded, ModelRuntime, RemoteRuntime, RuntimeError, RuntimeMetrics,
+    RuntimeSettings, TextKind,
+};
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+use wasmtime::component::{HasData, Linker};
+
+mod bindings {
+    wasmtime::component::bindgen!({
+        path: "../../wit",
+        world: "moa:host/llm",
+        imports: { default: async | trappable },
+    });
+}
+
+/// `[embedding]` in the runtime config.
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+enum EmbeddingSection {
+    /// The runtime inside the host process (no network); the model loads at start-up.
+    InProcess {
+        /// Directory with model.onnx, tokenizer.json, moa.json [default: $MOA_MODEL_DIR or
+        /// ~/.cache/moa/models/multilingual-e5-small].
+        model_dir: Option<PathBuf>,
+        /// libonnxruntime.so [default: $MOA_ORT_LIB or ~/.cache/moa/onnxruntime/libonnxruntime.so].
+        onnxruntime_library: Option<PathBuf>,
+        /// Inference threads [default: all cores].
+        threads: Option<usize>,
+        max_batch_size: Option<usize>,
+        queue_capacity: Option<usize>,
+    },
+    /// A `moa-model-runtime serve` over gRPC.
+    Grpc {
+        /// e.g. "http://moa-model-runtime:50051".
+        endpoint: String,
+        /// Whole-call budget, retries included (default 10000).
+        timeout_ms: Option<u64>,
+        connect_timeout_ms: Option<u64>,
+        /// Attempts for UNAVAILABLE / RESOURCE_EXHAUSTED answers (default 6).
+        max_attempts: Option<u32>,
+    },
+}
+
+/// Where embeddings come from.
+#[derive(Clone)]
+pub enum EmbeddingBackend {
+    InProcess(Arc<ModelRuntime>),
+    Remote(Arc<RemoteRuntime>),
+}
+
+impl EmbeddingBackend {
+    async fn embed(&self, call: EmbedCall) -> Result<Embedded, RuntimeError> {
+        match self {
+            EmbeddingBackend::InProcess(runtime) => runtime.embed(call).await,
+            EmbeddingBackend::Remote(remote) => remote.embed(call).await,
+        }
+    }
+
+    /// One line for the start-up banner.
+    pub fn describe(&self) -> String {
+        match self {
+            EmbeddingBackend::InProcess(runtime) => {
+                format!("in-process {}", runtime.model_name())
+            }
+            EmbeddingBackend::Remote(remote) => format!("gRPC {}", remote.endpoint()),
+        }
+    }
+}
+
+/// The process's in-process runtime: ONNX Runtime initialises once per process.
+static IN_PROCESS: OnceLock<Arc<ModelRuntime>> = OnceLock::new();
+
+/// The app's embedding backend: configured once at load, `None` when no component lists
+/// `ai_models` (then nothing is loaded).
+#[derive(Clone, Default)]
+pub struct AiModels {
+    backend: Option<EmbeddingBackend>,
+}
+
+impl AiModels {
+    pub fn configure(runtime_config: &RuntimeConfig, app: &LoadedManifest) -> Result<Self> {
+        let wanted = app
+            .manifest
+            .components
+            .values()
+            .any(|c| !c.ai_models.is_empty());
+        let section = runtime_config.section::<EmbeddingSection>("embedding")?;
+        if !wanted {
+            return Ok(AiModels { backend: None });
+        }
+        let describe = runtime_config.describe();
+        let backend = match section.unwrap_or(EmbeddingSection::InProcess {
+            model_dir: None,
+            onnxruntime_library: None,
+            threads: None,
+            max_batch_size: None,
+            queue_capacity: None,
+        }) {
+            EmbeddingSection::Grpc {
+                endpoint,
+                timeout_ms,
+                connect_timeout_ms,
+                max_attempts,
+            } => {
+                let defaults = ClientSettings::default();
+                let settings = ClientSettings {
+                    request_timeout: timeout_ms
+                        .map_or(defaults.request_timeout, Duration::from_millis),
+                    connect_timeout: connect_timeout_ms
+                        .map_or(defaults.connect_timeout, Duration::from_millis),
+                    max_attempts: max_attempts.unwrap_or(defaults.max_attempts).max(1),
+                    ..defaults
+                };
+                EmbeddingBackend::Remote(Arc::new(
+                    RemoteRuntime::connect_lazy(&endpoint, settings)
+                        .with_context(|| format!("{describe}: [embedding]"))?,
+                ))
+            }
+            EmbeddingSection::InProcess {
+                model_dir,
+                onnxruntime_library,
+                threads,
+                max_batch_size,
+                queue_capacity,
+            } => {
+                if let Some(runtime) = IN_PROCESS.get() {
+                    EmbeddingBackend::InProcess(runtime.clone())
+                } else {
+                    let mut settings = RuntimeSettings::from_environment();
+                    let base = runtime_config
+                        .base_dir()
+                        .unwrap_or(std::path::Path::new("."));
+                    if let Some(dir) = model_dir {
+                        settings.model_dir = base.join(dir);
+                    }
+                    if let Some(lib) = onnxruntime_library {
+                        settings.onnxruntime_library = base.join(lib);
+                    }
+                    if let Some(threads) = threads {
+                        settings.embedder.intra_threads = threads;
+                    }
+                    // Idle inference threads must not spin on cores the components need.
+                    settings.embedder.allow_spinning = false;
+                    if let Some(size) = max_batch_size {
+                        settings.batcher.max_batch_size = size;
+                    }
+                    if let Some(capacity) = queue_capacity {
+                        settings.batcher.queue_capacity = capacity;
+                    }
+                    let runtime = ModelRuntime::load(&settings, Arc::new(RuntimeMetrics::new()))
+                        .with_context(|| {
+                            format!(
+                                "cannot load the in-process model runtime for `ai_models`\n  help: run scripts/fetch-model.sh, or set [embedding] type = \"grpc\" in {describe}"
+                            )
+                        })?;
+                    EmbeddingBackend::InProcess(
+                        IN_PROCESS.get_or_init(|| Arc::new(runtime)).clone(),
+                    )
+                }
+            }
+        };
+        Ok(AiModels {
+            backend: Some(backend),
+        })
+    }
+
+    pub fn backend(&self) -> Option<&EmbeddingBackend> {
+        self.backend.as_ref()
+    }
+
+    /// The in-process runtime's metrics, for the host's /metrics.
+    pub fn metrics(&self) -> Option<Arc<RuntimeMetrics>> {
+        match &self.backend {
+            Some(EmbeddingBackend::InProcess(runtime)) => Some(runtime.metrics().clone()),
+            _ => None,
+        }
+    }
+
+    /// What one component may call.
+    pub fn grant(&self, models: &[String]) -> AiModelsGrant {
+        AiModelsGrant {
+            models: Arc::new(models.iter().cloned().collect()),
+            backend: self.backend.clone(),
+        }
+    }
+}
+
+/// One component's models and the backend; cloned into every instance.
+#[derive(Clone, Default)]
+pub struct AiModelsGrant {
+    models: Arc<BTreeSet<String>>,
+    backend: Option<EmbeddingBackend>,
+}
+
+/// Marker type naming this capability in the linker.
+struct Llm;
+
+impl HasData for Llm {
+    type Data<'a> = &'a AiModelsGrant;
+}
+
+/// Adds `fermyon:spin/llm@2.0.0` to the linker; `view` projects the store data.
+pub fn add_to_linker<T: Send + 'static>(
+    linker: &mut Linker<T>,
+    view: fn(&mut T) -> &AiModelsGrant,
+) -> wasmtime::Result<()> {
+    llm::add_to_linker::<T, Llm>(linker, view)
+}
+
+/// `multilingual-e5-small:passage` → (`multilingual-e5-small`, passage).
+fn split_kind(model: &str) -> (&str, Option<TextKind>) {
+    match model.rsplit_once(':') {
+        Some((base, "passage")) => (base, Some(TextKind::Passage)),
+        Some((base, "query")) => (base, Some(TextKind::Query)),
+        Some((base, "raw")) => (base, Some(TextKind::Raw)),
+        _ => (model, None),
+    }
+}
+
+/// Spin's wording for a model missing from `ai_models`.
+fn access_denied(model: &str) -> Error {
+    Error::InvalidInput(format!(
+        "the component does not have access to use '{model}'; to give it access, add '{model}' to the 'ai_models' key of the component in spin.toml"
+    ))
+}
+
+fn llm_error(err: RuntimeError) -> Error {
+    match err {
+        RuntimeError::UnknownModel(_) => Error::ModelNotSupported,
+        RuntimeError::InvalidInput(message) => Error::InvalidInput(message),
+        other => Error::RuntimeError(other.to_string()),
+    }
+}
+
+impl llm::Host for &AiModelsGrant {
+    async fn infer(
+        &mut self,
+        model: String,
+        _prompt: String,
+        _params: Option<llm::InferencingParams>,
+    ) -> wasmtime::Result<Result<llm::InferencingResult, Error>> {
+        if !self.models.contains(&model) {
+            return Ok(Err(access_denied(&model)));
+        }
+        // moa's model runtime serves embedding models; text generation is not offered (yet).
+        Ok(Err(Error::ModelNotSupported))
+    }
+
+    async fn generate_embeddings(
+        &mut self,
+        model: String,
+        text: Vec<String>,
+    ) -> wasmtime::Result<Result<EmbeddingsResult, Error>> {
+        let (base, kind) = split_kind(&model);
+        if !self.models.contains(base) {
+            return Ok(Err(access_denied(base)));
+        }
+        let Some(backend) = &self.backend else {
+            return Ok(Err(Error::ModelNotSupported));
+        };
+        if text.is_empty() {
+            return Ok(Ok(EmbeddingsResult {
+                embeddings: Vec::new(),
+                usage: EmbeddingsUsage {
+                    prompt_token_count: 0,
+                },
+            }));
+        }
+        let started = Instant::now();
+        let count = text.len();
+        let result = backend
+            .embed(EmbedCall {
+                texts: text,
+                model: base.to_string(),
+                kind: kind.unwrap_or_default(),
+                ..Default::default()
+            })
+            .await;
+        tracing::debug!(
+            model = base,
+            texts = count,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            ok = result.is_ok(),
+            "generate-embeddings"
+        );
+        Ok(result.map_err(llm_error).map(|embedded| EmbeddingsResult {
+            embeddings: embedded.vectors,
+            usage: EmbeddingsUsage {
+                prompt_token_count: embedded.prompt_tokens,
+            },
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn model_names_carry_an_optional_kind() {
+        assert_eq!(
+            split_kind("multilingual-e5-small"),
+            ("multilingual-e5-small", None)
+        );
+        assert_eq!(
+            split_kind("multilingual-e5-small:passage"),
+            ("multilingual-e5-small", Some(TextKind::Passage))
+        );
+        assert_eq!(split_kind("e5:raw"), ("e5", Some(TextKind::Raw)));
+        assert_eq!(split_kind("llama:13b"), ("llama:13b", None));
+    }
+}

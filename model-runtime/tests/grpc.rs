@@ -1,0 +1,554 @@
+//! The real `moa-model-runtime serve` process with the real model, over gRPC on an ephemeral
+//! port: vectors, batching under concurrency, streaming, tokenization, the documented errors for
+//! bad input, overload and deadlines, and health through loading and shutdown.
+
+use moa_model_runtime::proto::embedding_client::EmbeddingClient;
+use moa_model_runtime::proto::{EmbedRequest, InfoRequest, TextKind, TokenizeRequest};
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+use tonic::Code;
+use tonic::transport::Channel;
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+
+/// A running runtime, killed when dropped.
+struct Runtime {
+    child: Child,
+    address: String,
+    admin: String,
+}
+
+impl Runtime {
+    /// Starts the server with `extra` flags and returns once its ports are open (the model may
+    /// still be loading).
+    fn start(extra: &[&str]) -> Runtime {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_moa-model-runtime"))
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--admin-listen",
+                "127.0.0.1:0",
+                "--shutdown-grace-ms",
+                "1500",
+                "--drain-timeout-ms",
+                "3000",
+                "--log-format",
+                "text",
+            ])
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start moa-model-runtime");
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let (mut address, mut admin) = (None, None);
+        while address.is_none() {
+            let line = lines
+                .next()
+                .expect("moa-model-runtime exited before listening")
+                .unwrap();
+            if let Some(a) = line.strip_prefix("moa-model-runtime admin on ") {
+                admin = Some(a.to_string());
+            }
+            if let Some(a) = line.strip_prefix("moa-model-runtime listening on ") {
+                address = Some(format!("http://{a}"));
+            }
+        }
+        Runtime {
+            child,
+            address: address.unwrap(),
+            admin: admin.expect("admin address printed before the gRPC one"),
+        }
+    }
+
+    async fn channel(&self) -> Channel {
+        Channel::from_shared(self.address.clone())
+            .unwrap()
+            .connect()
+            .await
+            .unwrap()
+    }
+
+    /// Starts the server and waits until health says SERVING.
+    async fn ready(extra: &[&str]) -> (Runtime, EmbeddingClient<Channel>) {
+        let runtime = Runtime::start(extra);
+        let channel = runtime.channel().await;
+        let mut health = HealthClient::new(channel.clone());
+        for _ in 0..600 {
+            let status = health
+                .check(HealthCheckRequest {
+                    service: "moa.embedding.v1.Embedding".into(),
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .status;
+            if status == ServingStatus::Serving as i32 {
+                return (runtime, EmbeddingClient::new(channel));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("the runtime never became ready");
+    }
+
+    async fn metrics(&self) -> String {
+        reqwest::get(format!("{}/metrics", self.admin))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+}
+
+impl Drop for Runtime {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn request(texts: &[&str]) -> EmbedRequest {
+    EmbedRequest {
+        texts: texts.iter().map(|t| t.to_string()).collect(),
+        ..Default::default()
+    }
+}
+
+async fn embed(client: &mut EmbeddingClient<Channel>, texts: &[&str]) -> Vec<Vec<f32>> {
+    client
+        .embed(request(texts))
+        .await
+        .unwrap()
+        .into_inner()
+        .embeddings
+        .into_iter()
+        .map(|v| v.values)
+        .collect()
+}
+
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).map(|(x, y)| x * y).sum()
+}
+
+/// Value of a Prometheus sample line `name value`.
+fn sample(metrics: &str, name: &str) -> f64 {
+    metrics
+        .lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("no sample {name} in\n{metrics}"))
+}
+
+/// Review-like Korean texts, each different.
+fn reviews(n: usize) -> Vec<String> {
+    let dishes = [
+        "짜장면",
+        "짬뽕",
+        "치킨",
+        "피자",
+        "떡볶이",
+        "김밥",
+        "초밥",
+        "국밥",
+    ];
+    let verdicts = [
+        "정말 맛있어요",
+        "너무 짜요",
+        "배달이 늦었어요",
+        "양이 많아요",
+    ];
+    (0..n)
+        .map(|i| {
+            format!(
+                "{} {}번 주문했는데 {}",
+                dishes[i % dishes.len()],
+                i,
+                verdicts[(i / dishes.len()) % verdicts.len()]
+            )
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vectors_are_normalized_deterministic_and_korean_aware() {
+    let (_runtime, mut client) = Runtime::ready(&[]).await;
+    let info = client.info(InfoRequest {}).await.unwrap().into_inner();
+    assert_eq!(info.model_name, "multilingual-e5-small");
+    assert_eq!(info.dimension, 384);
+    assert_eq!(info.pooling, "mean");
+    assert_eq!(info.query_prefix, "query: ");
+
+    let texts = [
+        "배달이 정말 빨라서 좋았어요",
+        "음식이 아주 빨리 배달됐어요",
+        "주식 시장이 오늘 크게 떨어졌다",
+    ];
+    let first = embed(&mut client, &texts).await;
+    let second = embed(&mut client, &texts).await;
+    assert_eq!(first, second, "same input, same bits");
+    for v in &first {
+        assert_eq!(v.len(), 384);
+        assert!((dot(v, v).sqrt() - 1.0).abs() < 1e-4);
+    }
+    assert!(
+        dot(&first[0], &first[1]) > dot(&first[0], &first[2]) + 0.05,
+        "paraphrase {} vs unrelated {}",
+        dot(&first[0], &first[1]),
+        dot(&first[0], &first[2])
+    );
+
+    // The explicit prompt equals the configured query prefix; passage and raw differ from it.
+    let with = |kind: TextKind, prompt: Option<&str>| EmbedRequest {
+        texts: vec![texts[0].into()],
+        kind: kind as i32,
+        prompt: prompt.map(String::from),
+        ..Default::default()
+    };
+    let one = |r: tonic::Response<moa_model_runtime::proto::EmbedResponse>| {
+        r.into_inner().embeddings.remove(0).values
+    };
+    let prompted = one(client
+        .embed(with(TextKind::Raw, Some("query: ")))
+        .await
+        .unwrap());
+    assert_eq!(prompted, first[0]);
+    let passage = one(client.embed(with(TextKind::Passage, None)).await.unwrap());
+    assert_ne!(passage, first[0]);
+    assert!(dot(&passage, &first[0]) > 0.8);
+
+    let raw = client
+        .embed(EmbedRequest {
+            normalize: Some(false),
+            ..request(&texts[..1])
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let raw = &raw.embeddings[0].values;
+    assert!((dot(raw, raw).sqrt() - 1.0).abs() > 1e-2, "not normalised");
+    let norm = dot(raw, raw).sqrt();
+    for (r, n) in raw.iter().zip(&first[0]) {
+        assert!((r / norm - n).abs() < 1e-5);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_single_text_callers_are_batched_and_each_gets_its_own_vector() {
+    let (runtime, mut client) = Runtime::ready(&["--max-wait-ms", "20"]).await;
+    let texts = reviews(48);
+    let mut alone = Vec::new();
+    for text in &texts {
+        alone.push(embed(&mut client, &[text]).await.remove(0));
+    }
+    let before = runtime.metrics().await;
+    let batches_before = sample(&before, "moa_embed_batch_texts_count");
+
+    let tasks: Vec<_> = texts
+        .iter()
+        .map(|text| {
+            let mut client = client.clone();
+            let text = text.clone();
+            tokio::spawn(async move { embed(&mut client, &[&text]).await.remove(0) })
+        })
+        .collect();
+    for (i, task) in tasks.into_iter().enumerate() {
+        let together = task.await.unwrap();
+        let similarity = dot(&together, &alone[i]);
+        assert!(
+            similarity > 0.9999,
+            "text {i} got another vector in a batch (cosine {similarity})"
+        );
+        // Its neighbour's vector is clearly different, so the match above is not luck.
+        assert!(dot(&together, &alone[(i + 1) % alone.len()]) < 0.999);
+    }
+    let after = runtime.metrics().await;
+    let batches = sample(&after, "moa_embed_batch_texts_count") - batches_before;
+    assert!(
+        batches < 48.0,
+        "48 concurrent callers ran in {batches} batches: not batched"
+    );
+    assert_eq!(sample(&after, "moa_embed_texts_total"), 96.0);
+    assert_eq!(sample(&after, "moa_embed_queue_texts"), 0.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_answer_in_order_and_tokenize_shows_the_model_ids() {
+    let (_runtime, mut client) = Runtime::ready(&[]).await;
+    let texts = reviews(20);
+    let requests: Vec<EmbedRequest> = texts.iter().map(|t| request(&[t])).collect();
+    let mut responses = client
+        .embed_stream(tokio_stream::iter(requests))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut streamed = Vec::new();
+    while let Some(response) = responses.message().await.unwrap() {
+        streamed.push(response.embeddings[0].values.clone());
+    }
+    assert_eq!(streamed.len(), 20);
+    for (i, text) in texts.iter().enumerate() {
+        let unary = embed(&mut client, &[text]).await.remove(0);
+        assert!(
+            dot(&unary, &streamed[i]) > 0.9999,
+            "stream answer {i} out of order"
+        );
+    }
+
+    let tokens = client
+        .tokenize(TokenizeRequest {
+            texts: vec!["배달".into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .tokens
+        .remove(0)
+        .ids;
+    // XLM-R: <s> = 0 ... </s> = 2, with "query: " in between.
+    assert_eq!(tokens.first(), Some(&0));
+    assert_eq!(tokens.last(), Some(&2));
+    let usage = client
+        .embed(request(&["배달"]))
+        .await
+        .unwrap()
+        .into_inner()
+        .usage
+        .unwrap();
+    assert_eq!(usage.prompt_tokens as usize, tokens.len());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_gets_invalid_argument_with_the_reason() {
+    let (runtime, mut client) = Runtime::ready(&["--max-client-batch-size", "8"]).await;
+    let refused = |r: Result<_, tonic::Status>| r.map(|_: tonic::Response<_>| ()).unwrap_err();
+
+    let status = refused(client.embed(request(&[])).await);
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(
+        status.message().contains("no texts"),
+        "{}",
+        status.message()
+    );
+
+    let nine = reviews(9);
+    let nine: Vec<&str> = nine.iter().map(String::as_str).collect();
+    let status = refused(client.embed(request(&nine)).await);
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(
+        status.message().contains("limit of 8"),
+        "{}",
+        status.message()
+    );
+
+    let long = "배달 음식 리뷰 ".repeat(400);
+    let status = refused(client.embed(request(&[&long])).await);
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(status.message().contains("512"), "{}", status.message());
+    let cut = client
+        .embed(EmbedRequest {
+            truncate: true,
+            ..request(&[&long])
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(cut.usage.unwrap().prompt_tokens, 512);
+
+    let status = refused(
+        client
+            .embed(EmbedRequest {
+                model: "gpt-5".into(),
+                ..request(&["x"])
+            })
+            .await,
+    );
+    assert_eq!(status.code(), Code::NotFound);
+    assert!(status.message().contains("multilingual-e5-small"));
+
+    let status = refused(
+        client
+            .embed(EmbedRequest {
+                kind: 7,
+                ..request(&["x"])
+            })
+            .await,
+    );
+    assert_eq!(status.code(), Code::InvalidArgument);
+
+    let metrics = runtime.metrics().await;
+    // empty, too many, too long, bad kind; the wrong model is counted on its own.
+    assert_eq!(
+        sample(&metrics, "moa_embed_errors_total{reason=\"invalid_input\"}"),
+        4.0
+    );
+    assert_eq!(
+        sample(&metrics, "moa_embed_errors_total{reason=\"unknown_model\"}"),
+        1.0
+    );
+}
+
+/// A text of about 500 tokens: one batch of it takes tens of milliseconds.
+fn long_request() -> EmbedRequest {
+    EmbedRequest {
+        truncate: true,
+        ..request(&["배달 음식이 정말 맛있고 양도 많아요 ".repeat(60).as_str()])
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_queue_answers_resource_exhausted() {
+    let flags = [
+        "--max-batch-size",
+        "1",
+        "--queue-capacity",
+        "4",
+        "--threads",
+        "1",
+    ];
+    let (runtime, client) = Runtime::ready(&flags).await;
+    let tasks: Vec<_> = (0..24)
+        .map(|_| {
+            let mut client = client.clone();
+            tokio::spawn(async move { client.embed(long_request()).await.map(|_| ()) })
+        })
+        .collect();
+    let (mut ok, mut exhausted) = (0, 0);
+    for task in tasks {
+        match task.await.unwrap() {
+            Ok(()) => ok += 1,
+            Err(status) if status.code() == Code::ResourceExhausted => {
+                assert!(
+                    status.message().contains("queue is full"),
+                    "{}",
+                    status.message()
+                );
+                exhausted += 1;
+            }
+            Err(status) => panic!("unexpected {status:?}"),
+        }
+    }
+    assert!(ok >= 4, "{ok} served");
+    assert!(
+        exhausted >= 1,
+        "nobody was refused although 24 > capacity 4"
+    );
+    let metrics = runtime.metrics().await;
+    assert_eq!(
+        sample(&metrics, "moa_embed_errors_total{reason=\"overloaded\"}"),
+        exhausted as f64
+    );
+    assert_eq!(sample(&metrics, "moa_embed_batch_texts_count"), ok as f64);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn work_whose_deadline_passed_in_the_queue_is_never_run() {
+    let flags = ["--max-batch-size", "1", "--threads", "1", "--no-spinning"];
+    let (runtime, client) = Runtime::ready(&flags).await;
+    let ahead: Vec<_> = (0..6)
+        .map(|_| {
+            let mut client = client.clone();
+            tokio::spawn(async move { client.embed(long_request()).await.map(|_| ()) })
+        })
+        .collect();
+    // Once several long texts wait, a call with a 30 ms deadline cannot be reached in time.
+    for _ in 0..200 {
+        if sample(&runtime.metrics().await, "moa_embed_queue_texts") >= 3.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let mut hurried = tonic::Request::new(long_request());
+    hurried.set_timeout(Duration::from_millis(30));
+    let status = client.clone().embed(hurried).await.unwrap_err();
+    // The runtime answers DEADLINE_EXCEEDED a little early; on a busy machine the client's own
+    // timer (tonic: CANCELLED "Timeout expired") can still fire first.
+    assert!(
+        status.code() == Code::DeadlineExceeded
+            || (status.code() == Code::Cancelled && status.message().contains("Timeout")),
+        "{status:?}"
+    );
+    for task in ahead {
+        task.await.unwrap().unwrap();
+    }
+    // The expired text was dropped from the queue, not embedded.
+    let metrics = runtime.metrics().await;
+    assert_eq!(sample(&metrics, "moa_embed_batch_texts_count"), 6.0);
+    assert_eq!(sample(&metrics, "moa_embed_texts_total"), 6.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_reports_loading_serving_and_draining() {
+    let mut runtime = Runtime::start(&[]);
+    let channel = runtime.channel().await;
+    let mut health = HealthClient::new(channel.clone());
+    let mut client = EmbeddingClient::new(channel);
+    // While the model loads (seconds for 470 MB), health says NOT_SERVING and calls are UNAVAILABLE.
+    let mut watch = health
+        .watch(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let first = watch.message().await.unwrap().unwrap().status;
+    assert_eq!(
+        first,
+        ServingStatus::NotServing as i32,
+        "ready before loading?"
+    );
+    let early = client.embed(request(&["x"])).await.unwrap_err();
+    assert_eq!(early.code(), Code::Unavailable);
+    let ready = reqwest::get(format!("{}/readyz", runtime.admin))
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), 503);
+
+    let next = watch.message().await.unwrap().unwrap().status;
+    assert_eq!(next, ServingStatus::Serving as i32);
+    assert_eq!(embed(&mut client, &["x"]).await.len(), 1);
+    let ready = reqwest::get(format!("{}/readyz", runtime.admin))
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), 200);
+
+    // SIGTERM: NOT_SERVING first, calls still answered during the grace period, then a clean exit.
+    let pid = runtime.child.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let draining = watch.message().await.unwrap().unwrap().status;
+    assert_eq!(draining, ServingStatus::NotServing as i32);
+    assert_eq!(embed(&mut client, &["still served"]).await.len(), 1);
+    // Open streams would hold the drain up (until --drain-timeout-ms): close ours.
+    drop((watch, health, client));
+    let status = runtime.child.wait().unwrap();
+    assert!(status.success(), "exit {status:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_model_is_a_clear_startup_error() {
+    let output = Command::new(env!("CARGO_BIN_EXE_moa-model-runtime"))
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--log-format",
+            "text",
+            "--model-dir",
+            "/nonexistent/model",
+        ])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("/nonexistent/model"), "{stderr}");
+    assert!(stderr.contains("fetch-model.sh"), "{stderr}");
+}

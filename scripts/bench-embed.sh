@@ -1,0 +1,88 @@
+#!/usr/bin/env bash
+# Embedding benchmark (not a test). One run, the same model file, the same thread budget (THREADS,
+# default 2) for every contender, review texts from ../shared/data/nsmc-reviews.jsonl.gz:
+#   (a) bare ONNX Runtime: one session in one Rust process, consecutive batches of 32 (the limit);
+#   (b) moa-model-runtime over gRPC: 1 client, then 32 concurrent clients, each sending single
+#       texts (the dynamic batcher has to form the batches);
+#   (c) Python sentence-transformers on torch CPU (scripts/model/setup-st.sh), batch 32.
+#
+#   scripts/bench-embed.sh               # TEXTS=2000 texts (single-client run: TEXTS/4)
+#   TEXTS=8000 THREADS=2 scripts/bench-embed.sh
+#
+# Ends with: RESULT embed model=... moa_sent_s=... bare_ort_sent_s=... moa_vs_bare=...
+#            python_st_sent_s=... moa_vs_python=... p99_ms_single=...
+set -euo pipefail
+source "$(dirname "$0")/lib.sh"
+unset RUST_BACKTRACE RUST_LIB_BACKTRACE
+
+TEXTS="${TEXTS:-2000}"
+THREADS="${THREADS:-2}"
+DATA="$MOA_ROOT/../shared/data/nsmc-reviews.jsonl.gz"
+[ -f "$DATA" ] || { echo "error: $DATA not found (../shared beside the clone)" >&2; exit 2; }
+
+ensure_toolchain
+"$MOA_ROOT/scripts/fetch-model.sh"
+log "building moa-model-runtime and the benchmark driver (release)"
+(cd "$MOA_ROOT" && cargo build --release -p moa-model-runtime --bin moa-model-runtime --example bench_embed)
+
+WORK="$(mktemp -d)"
+PID=""
+cleanup() {
+  [ -n "$PID" ] && { kill "$PID" 2>/dev/null || true; wait "$PID" 2>/dev/null || true; }
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+# The first TEXTS non-empty reviews, one per line.
+python3 - "$DATA" "$TEXTS" >"$WORK/texts.txt" <<'PY'
+import gzip, json, sys
+n = int(sys.argv[2])
+with gzip.open(sys.argv[1], "rt", encoding="utf-8") as f:
+    for line in f:
+        text = " ".join(json.loads(line)["text"].split())
+        if text:
+            print(text)
+            n -= 1
+            if n == 0:
+                break
+PY
+head -n $((TEXTS / 4)) "$WORK/texts.txt" >"$WORK/single.txt"
+log "$(wc -l <"$WORK/texts.txt") review texts, $THREADS threads for every contender"
+BENCH="$CARGO_TARGET_DIR/release/examples/bench_embed"
+value() { sed -n "s/.*\b$1=\([0-9.]*\).*/\1/p" <<<"$2"; }
+
+log "(a) bare ONNX Runtime, batch 32"
+BARE="$("$BENCH" bare "$WORK/texts.txt" --threads "$THREADS" --batch 32)"
+echo "$BARE"
+
+PORT="$(free_port)"
+"$CARGO_TARGET_DIR/release/moa-model-runtime" serve --listen "127.0.0.1:$PORT" --threads "$THREADS" \
+  --shutdown-grace-ms 0 --log-format text >"$WORK/runtime.log" 2>&1 &
+PID=$!
+log "(b) moa-model-runtime over gRPC, 1 client"
+SINGLE="$("$BENCH" grpc "$WORK/single.txt" --endpoint "http://127.0.0.1:$PORT" --concurrency 1)"
+echo "$SINGLE"
+log "(b) moa-model-runtime over gRPC, 32 concurrent single-text clients"
+MANY="$("$BENCH" grpc "$WORK/texts.txt" --endpoint "http://127.0.0.1:$PORT" --concurrency 32)"
+echo "$MANY"
+kill "$PID"; wait "$PID" 2>/dev/null || true; PID=""
+
+log "(c) Python sentence-transformers (torch CPU), batch 32"
+PY_ST="n/a"
+if ST_OUT="$("$MOA_ROOT/scripts/model/setup-st.sh" 2>"$WORK/st-setup.err")"; then
+  ST_LINE="$("$MOA_CACHE_HOME/venv-st/bin/python" "$MOA_ROOT/scripts/model/bench_st.py" \
+    --model "$MOA_CACHE_HOME/models/multilingual-e5-small-hf" --texts-file "$WORK/texts.txt" \
+    --batch 32 --threads "$THREADS" | tail -n 1)"
+  echo "$ST_LINE"
+  PY_ST="$(value st_sent_s "$ST_LINE")"
+else
+  echo "python sentence-transformers not measured: $(tail -n 1 "$WORK/st-setup.err")"
+fi
+
+MOA="$(value sent_s "$MANY")"
+BARE_S="$(value sent_s "$BARE")"
+P99="$(value p99_ms "$SINGLE")"
+ratio() { python3 -c "import sys; a,b=sys.argv[1:]; print('n/a' if 'n/a' in (a,b) else f'{float(a)/float(b):.2f}')" "$1" "$2"; }
+MODEL="$(python3 -c 'import json,sys;print(json.load(open(sys.argv[1]))["model_id"].split("/")[-1])' \
+  "${MOA_MODEL_DIR:-$MOA_CACHE_HOME/models/multilingual-e5-small}/moa.json")"
+echo "RESULT embed model=$MODEL moa_sent_s=$MOA bare_ort_sent_s=$BARE_S moa_vs_bare=$(ratio "$MOA" "$BARE_S") python_st_sent_s=$PY_ST moa_vs_python=$(ratio "$MOA" "$PY_ST") p99_ms_single=$P99"
