@@ -2,12 +2,15 @@
 # Embedding benchmark (not a test). One run, the same model file, the same thread budget (THREADS,
 # default 2) for every contender, review texts from ../shared/data/nsmc-reviews.jsonl.gz:
 #   (a) bare ONNX Runtime: one session in one Rust process, consecutive batches of 32 (the limit);
+#       also, for reference, the same with all texts sorted by length first (offline bulk best case);
 #   (b) moa-model-runtime over gRPC: 1 client, then 32 concurrent clients, each sending single
 #       texts (the dynamic batcher has to form the batches);
 #   (c) Python sentence-transformers on torch CPU (scripts/model/setup-st.sh), batch 32.
 #
 #   scripts/bench-embed.sh               # TEXTS=2000 texts (single-client run: TEXTS/4)
 #   TEXTS=8000 THREADS=2 scripts/bench-embed.sh
+#   MOA_MODEL_DIR=~/.cache/moa/models/multilingual-e5-small-int8 scripts/bench-embed.sh   # int8
+#     (after scripts/fetch-model.sh --int8; the Python baseline stays fp32 torch)
 #
 # Ends with: RESULT embed model=... moa_sent_s=... bare_ort_sent_s=... moa_vs_bare=...
 #            python_st_sent_s=... moa_vs_python=... p99_ms_single=...
@@ -54,6 +57,8 @@ value() { sed -n "s/.*\b$1=\([0-9.]*\).*/\1/p" <<<"$2"; }
 log "(a) bare ONNX Runtime, batch 32"
 BARE="$("$BENCH" bare "$WORK/texts.txt" --threads "$THREADS" --batch 32)"
 echo "$BARE"
+log "(a') bare ONNX Runtime, batch 32, texts sorted by length (reference)"
+"$BENCH" bare "$WORK/texts.txt" --threads "$THREADS" --batch 32 --sorted
 
 PORT="$(free_port)"
 "$CARGO_TARGET_DIR/release/moa-model-runtime" serve --listen "127.0.0.1:$PORT" --threads "$THREADS" \

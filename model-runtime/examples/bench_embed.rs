@@ -1,9 +1,10 @@
 //! Embedding throughput, two ways over the same model file and thread budget (scripts/bench-embed.sh
 //! runs both and the Python baseline):
 //!
-//!   bench_embed bare TEXTS_FILE --threads T [--batch 32]
+//!   bench_embed bare TEXTS_FILE --threads T [--batch 32] [--sorted]
 //!       the limit: one ONNX Runtime session in this process, consecutive batches of 32 texts
-//!       (tokenize, one graph run, pooling), no server, no batcher
+//!       (tokenize, one graph run, pooling), no server, no batcher; `--sorted` first orders all
+//!       texts by length (offline bulk embedding's best case: almost no padding)
 //!   bench_embed grpc TEXTS_FILE --endpoint URL --concurrency C
 //!       C clients each sending single-text Embed calls to a running moa-model-runtime
 //!
@@ -60,7 +61,11 @@ fn bare(args: &[String], texts: Vec<String>) -> anyhow::Result<()> {
         truncate: true,
         ..Default::default()
     };
-    let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+    let mut refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+    let sorted = args.iter().any(|a| a == "--sorted");
+    if sorted {
+        refs.sort_by_cached_key(|t| t.chars().count());
+    }
     // Warm-up: the first runs allocate and pick kernels.
     embedder.embed(&refs[..batch.min(refs.len())], &options)?;
     let started = Instant::now();
@@ -70,7 +75,7 @@ fn bare(args: &[String], texts: Vec<String>) -> anyhow::Result<()> {
     }
     let seconds = started.elapsed().as_secs_f64();
     println!(
-        "bare_ort sent_s={:.1} texts={done} batch={batch} threads={threads} seconds={seconds:.2}",
+        "bare_ort sent_s={:.1} texts={done} batch={batch} threads={threads} sorted={sorted} seconds={seconds:.2}",
         done as f64 / seconds
     );
     Ok(())
