@@ -151,12 +151,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
     let metrics = Arc::new(RuntimeMetrics::new());
     let service = EmbeddingService::default();
     let (health, health_service) = tonic_health::server::health_reporter();
-    health
-        .set_not_serving::<EmbeddingServer<EmbeddingService>>()
-        .await;
-    health
-        .set_service_status("", ServingStatus::NotServing)
-        .await;
+    set_health(&health, ServingStatus::NotServing).await;
 
     if let Some(admin) = args.admin_listen {
         let admin = tokio::net::TcpListener::bind(admin)
@@ -186,10 +181,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
                 "model loaded; serving"
             );
             service.ready(Arc::new(runtime));
-            health
-                .set_serving::<EmbeddingServer<EmbeddingService>>()
-                .await;
-            health.set_service_status("", ServingStatus::Serving).await;
+            set_health(&health, ServingStatus::Serving).await;
             anyhow::Ok(())
         })
     };
@@ -225,12 +217,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
         grace_ms = args.shutdown_grace_ms,
         "shutting down: health NOT_SERVING"
     );
-    health
-        .set_not_serving::<EmbeddingServer<EmbeddingService>>()
-        .await;
-    health
-        .set_service_status("", ServingStatus::NotServing)
-        .await;
+    set_health(&health, ServingStatus::NotServing).await;
     tokio::time::sleep(Duration::from_millis(args.shutdown_grace_ms)).await;
     let _ = stop_tx.send(());
     // Graceful: in-flight calls finish (within the drain timeout), then the batcher drains.
@@ -248,6 +235,17 @@ async fn serve(args: ServeArgs) -> Result<()> {
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Sets the embedding service's status and the server's overall ("") status.
+async fn set_health(health: &tonic_health::server::HealthReporter, status: ServingStatus) {
+    health
+        .set_service_status(
+            <EmbeddingServer<EmbeddingService> as tonic::server::NamedService>::NAME,
+            status,
+        )
+        .await;
+    health.set_service_status("", status).await;
 }
 
 /// Resolves on Ctrl-C or SIGTERM.

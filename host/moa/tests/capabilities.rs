@@ -39,10 +39,7 @@ fn kv_options(app: &AppDir, redis: Option<&RedisServer>) -> Options {
         ),
     };
     let rc = app.write("runtime-config.toml", &text);
-    Options {
-        args: vec!["--runtime-config-file".into(), rc.display().to_string()],
-        ..Default::default()
-    }
+    Options::runtime_config(&rc)
 }
 
 /// The behaviour every key-value backend must have, whichever serves the `cache` store.
@@ -123,15 +120,9 @@ fn an_unreachable_redis_store_fails_at_load_naming_the_table() {
         "rc.toml",
         "[key_value_store.cache]\ntype = \"redis\"\nurl = \"redis://127.0.0.1:1\"\n",
     );
-    let err = Moa::try_start(
-        &app,
-        Options {
-            args: vec!["--runtime-config-file".into(), rc.display().to_string()],
-            ..Default::default()
-        },
-    )
-    .err()
-    .expect("must fail");
+    let err = Moa::try_start(&app, Options::runtime_config(&rc))
+        .err()
+        .expect("must fail");
     assert!(
         err.contains("[key_value_store.cache]") && err.contains("cannot connect to Redis"),
         "{err}"

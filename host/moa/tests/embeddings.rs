@@ -170,10 +170,7 @@ fn grpc_options(app: &AppDir, endpoint: &str, extra: &str) -> Options {
         "runtime-config.toml",
         &format!("[embedding]\ntype = \"grpc\"\nendpoint = \"{endpoint}\"\n{extra}"),
     );
-    Options {
-        args: vec!["--runtime-config-file".into(), rc.display().to_string()],
-        ..Default::default()
-    }
+    Options::runtime_config(&rc)
 }
 
 #[test]
@@ -233,15 +230,9 @@ fn a_bad_embedding_section_is_a_load_error_naming_the_key() {
         "runtime-config.toml",
         "[embedding]\ntype = \"grpc\"\nendpoint = \"http://x:1\"\ntimeout = 5\n",
     );
-    let err = Moa::try_start(
-        &app,
-        Options {
-            args: vec!["--runtime-config-file".into(), rc.display().to_string()],
-            ..Default::default()
-        },
-    )
-    .err()
-    .expect("an unknown key must fail the load");
+    let err = Moa::try_start(&app, Options::runtime_config(&rc))
+        .err()
+        .expect("an unknown key must fail the load");
     assert!(
         err.contains("[embedding]") && err.contains("timeout"),
         "{err}"

@@ -317,10 +317,7 @@ environment = {{ RELAY_PREFIX = "seen." }}
     let app = AppDir::new(&manifest);
     backend.create_topics("orders");
     let rc = app.write("runtime-config.toml", &backend.runtime_config(&app));
-    let options = Options {
-        args: vec!["--runtime-config-file".into(), rc.display().to_string()],
-        ..Default::default()
-    };
+    let options = Options::runtime_config(&rc);
     (app, options)
 }
 
@@ -659,15 +656,9 @@ source = "{relay}"
 "#,
     );
     let rc = app.write("runtime-config.toml", &backend.runtime_config(&app));
-    let err = Moa::try_start(
-        &app,
-        Options {
-            args: vec!["--runtime-config-file".into(), rc.display().to_string()],
-            ..Default::default()
-        },
-    )
-    .err()
-    .unwrap();
+    let err = Moa::try_start(&app, Options::runtime_config(&rc))
+        .err()
+        .unwrap();
     assert!(
         err.contains("routes to a Redis broker") && err.contains("[[trigger.redis-stream]]"),
         "{err}"

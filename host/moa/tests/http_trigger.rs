@@ -291,13 +291,7 @@ fn a_body_over_the_limit_is_413_declared_or_streamed() {
         "runtime-config.toml",
         "[limits]\nmax_request_body_bytes = 1024\n",
     );
-    let moa = Moa::start(
-        &app,
-        Options {
-            args: vec!["--runtime-config-file".into(), rc.display().to_string()],
-            ..Default::default()
-        },
-    );
+    let moa = Moa::start(&app, Options::runtime_config(&rc));
     let (status, body) = moa.send(Method::POST, "/probe/echo", Some(vec![b'x'; 1000]));
     assert_eq!((status, body.as_str()), (200, "1000 bytes\n"));
     let (status, body) = moa.send(Method::POST, "/probe/echo", Some(vec![b'x'; 5000]));

@@ -26,10 +26,7 @@ source = "{probe}"
 
 fn with_runtime_config(app: &AppDir, text: &str) -> Options {
     let rc = app.write("runtime-config.toml", text);
-    Options {
-        args: vec!["--runtime-config-file".into(), rc.display().to_string()],
-        ..Default::default()
-    }
+    Options::runtime_config(&rc)
 }
 
 fn publish(moa: &Moa, path: &str, body: &str) -> (u16, String) {

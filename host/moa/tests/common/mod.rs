@@ -70,6 +70,16 @@ pub struct Options {
     pub cache_dir: Option<PathBuf>,
 }
 
+impl Options {
+    /// `--runtime-config-file <path>`, nothing else.
+    pub fn runtime_config(path: &Path) -> Options {
+        Options {
+            args: vec!["--runtime-config-file".into(), path.display().to_string()],
+            ..Default::default()
+        }
+    }
+}
+
 /// A running `moa up`, killed when dropped.
 pub struct Moa {
     child: Child,
