@@ -104,6 +104,9 @@ impl RemoteRuntime {
             }
             let mut request = tonic::Request::new(message.clone());
             request.set_timeout(left);
+            if let Some(value) = call.traceparent.as_deref().and_then(|v| v.parse().ok()) {
+                request.metadata_mut().insert("traceparent", value);
+            }
             let outcome = tokio::time::timeout(left, self.client.clone().embed(request)).await;
             let status = match outcome {
                 Ok(Ok(response)) => return Ok(embedded_of(response.into_inner(), started)),

@@ -22,6 +22,8 @@ pub struct EmbedCall {
     pub truncate: bool,
     /// Give up (with [`RuntimeError::DeadlineExceeded`]) if the batch has not run by then.
     pub deadline: Option<Instant>,
+    /// The caller's W3C trace context, logged with the call and sent on over gRPC.
+    pub traceparent: Option<String>,
 }
 
 /// Vectors in request order, with what they cost.

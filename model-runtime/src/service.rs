@@ -94,6 +94,12 @@ fn parse_grpc_timeout(value: &str) -> Option<Duration> {
     })
 }
 
+/// The caller's `traceparent` metadata, if any.
+fn traceparent_of<T>(request: &Request<T>) -> Option<String> {
+    let value = request.metadata().get("traceparent")?.to_str().ok()?;
+    Some(value.chars().take(64).collect())
+}
+
 fn call_of(request: EmbedRequest, deadline: Option<Instant>) -> Result<EmbedCall, Status> {
     Ok(EmbedCall {
         kind: text_kind(request.kind)?,
@@ -103,6 +109,7 @@ fn call_of(request: EmbedRequest, deadline: Option<Instant>) -> Result<EmbedCall
         normalize: request.normalize,
         truncate: request.truncate,
         deadline,
+        traceparent: None,
     })
 }
 
@@ -140,6 +147,15 @@ async fn embed(runtime: &ModelRuntime, call: EmbedCall) -> Result<EmbedResponse,
         },
         None => work.await,
     };
+    match &result {
+        Ok(done) => tracing::info!(
+            prompt_tokens = done.prompt_tokens,
+            queue_us = done.queued.as_micros() as u64,
+            inference_us = done.inference.as_micros() as u64,
+            "embedded"
+        ),
+        Err(err) => tracing::info!(reason = err.reason(), error = %err, "refused"),
+    }
     result.map(response_of).map_err(|err| status(&err))
 }
 
@@ -177,9 +193,15 @@ impl Embedding for EmbeddingService {
     ) -> Result<Response<EmbedResponse>, Status> {
         let runtime = self.loaded()?;
         let deadline = deadline_of(&request);
-        let call = call_of(request.into_inner(), deadline)
+        let traceparent = traceparent_of(&request);
+        let mut call = call_of(request.into_inner(), deadline)
             .inspect_err(|_| runtime.metrics().error("invalid_input"))?;
-        let span = tracing::debug_span!("embed", texts = call.texts.len());
+        let span = tracing::info_span!(
+            "embed",
+            texts = call.texts.len(),
+            traceparent = traceparent.as_deref().unwrap_or("")
+        );
+        call.traceparent = traceparent;
         embed(&runtime, call)
             .instrument(span)
             .await

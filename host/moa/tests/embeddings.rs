@@ -116,14 +116,15 @@ fn components_get_embeddings_from_the_in_process_runtime() {
     assert!(metrics.contains("moa_embed_texts_total 4"), "{metrics}");
 }
 
-/// A `moa-model-runtime serve` on a free port, killed when dropped.
+/// A `moa-model-runtime serve` on a free port (JSON log in `log`), killed when dropped.
 struct ModelRuntime {
     child: Child,
     endpoint: String,
+    log: PathBuf,
 }
 
 impl ModelRuntime {
-    fn start() -> ModelRuntime {
+    fn start(log: PathBuf) -> ModelRuntime {
         // Built beside `moa` by `cargo test --workspace`.
         let binary = PathBuf::from(env!("CARGO_BIN_EXE_moa")).with_file_name("moa-model-runtime");
         assert!(
@@ -135,9 +136,9 @@ impl ModelRuntime {
         let child = Command::new(binary)
             .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
             .args(["--admin-listen", &format!("127.0.0.1:{admin}")])
-            .args(["--shutdown-grace-ms", "0", "--log-format", "text"])
+            .args(["--shutdown-grace-ms", "0", "--log-format", "json"])
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .unwrap();
         wait_for_port(admin, "moa-model-runtime admin");
@@ -154,6 +155,7 @@ impl ModelRuntime {
         ModelRuntime {
             child,
             endpoint: format!("http://127.0.0.1:{port}"),
+            log,
         }
     }
 }
@@ -175,8 +177,8 @@ fn grpc_options(app: &AppDir, endpoint: &str, extra: &str) -> Options {
 
 #[test]
 fn components_get_the_same_embeddings_from_a_remote_runtime_over_grpc() {
-    let runtime = ModelRuntime::start();
     let app = AppDir::new(AI_APP);
+    let runtime = ModelRuntime::start(app.path().join("runtime.log"));
     let moa = Moa::start(
         &app,
         grpc_options(&app, &runtime.endpoint, "timeout_ms = 60000\n"),
@@ -189,6 +191,23 @@ fn components_get_the_same_embeddings_from_a_remote_runtime_over_grpc() {
         moa.stdout
     );
     let remote = embeddings_behaviour(&moa);
+
+    // The caller's trace context reaches the runtime (its JSON log line carries it).
+    let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let traceparent = format!("00-{trace_id}-00f067aa0ba902b7-01");
+    let (status, _) = common::blocking_with_headers(
+        Method::POST,
+        &format!("{}/ai/embed/multilingual-e5-small", moa.url),
+        &[("traceparent", &traceparent)],
+        Some("trace me".into()),
+    );
+    assert_eq!(status, 200);
+    let log = std::fs::read_to_string(&runtime.log).unwrap();
+    assert!(
+        log.lines()
+            .any(|l| l.contains(trace_id) && l.contains("embedded")),
+        "{log}"
+    );
     drop(moa);
 
     // In-process and remote serve the same model: the same vectors.

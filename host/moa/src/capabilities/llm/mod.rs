@@ -196,6 +196,7 @@ impl AiModels {
         AiModelsGrant {
             models: Arc::new(models.iter().cloned().collect()),
             backend: self.backend.clone(),
+            traceparent: None,
         }
     }
 }
@@ -205,6 +206,8 @@ impl AiModels {
 pub struct AiModelsGrant {
     models: Arc<BTreeSet<String>>,
     backend: Option<EmbeddingBackend>,
+    /// The trace context of the work in progress, sent to the runtime as `traceparent`.
+    pub traceparent: Option<String>,
 }
 
 /// Marker type naming this capability in the linker.
@@ -288,6 +291,7 @@ impl llm::Host for &AiModelsGrant {
                 texts: text,
                 model: base.to_string(),
                 kind: kind.unwrap_or_default(),
+                traceparent: self.traceparent.clone(),
                 ..Default::default()
             })
             .await;

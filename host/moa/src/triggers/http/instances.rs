@@ -154,6 +154,7 @@ impl WorkerState for InstanceWorker {
         store.set_epoch_deadline(MoaEngine::ticks_for(self.request_timeout));
         // With instance reuse and concurrent requests the last request's context wins.
         let state = store.data_mut();
+        state.capabilities.ai_models.traceparent = context.traceparent.clone();
         state
             .capabilities
             .messaging
