@@ -74,26 +74,11 @@ def bench(args):
 
 def onnx_embed(args):
     """Runs in venv-model: the ONNX export as check_korsts.py runs it, vectors to --out."""
-    import onnxruntime as ort
-    from tokenizers import Tokenizer
+    sys.path.insert(0, HERE)
+    from onnx_reference import OnnxEmbedder
 
-    tok = Tokenizer.from_file(os.path.join(args.onnx_embed, "tokenizer.json"))
-    tok.no_padding()
-    tok.no_truncation()
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = args.threads
-    session = ort.InferenceSession(os.path.join(args.onnx_embed, "model.onnx"), options,
-                                   providers=["CPUExecutionProvider"])
-    enc = tok.encode_batch(load_texts(args.data, args.check_texts))
-    width = max(len(e.ids) for e in enc)
-    ids = np.zeros((len(enc), width), np.int64)
-    mask = np.zeros((len(enc), width), np.int64)
-    for i, e in enumerate(enc):
-        ids[i, : len(e.ids)] = e.ids
-        mask[i, : len(e.ids)] = 1
-    hidden = session.run(None, {"input_ids": ids, "attention_mask": mask})[0]
-    vectors = (hidden * mask[..., None]).sum(1) / mask.sum(1, keepdims=True)
-    np.save(args.out, vectors / np.linalg.norm(vectors, axis=1, keepdims=True))
+    vectors, enc = OnnxEmbedder(args.onnx_embed, args.threads).embed(load_texts(args.data, args.check_texts))
+    np.save(args.out, vectors)
     with open(args.out + ".ids.json", "w") as f:
         json.dump([e.ids for e in enc], f)
 

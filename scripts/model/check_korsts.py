@@ -5,44 +5,22 @@ It verifies the export itself; scripts/eval-korsts.sh measures the running servi
 usage: python check_korsts.py MODEL_DIR [KORSTS.tsv]
 """
 import csv
-import json
 import os
 import sys
 import time
 
-import numpy as np
-import onnxruntime as ort
+from onnx_reference import OnnxEmbedder
 from scipy.stats import spearmanr
-from tokenizers import Tokenizer
 
 model_dir = sys.argv[1]
 data = sys.argv[2] if len(sys.argv) > 2 else os.path.join(os.path.dirname(__file__), "../../../shared/data/korsts-dev.tsv")
-config = json.load(open(os.path.join(model_dir, "moa.json")))
-tok = Tokenizer.from_file(os.path.join(model_dir, "tokenizer.json"))
-tok.no_padding()
-tok.no_truncation()
-options = ort.SessionOptions()
-options.intra_op_num_threads = os.cpu_count() or 1
-session = ort.InferenceSession(os.path.join(model_dir, "model.onnx"), options, providers=["CPUExecutionProvider"])
+model = OnnxEmbedder(model_dir)
+config = model.config
 prefix = config.get("query_prefix", "")
 
 
 def embed(texts):
-    enc = tok.encode_batch([prefix + t for t in texts])
-    width = max(len(e.ids) for e in enc)
-    ids = np.zeros((len(enc), width), np.int64)
-    mask = np.zeros((len(enc), width), np.int64)
-    for i, e in enumerate(enc):
-        ids[i, : len(e.ids)] = e.ids
-        mask[i, : len(e.ids)] = 1
-    hidden = session.run(None, {"input_ids": ids, "attention_mask": mask})[0]
-    if config["pooling"] == "cls":
-        vectors = hidden[:, 0]
-    else:
-        vectors = (hidden * mask[..., None]).sum(1) / mask.sum(1, keepdims=True)
-    if config.get("normalize", True):
-        vectors = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
-    return vectors
+    return model.embed([prefix + t for t in texts])[0]
 
 
 rows = list(csv.reader(open(data, encoding="utf-8"), delimiter="\t", quoting=csv.QUOTE_NONE))[1:]
