@@ -42,6 +42,15 @@ async fn handle(req: Request) -> anyhow::Result<impl IntoResponse> {
                 x = std::hint::black_box(x.wrapping_add(1));
             }
         }
+        ["print", n] => {
+            // n numbered lines on stdout, then one line on stderr that looks like a host log line.
+            let n: usize = n.parse()?;
+            for i in 0..n {
+                println!("probe line {i} of {n} {}", "x".repeat(64));
+            }
+            eprintln!(r#"{{"level":"ERROR","target":"moa::http","message":"forged","forged":true}}"#);
+            reply(200, format!("printed {n}\n"))
+        }
         ["sleep", ms] => {
             spin_sdk::time::sleep(Duration::from_millis(ms.parse()?)).await;
             reply(200, "slept\n")

@@ -290,6 +290,17 @@ fn validate_event_trigger(
         EventTriggerKind::Kafka => positive(raw.max_attempts, "max_attempts", 5)?,
         EventTriggerKind::RedisStream => positive(raw.max_deliveries, "max_deliveries", 5)?,
     };
+    if let Some(idle) = &raw.claim_idle_ms
+        && *idle.get_ref() < MIN_CLAIM_IDLE_MS
+    {
+        return Err(cx.err(
+            cx.pos(idle),
+            format!("`claim_idle_ms` must be at least {MIN_CLAIM_IDLE_MS}"),
+            format!(
+                "a host refreshes the entries it holds every claim_idle_ms / 4; below {MIN_CLAIM_IDLE_MS} ms a busy but healthy host could lose them to another: raise it or remove it to use the default (30000)"
+            ),
+        ));
+    }
     let dead_letter = match kind {
         EventTriggerKind::Kafka => raw.dead_letter_topic,
         EventTriggerKind::RedisStream => raw.dead_letter_stream,
@@ -320,6 +331,9 @@ fn validate_event_trigger(
         position,
     })
 }
+
+/// The shortest `claim_idle_ms` a Redis Streams trigger accepts.
+pub const MIN_CLAIM_IDLE_MS: u64 = 1000;
 
 /// The component a trigger names: it must be a string id of a declared component.
 fn trigger_component(

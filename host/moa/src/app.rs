@@ -3,9 +3,11 @@
 
 use crate::capabilities::{self, AppCapabilities, ComponentGrants};
 use crate::engine::{LoadOrigin, MoaEngine};
+use crate::invocation::Invocation;
 use crate::runtime_config::RuntimeConfig;
 use crate::state::HostState;
 use crate::telemetry::Metrics;
+use crate::telemetry::guest_output::{self, GuestOutput, OutputBudget};
 use anyhow::{Context as _, Result, anyhow};
 use moa_manifest::{Component, FileMount, LoadedManifest};
 use std::collections::BTreeMap;
@@ -13,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use wasmtime::component::Linker;
-use wasmtime::{Store, StoreLimitsBuilder};
+use wasmtime::{Store, StoreLimitsBuilder, UpdateDeadline};
 use wasmtime_wasi::{FsPerms, WasiCtxBuilder};
 use wasmtime_wasi_http::WasiHttpCtx;
 use wasmtime_wasi_http::handler::ProxyPre;
@@ -34,6 +36,18 @@ pub struct HostLimits {
     /// How many requests one instance serves before it is discarded (1 = a fresh instance per
     /// request, the default and the isolation guarantee).
     pub max_instance_reuse: usize,
+    /// Guest stdout/stderr each component may log per second (the rest is dropped and counted).
+    pub guest_output_bytes_per_second: u64,
+    /// Longest guest output line logged as one event.
+    pub guest_output_max_line_bytes: usize,
+    /// Most open client connections; more are closed at once (counted as rejected).
+    pub max_connections: usize,
+    /// Most requests handled at once; more get 503 with `Retry-After`.
+    pub max_concurrent_requests: usize,
+    /// How long a client may take to send a request's headers (HTTP/1) and how long an idle
+    /// connection (HTTP/1 and HTTP/2) stays open.
+    pub http_header_timeout_ms: u64,
+    pub http_idle_timeout_ms: u64,
 }
 
 impl Default for HostLimits {
@@ -43,6 +57,12 @@ impl Default for HostLimits {
             request_timeout_ms: 30_000,
             max_request_body_bytes: 10 * 1024 * 1024,
             max_instance_reuse: 1,
+            guest_output_bytes_per_second: guest_output::DEFAULT_BYTES_PER_SECOND,
+            guest_output_max_line_bytes: guest_output::DEFAULT_MAX_LINE_BYTES,
+            max_connections: 4096,
+            max_concurrent_requests: 512,
+            http_header_timeout_ms: 10_000,
+            http_idle_timeout_ms: 60_000,
         }
     }
 }
@@ -86,6 +106,7 @@ pub struct AppComponent {
     pub load_time: Duration,
     environment: Vec<(String, String)>,
     mounts: Vec<(PathBuf, String)>,
+    output_budget: Arc<OutputBudget>,
 }
 
 impl AppComponent {
@@ -101,10 +122,26 @@ impl AppComponent {
         exports.join(" + ")
     }
 
-    /// A fresh store for one instance: WASI context, limits and the epoch deadline set.
-    pub fn new_store(&self, engine: &MoaEngine) -> Result<Store<HostState>> {
+    /// A fresh store for one instance, working on `invocation`: WASI context (guest output
+    /// captured as log events), memory limit, and the epoch callback that yields the guest's
+    /// thread every tick and interrupts it at the invocation's deadline.
+    pub fn new_store(
+        &self,
+        engine: &MoaEngine,
+        invocation: Invocation,
+    ) -> Result<Store<HostState>> {
+        let output_request_id = Arc::new(std::sync::Mutex::new(invocation.request_id.clone()));
         let mut wasi = WasiCtxBuilder::new();
-        wasi.inherit_stdout().inherit_stderr();
+        wasi.stdout(GuestOutput::new(
+            "stdout",
+            output_request_id.clone(),
+            self.output_budget.clone(),
+        ))
+        .stderr(GuestOutput::new(
+            "stderr",
+            output_request_id.clone(),
+            self.output_budget.clone(),
+        ));
         for (key, value) in &self.environment {
             wasi.env(key, value);
         }
@@ -113,7 +150,7 @@ impl AppComponent {
                 .map_err(anyhow::Error::from)
                 .with_context(|| format!("cannot mount {} at {guest}", host.display()))?;
         }
-        let state = HostState {
+        let mut state = HostState {
             wasi: wasi.build(),
             http: WasiHttpCtx::new(),
             table: Default::default(),
@@ -122,11 +159,26 @@ impl AppComponent {
                 .trap_on_grow_failure(true)
                 .build(),
             capabilities: self.grants.instance_state(),
+            invocation: invocation.clone(),
+            output_request_id,
         };
+        state.begin(invocation);
         let mut store = Store::new(engine.engine(), state);
         store.limiter(|state| &mut state.limits);
-        store.set_epoch_deadline(MoaEngine::ticks_for(self.request_timeout));
-        store.epoch_deadline_trap();
+        // A guest running on the CPU gives its thread back every tick, so a busy loop never
+        // holds a runtime worker (accept, other requests, consumers) for longer than that; at the
+        // invocation's deadline the next tick interrupts it.
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_callback(|store| {
+            if std::time::Instant::now() >= store.data().invocation.deadline {
+                Ok(UpdateDeadline::Interrupt)
+            } else {
+                Ok(UpdateDeadline::YieldCustom(
+                    1,
+                    Box::pin(tokio::task::yield_now()),
+                ))
+            }
+        });
         Ok(store)
     }
 }
@@ -153,6 +205,11 @@ impl App {
         if limits.max_instance_reuse == 0
             || limits.request_timeout_ms == 0
             || limits.memory_limit_mb == 0
+            || limits.max_connections == 0
+            || limits.max_concurrent_requests == 0
+            || limits.http_header_timeout_ms == 0
+            || limits.http_idle_timeout_ms == 0
+            || limits.guest_output_max_line_bytes == 0
         {
             anyhow::bail!(
                 "{}: [limits] values must be greater than zero\n  help: remove a key to use its default",
@@ -160,7 +217,7 @@ impl App {
             );
         }
         let capabilities =
-            AppCapabilities::configure(runtime_config, state_dir, &manifest, metrics)?;
+            AppCapabilities::configure(runtime_config, state_dir, &manifest, metrics.clone())?;
 
         let mut linker = Linker::<HostState>::new(engine.engine());
         capabilities::link(&mut linker)?;
@@ -174,6 +231,7 @@ impl App {
                 &capabilities,
                 component,
                 &limits,
+                &metrics,
             )?;
             on_loaded(&loaded);
             components.insert(component.id.clone(), Arc::new(loaded));
@@ -194,6 +252,7 @@ fn load_component(
     capabilities: &AppCapabilities,
     component: &Component,
     limits: &HostLimits,
+    metrics: &Arc<Metrics>,
 ) -> Result<AppComponent> {
     let started = Instant::now();
     let source = app.base_dir.join(&component.source.value);
@@ -267,6 +326,12 @@ fn load_component(
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect(),
         mounts: mounts(app, component)?,
+        output_budget: OutputBudget::new(
+            component.id.as_str().into(),
+            limits.guest_output_max_line_bytes,
+            limits.guest_output_bytes_per_second,
+            metrics.clone(),
+        ),
     })
 }
 

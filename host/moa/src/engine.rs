@@ -29,6 +29,10 @@ pub struct EngineSettings {
     pub keep_resident_bytes: usize,
     /// How many slot decommits are batched into one `madvise` round.
     pub decommit_batch_size: usize,
+    /// The compile cache is pruned to this many bytes (oldest used first) ...
+    pub cache_max_bytes: u64,
+    /// ... and of entries unused for this long.
+    pub cache_max_age: Duration,
 }
 
 impl Default for EngineSettings {
@@ -39,6 +43,8 @@ impl Default for EngineSettings {
             cache_dir: default_cache_dir(),
             keep_resident_bytes: 8 << 20,
             decommit_batch_size: 1,
+            cache_max_bytes: 1 << 30,
+            cache_max_age: Duration::from_secs(30 * 24 * 3600),
         }
     }
 }
@@ -74,6 +80,10 @@ impl LoadOrigin {
 pub struct MoaEngine {
     engine: Engine,
     cache_dir: Option<PathBuf>,
+    cache_max_bytes: u64,
+    cache_max_age: Duration,
+    /// Cache entries this engine loaded or wrote (never pruned by it).
+    cache_used: std::sync::Mutex<Vec<PathBuf>>,
     settings_key: String,
     _ticker: EpochTicker,
 }
@@ -123,6 +133,9 @@ impl MoaEngine {
         Ok(MoaEngine {
             engine,
             cache_dir: settings.cache_dir.clone(),
+            cache_max_bytes: settings.cache_max_bytes,
+            cache_max_age: settings.cache_max_age,
+            cache_used: Default::default(),
             settings_key,
             _ticker: ticker,
         })
@@ -152,14 +165,32 @@ impl MoaEngine {
         };
         let digest = hex::encode(Sha256::digest(&bytes));
         let cached = cache_dir.join(format!("{digest}-{}.cwasm", self.settings_key));
-        if cached.exists() {
-            // SAFETY: the file was written by `Component::serialize` of an engine with the same
-            // compatibility hash, into moa's own cache directory; wasmtime re-checks the header.
-            match unsafe { Component::deserialize_file(&self.engine, &cached) } {
-                Ok(component) => return Ok((component, LoadOrigin::Cache)),
-                Err(err) => {
-                    tracing::warn!(path = %cached.display(), error = %err, "ignoring unusable compile cache entry")
+        if let Ok(mut used) = self.cache_used.lock() {
+            used.push(cached.clone());
+        }
+        match trusted_cache_entry(cache_dir, &cached) {
+            Ok(true) => {
+                // SAFETY: the file is native code written by `Component::serialize` of an engine
+                // with the same compatibility hash, in a directory only this user can write to
+                // (checked just above, as is the file itself); wasmtime re-checks the header.
+                match unsafe { Component::deserialize_file(&self.engine, &cached) } {
+                    Ok(component) => {
+                        // Mark it used, for pruning by age.
+                        let _ = std::fs::File::options()
+                            .append(true)
+                            .open(&cached)
+                            .and_then(|f| f.set_modified(std::time::SystemTime::now()));
+                        return Ok((component, LoadOrigin::Cache));
+                    }
+                    Err(err) => {
+                        tracing::warn!(path = %cached.display(), error = %err, "ignoring unusable compile cache entry")
+                    }
                 }
+            }
+            Ok(false) => {}
+            Err(why) => {
+                tracing::warn!(path = %cached.display(), "not loading native code from the compile cache: {why}; compiling instead (fix: remove the directory or make it private to this user, chmod 700)");
+                return Ok((self.compile(path, &bytes)?, LoadOrigin::Compiled));
             }
         }
         let component = self.compile(path, &bytes)?;
@@ -182,10 +213,97 @@ impl MoaEngine {
         tracing::debug!(path = %path.display(), elapsed_ms = started.elapsed().as_millis() as u64, "compiled component");
         Ok(component)
     }
+
+    /// Removes cache entries of this engine's kind unused for `cache_max_age`, then the least
+    /// recently used ones until the cache holds at most `cache_max_bytes`; the entries this
+    /// engine loaded or wrote stay.
+    pub fn prune_cache(&self) {
+        let Some(dir) = &self.cache_dir else {
+            return;
+        };
+        let keep = self
+            .cache_used
+            .lock()
+            .map(|k| k.clone())
+            .unwrap_or_default();
+        if let Err(err) = prune(dir, self.cache_max_bytes, self.cache_max_age, &keep) {
+            tracing::debug!(dir = %dir.display(), error = %err, "compile cache not pruned");
+        }
+    }
+}
+
+/// Whether `entry` exists and may be loaded: it and its directory belong to this user and no one
+/// else can write to them. `Err` says why not when the entry exists but is not private.
+fn trusted_cache_entry(dir: &Path, entry: &Path) -> std::result::Result<bool, String> {
+    use std::os::unix::fs::MetadataExt as _;
+    let file = match std::fs::symlink_metadata(entry) {
+        Ok(meta) => meta,
+        Err(_) => return Ok(false),
+    };
+    let dir_meta = std::fs::metadata(dir).map_err(|e| format!("cannot stat the cache dir: {e}"))?;
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let uid = unsafe { libc::geteuid() };
+    if !file.is_file() {
+        return Err("the entry is not a regular file".into());
+    }
+    for (what, meta) in [("file", &file), ("directory", &dir_meta)] {
+        if meta.uid() != uid {
+            return Err(format!(
+                "the cache {what} belongs to uid {}, not {uid}",
+                meta.uid()
+            ));
+        }
+        if meta.mode() & 0o022 != 0 {
+            return Err(format!(
+                "the cache {what} is writable by others (mode {:o})",
+                meta.mode() & 0o777
+            ));
+        }
+    }
+    Ok(true)
+}
+
+fn prune(dir: &Path, max_bytes: u64, max_age: Duration, keep: &[PathBuf]) -> Result<()> {
+    let now = std::time::SystemTime::now();
+    let mut entries = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let path = entry.path();
+        if path.extension().and_then(|e| e.to_str()) != Some("cwasm") || keep.contains(&path) {
+            continue;
+        }
+        let meta = entry.metadata()?;
+        let used = meta.modified().unwrap_or(now);
+        let age = now.duration_since(used).unwrap_or_default();
+        if age > max_age {
+            let _ = std::fs::remove_file(&path);
+            continue;
+        }
+        entries.push((used, meta.len(), path));
+    }
+    let kept: u64 = keep
+        .iter()
+        .filter_map(|p| std::fs::metadata(p).ok())
+        .map(|m| m.len())
+        .sum();
+    let mut total = kept + entries.iter().map(|(_, len, _)| len).sum::<u64>();
+    entries.sort();
+    for (_, len, path) in entries {
+        if total <= max_bytes {
+            break;
+        }
+        if std::fs::remove_file(&path).is_ok() {
+            total = total.saturating_sub(len);
+        }
+    }
+    Ok(())
 }
 
 fn write_cache_entry(component: &Component, dir: &Path, target: &Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt as _;
     std::fs::create_dir_all(dir)?;
+    // Native code is loaded from here: only this user may write to the directory.
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
     let bytes = component.serialize().map_err(anyhow::Error::from)?;
     // Write to a unique temporary name and rename, so a concurrent reader never sees half a file.
     let tmp = target.with_extension(format!("tmp{}", std::process::id()));
@@ -226,4 +344,12 @@ impl Drop for EpochTicker {
             let _ = thread.join();
         }
     }
+}
+
+/// Whether `error` says the pooling allocator has no free slot (instances, memories, tables,
+/// stacks): wasmtime's own error type, found anywhere in the chain.
+pub fn is_pool_exhausted(error: &wasmtime::Error) -> bool {
+    error
+        .chain()
+        .any(|cause| cause.is::<wasmtime::PoolConcurrencyLimitError>())
 }

@@ -4,6 +4,7 @@
 pub mod app;
 pub mod capabilities;
 pub mod engine;
+pub mod invocation;
 pub mod redis_client;
 pub mod runtime_config;
 pub mod state;

@@ -8,6 +8,7 @@ pub mod outbound_http;
 pub mod outbound_redis;
 pub mod variables;
 
+use crate::invocation::Invocation;
 use crate::runtime_config::RuntimeConfig;
 use crate::state::HostState;
 use crate::telemetry::Metrics;
@@ -164,7 +165,7 @@ impl ComponentGrants {
                 allowed: self.allowed_hosts.clone(),
                 internal: self.internal_http.clone(),
                 metrics: self.metrics.clone(),
-                depth: 0,
+                caller: Invocation::new("-", std::time::Duration::ZERO),
             },
         }
     }

@@ -111,8 +111,14 @@ async fn serve(args: UpArgs, manifest_path: PathBuf) -> Result<()> {
         .context("component loading panicked")??
     };
 
+    // Old compile cache entries go in the background; this app's stay.
+    {
+        let engine = engine.clone();
+        tokio::task::spawn_blocking(move || engine.prune_cache());
+    }
     let trigger = HttpTrigger::new(&app, engine.clone(), metrics.clone());
-    let events = EventTriggers::start(&app, engine.clone(), metrics.clone())?;
+    let health = telemetry::Health::new(metrics.clone());
+    let events = EventTriggers::start(&app, engine.clone(), metrics.clone(), health.clone())?;
     let has_http = !app.manifest.manifest.http_triggers.is_empty();
     let listener = if has_http {
         let listener = bind(args.listen).await?;
@@ -145,7 +151,11 @@ async fn serve(args: UpArgs, manifest_path: PathBuf) -> Result<()> {
             .await
             .with_context(|| format!("cannot listen on {admin} for the admin endpoint: pick another with --admin-listen"))?;
         println!("Admin: http://{}/metrics", admin_listener.local_addr()?);
-        tokio::spawn(moa::telemetry::serve_admin(admin_listener, metrics.clone()));
+        tokio::spawn(moa::telemetry::serve_admin(
+            admin_listener,
+            metrics.clone(),
+            health.clone(),
+        ));
     }
     stdout.flush()?;
 
@@ -194,6 +204,10 @@ struct EngineSection {
     cache: Option<bool>,
     keep_resident_kb: Option<usize>,
     decommit_batch_size: Option<usize>,
+    /// Largest size of the compile cache, in MiB (least recently used entries go first).
+    cache_max_mb: Option<u64>,
+    /// Cache entries unused for this many days are removed.
+    cache_max_age_days: Option<u64>,
 }
 
 impl EngineSection {
@@ -212,6 +226,14 @@ impl EngineSection {
             decommit_batch_size: self
                 .decommit_batch_size
                 .unwrap_or(defaults.decommit_batch_size),
+            cache_max_bytes: self
+                .cache_max_mb
+                .map_or(defaults.cache_max_bytes, |mb| mb.saturating_mul(1 << 20)),
+            cache_max_age: self
+                .cache_max_age_days
+                .map_or(defaults.cache_max_age, |days| {
+                    Duration::from_secs(days.saturating_mul(24 * 3600))
+                }),
         }
     }
 }

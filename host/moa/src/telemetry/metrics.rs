@@ -22,6 +22,16 @@ struct EventLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TriggerLabels {
+    trigger: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
     component: String,
     status: u16,
@@ -45,6 +55,11 @@ pub struct Metrics {
     events: Family<EventLabels, Counter>,
     event_duration: Family<ComponentLabels, Histogram, fn() -> Histogram>,
     embedding: std::sync::OnceLock<std::sync::Arc<moa_model_runtime::RuntimeMetrics>>,
+    guest_output_dropped: Family<ComponentLabels, Counter>,
+    http_rejected: Family<ReasonLabels, Counter>,
+    http_connections: Gauge,
+    trigger_failures: Family<TriggerLabels, Counter>,
+    event_pool_waits: Family<ComponentLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -119,8 +134,43 @@ impl Metrics {
             "Requests being handled now",
             in_flight.clone(),
         );
+        let guest_output_dropped = Family::<ComponentLabels, Counter>::default();
+        registry.register(
+            "guest_output_dropped_bytes",
+            "Guest stdout/stderr bytes dropped because the component logged over its rate limit",
+            guest_output_dropped.clone(),
+        );
+        let http_rejected = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "http_rejected",
+            "HTTP requests answered 503 by admission control (connections, requests, instances)",
+            http_rejected.clone(),
+        );
+        let http_connections = Gauge::default();
+        registry.register(
+            "http_connections_open",
+            "Open client connections",
+            http_connections.clone(),
+        );
+        let trigger_failures = Family::<TriggerLabels, Counter>::default();
+        registry.register(
+            "trigger_failures",
+            "Triggers that stopped working at run time (the host reports not ready)",
+            trigger_failures.clone(),
+        );
+        let event_pool_waits = Family::<ComponentLabels, Counter>::default();
+        registry.register(
+            "event_instance_waits",
+            "Event deliveries that waited for a free instance slot (not counted as attempts)",
+            event_pool_waits.clone(),
+        );
         Metrics {
             registry,
+            guest_output_dropped,
+            http_rejected,
+            http_connections,
+            trigger_failures,
+            event_pool_waits,
             requests,
             request_duration,
             instantiation_duration,
@@ -190,6 +240,39 @@ impl Metrics {
 
     pub fn outbound_denied(&self, component: &str) {
         self.outbound_denied
+            .get_or_create(&Self::labels(component))
+            .inc();
+    }
+
+    pub fn guest_output_dropped(&self, component: &str, bytes: usize) {
+        self.guest_output_dropped
+            .get_or_create(&Self::labels(component))
+            .inc_by(bytes as u64);
+    }
+
+    /// A request refused by admission control: `connections`, `requests` or `instances`.
+    pub fn http_rejected(&self, reason: &'static str) {
+        self.http_rejected
+            .get_or_create(&ReasonLabels { reason })
+            .inc();
+    }
+
+    /// Counts an open connection until the guard drops.
+    pub fn connection_open(&self) -> InFlight {
+        self.http_connections.inc();
+        InFlight(self.http_connections.clone())
+    }
+
+    pub fn trigger_failed(&self, trigger: &str) {
+        self.trigger_failures
+            .get_or_create(&TriggerLabels {
+                trigger: trigger.to_string(),
+            })
+            .inc();
+    }
+
+    pub fn event_instance_wait(&self, component: &str) {
+        self.event_pool_waits
             .get_or_create(&Self::labels(component))
             .inc();
     }

@@ -2,9 +2,12 @@
 //! OTLP trace export when `OTEL_EXPORTER_OTLP_ENDPOINT` is set, Prometheus metrics.
 
 mod admin;
+pub mod guest_output;
+mod health;
 mod metrics;
 
 pub use admin::serve_admin;
+pub use health::Health;
 
 pub use metrics::Metrics;
 

@@ -239,6 +239,34 @@ pub fn blocking_with_headers(
     headers: &[(&str, &str)],
     body: Option<Vec<u8>>,
 ) -> (u16, String) {
+    let response = request(method, url, headers, body);
+    (response.status, response.body)
+}
+
+/// A response as a test sees it.
+pub struct Reply {
+    pub status: u16,
+    /// Lower-case header names.
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl Reply {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// One HTTP request with a fresh client, returning status, headers and body.
+pub fn request(
+    method: reqwest::Method,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: Option<Vec<u8>>,
+) -> Reply {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -260,8 +288,40 @@ pub fn blocking_with_headers(
             .await
             .unwrap_or_else(|e| panic!("request to {url} failed: {e}"));
         let status = response.status().as_u16();
-        (status, response.text().await.unwrap_or_default())
+        let headers = response
+            .headers()
+            .iter()
+            .map(|(n, v)| {
+                (
+                    n.as_str().to_string(),
+                    v.to_str().unwrap_or_default().to_string(),
+                )
+            })
+            .collect();
+        Reply {
+            status,
+            headers,
+            body: response.text().await.unwrap_or_default(),
+        }
     })
+}
+
+/// The sum of the samples of `metric` (e.g. `moa_http_rejected_total`) whose labels contain
+/// `labels` (e.g. `reason="instances"`), from moa's `/metrics`.
+pub fn metric(moa: &Moa, metric: &str, labels: &str) -> f64 {
+    let (_, text) = blocking(
+        reqwest::Method::GET,
+        &format!("{}/metrics", moa.admin_url),
+        None,
+    );
+    text.lines()
+        .filter(|line| {
+            line.strip_prefix(metric)
+                .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
+                && line.contains(labels)
+        })
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
 }
 
 /// Runs `moa` with `args` to completion, returning (exit code, stdout, stderr).
@@ -358,29 +418,56 @@ pub struct RedisServer {
 }
 
 impl RedisServer {
+    /// Starts a redis-server on a free port. Two tests may be handed the same free port; the
+    /// server that answers is checked to be this one (by pid), else another port is tried.
     pub fn start() -> RedisServer {
-        let port = free_port();
-        let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server must be installed (scripts/test.sh installs it)");
-        wait_for_port(port, "redis-server");
-        RedisServer {
-            child,
-            url: format!("redis://127.0.0.1:{port}"),
+        for _ in 0..10 {
+            let port = free_port();
+            let mut child = Command::new("redis-server")
+                .args([
+                    "--port",
+                    &port.to_string(),
+                    "--bind",
+                    "127.0.0.1",
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                ])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("redis-server must be installed (scripts/test.sh installs it)");
+            let url = format!("redis://127.0.0.1:{port}");
+            if serves_as(&url, child.id(), &mut child) {
+                return RedisServer { child, url };
+            }
+            let _ = child.kill();
+            let _ = child.wait();
         }
+        panic!("could not start redis-server on a free port");
     }
+}
+
+/// Waits until the Redis at `url` answers as process `pid`; `false` if `child` exits first.
+fn serves_as(url: &str, pid: u32, child: &mut Child) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return false;
+        }
+        let info: Option<String> = redis::Client::open(url)
+            .ok()
+            .and_then(|c| c.get_connection().ok())
+            .and_then(|mut c| redis::cmd("INFO").arg("server").query(&mut c).ok());
+        if let Some(info) = info {
+            return info
+                .lines()
+                .any(|l| l.trim() == format!("process_id:{pid}"));
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    false
 }
 
 impl Drop for RedisServer {
@@ -415,27 +502,35 @@ pub struct KafkaServer {
 }
 
 impl KafkaServer {
+    /// Starts tansu on a free port; if another test's broker took the same port first (this one
+    /// then exits at once), another port is tried.
     pub fn start() -> KafkaServer {
-        let port = free_port();
-        let url = format!("tcp://127.0.0.1:{port}");
-        let child = Command::new(tansu_bin())
-            .args([
-                "broker",
-                "--listener-url",
-                &url,
-                "--advertised-listener-url",
-                &url,
-            ])
-            .args(["--storage-engine", "memory://tansu/"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start tansu");
-        wait_for_port(port, "tansu");
-        KafkaServer {
-            child,
-            bootstrap: format!("127.0.0.1:{port}"),
+        for _ in 0..10 {
+            let port = free_port();
+            let url = format!("tcp://127.0.0.1:{port}");
+            let mut child = Command::new(tansu_bin())
+                .args([
+                    "broker",
+                    "--listener-url",
+                    &url,
+                    "--advertised-listener-url",
+                    &url,
+                ])
+                .args(["--storage-engine", "memory://tansu/"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("start tansu");
+            wait_for_port(port, "tansu");
+            std::thread::sleep(Duration::from_millis(300));
+            if let Ok(None) = child.try_wait() {
+                return KafkaServer {
+                    child,
+                    bootstrap: format!("127.0.0.1:{port}"),
+                };
+            }
         }
+        panic!("could not start tansu on a free port");
     }
 
     /// Creates a topic with `partitions` partitions.

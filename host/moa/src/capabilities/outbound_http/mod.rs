@@ -6,6 +6,7 @@ mod allowed_hosts;
 pub use allowed_hosts::{AllowedHost, AllowedHosts};
 
 use crate::capabilities::variables::AppVariables;
+use crate::invocation::Invocation;
 use anyhow::{Result, anyhow};
 use futures::future::BoxFuture;
 use moa_manifest::{Component, LoadedManifest};
@@ -26,12 +27,12 @@ pub enum InternalTarget {
 
 /// Serves in-app requests; implemented by the HTTP trigger.
 pub trait InternalHttp: Send + Sync {
-    /// `caller_depth` is how deeply nested the calling request already is (0 = from outside).
+    /// `caller` is the invocation that makes the call (its depth, trace context and deadline).
     fn dispatch(
         &self,
         target: InternalTarget,
         request: http::Request<WasiBody>,
-        caller_depth: u32,
+        caller: Invocation,
     ) -> BoxFuture<'static, Result<http::Response<WasiBody>, HttpError>>;
 }
 
@@ -67,8 +68,8 @@ pub struct OutboundHttpHooks {
     pub allowed: Arc<AllowedHosts>,
     pub internal: InternalHttpSlot,
     pub metrics: Arc<crate::telemetry::Metrics>,
-    /// Nesting depth of the request this instance serves (set per request by the trigger).
-    pub depth: u32,
+    /// The invocation this instance serves (set per request by [`crate::state::HostState::begin`]).
+    pub caller: Invocation,
 }
 
 type SendResult = Result<
@@ -116,7 +117,7 @@ impl WasiHttpHooks for OutboundHttpHooks {
         };
         match self.internal_target(&uri) {
             Some(Ok(target)) => {
-                let depth = self.depth;
+                let caller = self.caller.clone();
                 let Some(internal) = self.internal.get().cloned() else {
                     return Box::new(async {
                         Err(HttpError::InternalError(Some(
@@ -125,7 +126,7 @@ impl WasiHttpHooks for OutboundHttpHooks {
                     });
                 };
                 return Box::new(async move {
-                    let response = internal.dispatch(target, request, depth).await?;
+                    let response = internal.dispatch(target, request, caller).await?;
                     Ok((
                         response,
                         Box::new(async { Ok(()) }) as Box<dyn Future<Output = _> + Send>,

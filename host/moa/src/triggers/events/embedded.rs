@@ -29,7 +29,9 @@ pub async fn run(
         let count = match count {
             Ok(count) => count,
             Err(err) => {
-                tracing::error!(topic, error = %err, "cannot open the topic in the embedded log; this trigger is stopped");
+                runtime.failed(&format!(
+                    "cannot open topic `{topic}` in the embedded log; the trigger is stopped: {err}"
+                ));
                 continue;
             }
         };
@@ -63,7 +65,9 @@ async fn consume_partition(
         match blocking(move || log.committed(&group, &name, partition)).await {
             Ok(next) => next,
             Err(err) => {
-                tracing::error!(topic, partition, error = %err, "cannot read the group's offset");
+                runtime.failed(&format!(
+                    "cannot read the group's offset of `{topic}` partition {partition}: {err}"
+                ));
                 return;
             }
         }

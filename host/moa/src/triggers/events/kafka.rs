@@ -26,6 +26,9 @@ use tokio_util::sync::CancellationToken;
 /// partition's prefetched messages), which dominated throughput at 512/64.
 const QUEUE_HIGH: usize = 8192;
 const QUEUE_LOW: usize = 2048;
+/// The same marks in bytes, so large messages cannot pile up without bound.
+const QUEUE_HIGH_BYTES: usize = 32 << 20;
+const QUEUE_LOW_BYTES: usize = 8 << 20;
 /// How long a revoke waits for in-flight deliveries of the revoked partitions.
 const REVOKE_GRACE: Duration = Duration::from_secs(10);
 
@@ -39,12 +42,27 @@ struct Worker {
 
 struct WorkerShared {
     queued: AtomicUsize,
+    queued_bytes: AtomicUsize,
     paused: AtomicBool,
     busy: AtomicBool,
     /// No new deliveries (revoked or shutting down); the one in flight may finish.
     stop: CancellationToken,
     /// Abandon the delivery in flight.
     abort: CancellationToken,
+}
+
+impl WorkerShared {
+    /// Pause fetching: too many messages or too many bytes wait for the worker.
+    fn over_high_mark(&self) -> bool {
+        self.queued.load(Ordering::Acquire) >= QUEUE_HIGH
+            || self.queued_bytes.load(Ordering::Acquire) >= QUEUE_HIGH_BYTES
+    }
+
+    /// Resume fetching: both counts are back under their low marks.
+    fn under_low_mark(&self) -> bool {
+        self.queued.load(Ordering::Acquire) < QUEUE_LOW
+            && self.queued_bytes.load(Ordering::Acquire) < QUEUE_LOW_BYTES
+    }
 }
 
 type Workers = Arc<Mutex<HashMap<PartitionKey, Worker>>>;
@@ -169,10 +187,12 @@ impl KafkaTrigger {
                     let message = match message {
                         Ok(message) => message,
                         Err(err) => {
-                            tracing::warn!(group = %self.runtime.trigger.group, error = %err, "Kafka consumer error");
+                            self.runtime.failed(&format!("Kafka consumer error: {err}"));
+                            tracing::debug!(group = %self.runtime.trigger.group, error = %err, "Kafka consumer error");
                             continue;
                         }
                     };
+                    self.runtime.working();
                     let Ok(offset) = u64::try_from(message.offset()) else { continue };
                     let topic = message.topic().to_string();
                     let partition = message.partition();
@@ -201,6 +221,7 @@ impl KafkaTrigger {
                             let (sender, receiver) = mpsc::unbounded_channel();
                             let shared = Arc::new(WorkerShared {
                                 queued: AtomicUsize::new(0),
+                                queued_bytes: AtomicUsize::new(0),
                                 paused: AtomicBool::new(false),
                                 busy: AtomicBool::new(false),
                                 stop: stop.child_token(),
@@ -218,16 +239,14 @@ impl KafkaTrigger {
                             Worker { sender, shared }
                         });
                         worker.shared.queued.fetch_add(1, Ordering::AcqRel);
+                        worker.shared.queued_bytes.fetch_add(event.size(), Ordering::AcqRel);
                         let _ = worker.sender.send(event);
                         worker.shared.clone()
                     };
-                    if shared.queued.load(Ordering::Acquire) >= QUEUE_HIGH
-                        && !shared.paused.swap(true, Ordering::AcqRel)
-                    {
+                    if shared.over_high_mark() && !shared.paused.swap(true, Ordering::AcqRel) {
                         self.pause(&key, true);
                         // The worker may have drained meanwhile; then resume at once.
-                        if shared.queued.load(Ordering::Acquire) < QUEUE_LOW
-                            && shared.paused.swap(false, Ordering::AcqRel)
+                        if shared.under_low_mark() && shared.paused.swap(false, Ordering::AcqRel)
                         {
                             self.pause(&key, false);
                         }
@@ -301,8 +320,11 @@ async fn partition_worker(
         if outcome.is_none() {
             return;
         }
-        let queued = shared.queued.fetch_sub(1, Ordering::AcqRel) - 1;
-        if queued < QUEUE_LOW && shared.paused.swap(false, Ordering::AcqRel) {
+        shared.queued.fetch_sub(1, Ordering::AcqRel);
+        shared
+            .queued_bytes
+            .fetch_sub(event.size(), Ordering::AcqRel);
+        if shared.under_low_mark() && shared.paused.swap(false, Ordering::AcqRel) {
             let _ = resume.send(key.clone());
         }
     }

@@ -12,7 +12,8 @@ mod redis_streams;
 use crate::app::{App, AppComponent};
 use crate::capabilities::messaging::{ConsumerSource, MessagingBrokers, OutgoingMessage};
 use crate::engine::MoaEngine;
-use crate::telemetry::Metrics;
+use crate::invocation::Invocation;
+use crate::telemetry::{Health, Metrics};
 use anyhow::{Result, bail};
 use moa_manifest::{EventTrigger, EventTriggerKind};
 use std::sync::Arc;
@@ -37,6 +38,17 @@ use wasmtime::Store;
 
 /// Longest wait between two retries of one message.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// First and longest wait for a free instance slot (the pool is full); such waits are not attempts.
+const SLOT_WAIT_FIRST: Duration = Duration::from_millis(20);
+const SLOT_WAIT_MAX: Duration = Duration::from_secs(1);
+
+/// Why one attempt did not handle the event.
+enum AttemptError {
+    /// The component failed (error, trap, deadline): counts as an attempt.
+    Failed(String),
+    /// No instance slot was free: the component never ran, so it is not an attempt.
+    NoInstanceSlot,
+}
 
 /// A message taken from a broker, to be delivered to a component.
 #[derive(Debug, Clone)]
@@ -52,6 +64,17 @@ pub struct Event {
 }
 
 impl Event {
+    /// Bytes the event holds (payload, key, headers), for buffer bounds.
+    pub fn size(&self) -> usize {
+        self.payload.len()
+            + self.key.as_ref().map_or(0, Vec::len)
+            + self
+                .headers
+                .iter()
+                .map(|(n, v)| n.len() + v.len())
+                .sum::<usize>()
+    }
+
     fn header(&self, name: &str) -> Option<&[u8]> {
         self.headers
             .iter()
@@ -70,9 +93,12 @@ pub enum Outcome {
 /// One trigger's component, policy and brokers, shared by its consumer tasks.
 pub struct TriggerRuntime {
     pub trigger: EventTrigger,
+    /// How the trigger is named in logs, metrics and `/readyz`: `<kind>:<topics>:<group>`.
+    name: String,
     component: Arc<AppComponent>,
     engine: Arc<MoaEngine>,
     metrics: Arc<Metrics>,
+    health: Arc<Health>,
     brokers: Arc<MessagingBrokers>,
 }
 
@@ -90,36 +116,62 @@ pub struct Lane {
 }
 
 impl TriggerRuntime {
+    /// The trigger cannot consume (connection, group or topic error): `/readyz` fails until
+    /// [`Self::working`] is called.
+    fn failed(&self, why: &str) {
+        self.health.trigger_failed(&self.name, why);
+    }
+
+    /// The trigger consumes again.
+    fn working(&self) {
+        self.health.trigger_recovered(&self.name);
+    }
+
     /// Runs one attempt under the component's deadline: on the lane's warm instance if it has
     /// one, else a fresh one. A failed attempt always discards its instance.
-    async fn attempt(&self, event: &Event, attempt: u32, lane: &mut Lane) -> Result<(), String> {
-        let (mut store, handler, uses) = match lane.warm.take() {
-            Some(warm) => (warm.store, warm.handler, warm.uses),
-            None => {
-                let pre = self.component.events.as_ref().ok_or_else(|| {
-                    format!("component `{}` has no event handler", self.component.id)
-                })?;
-                let mut store = self
-                    .component
-                    .new_store(&self.engine)
-                    .map_err(|e| format!("cannot create an instance: {e:#}"))?;
-                let handler = pre
-                    .instantiate_async(&mut store)
-                    .await
-                    .map_err(|trap| self.classify_trap(trap))?;
-                (store, handler, 0)
-            }
-        };
-        store.set_epoch_deadline(MoaEngine::ticks_for(self.component.request_timeout));
+    async fn attempt(
+        &self,
+        event: &Event,
+        attempt: u32,
+        lane: &mut Lane,
+    ) -> Result<(), AttemptError> {
         let traceparent = event
             .header("traceparent")
             .and_then(|v| std::str::from_utf8(v).ok())
             .map(str::to_string);
-        store
-            .data_mut()
-            .capabilities
-            .messaging
-            .set_traceparent(traceparent);
+        let invocation = Invocation::new(event.id.as_str(), self.component.request_timeout)
+            .with_traceparent(traceparent);
+        let (mut store, handler, uses) = match lane.warm.take() {
+            Some(mut warm) => {
+                warm.store.data_mut().begin(invocation);
+                (warm.store, warm.handler, warm.uses)
+            }
+            None => {
+                let pre = self.component.events.as_ref().ok_or_else(|| {
+                    AttemptError::Failed(format!(
+                        "component `{}` has no event handler",
+                        self.component.id
+                    ))
+                })?;
+                let started = Instant::now();
+                let mut store =
+                    self.component
+                        .new_store(&self.engine, invocation)
+                        .map_err(|e| {
+                            AttemptError::Failed(format!("cannot create an instance: {e:#}"))
+                        })?;
+                let handler = match pre.instantiate_async(&mut store).await {
+                    Ok(handler) => handler,
+                    Err(error) if crate::engine::is_pool_exhausted(&error) => {
+                        return Err(AttemptError::NoInstanceSlot);
+                    }
+                    Err(trap) => return Err(AttemptError::Failed(self.classify_trap(trap))),
+                };
+                self.metrics
+                    .instantiated(&self.component.id, started.elapsed());
+                (store, handler, 0)
+            }
+        };
         let delivery = WitDelivery {
             message: WitMessage {
                 topic: event.topic.clone(),
@@ -150,9 +202,12 @@ impl TriggerRuntime {
         match tokio::time::timeout(timeout, call).await {
             Err(_) => {
                 self.metrics.deadline_hit(&self.component.id);
-                Err(format!("deadline of {} ms exceeded", timeout.as_millis()))
+                Err(AttemptError::Failed(format!(
+                    "deadline of {} ms exceeded",
+                    timeout.as_millis()
+                )))
             }
-            Ok((_, _, Err(trap))) => Err(self.classify_trap(trap)),
+            Ok((_, _, Err(trap))) => Err(AttemptError::Failed(self.classify_trap(trap))),
             Ok((store, handler, Ok(result))) => {
                 if result.is_ok() && uses + 1 < self.component.max_instance_reuse {
                     lane.warm = Some(WarmInstance {
@@ -161,7 +216,7 @@ impl TriggerRuntime {
                         uses: uses + 1,
                     });
                 }
-                result
+                result.map_err(AttemptError::Failed)
             }
         }
     }
@@ -195,12 +250,41 @@ impl TriggerRuntime {
     ) -> Option<Outcome> {
         let mut attempt = first_attempt.max(1);
         let component = self.component.id.as_str();
+        if attempt > self.trigger.max_attempts {
+            // Every earlier delivery ended without an outcome (the host stopped or crashed during
+            // each): a message that takes hosts down is dead-lettered without running it again.
+            let error = format!(
+                "delivered {} times without being handled (the host stopped during every delivery)",
+                attempt - 1
+            );
+            self.metrics
+                .event_attempt(component, &event.topic, "dead_letter", Duration::ZERO);
+            self.dead_letter(event, &error, attempt - 1, abort).await?;
+            return Some(Outcome::DeadLettered);
+        }
+        let mut slot_wait = SLOT_WAIT_FIRST;
         loop {
             let started = Instant::now();
             let result = tokio::select! {
                 result = self.attempt(event, attempt, lane) => result,
                 _ = abort.cancelled() => return None,
             };
+            let result = match result {
+                Err(AttemptError::NoInstanceSlot) => {
+                    // A busy host waits for a slot; it never spends the event's attempts on it.
+                    self.metrics.event_instance_wait(component);
+                    tracing::debug!(component, topic = %event.topic, id = %event.id, wait_ms = slot_wait.as_millis() as u64, "no free instance slot; waiting");
+                    tokio::select! {
+                        _ = tokio::time::sleep(slot_wait) => {}
+                        _ = abort.cancelled() => return None,
+                    }
+                    slot_wait = (slot_wait * 2).min(SLOT_WAIT_MAX);
+                    continue;
+                }
+                Err(AttemptError::Failed(error)) => Err(error),
+                Ok(()) => Ok(()),
+            };
+            slot_wait = SLOT_WAIT_FIRST;
             match result {
                 Ok(()) => {
                     self.metrics
@@ -317,7 +401,12 @@ pub struct EventTriggers {
 
 impl EventTriggers {
     /// Starts a consumer for every event trigger of `app`. Must run inside the tokio runtime.
-    pub fn start(app: &App, engine: Arc<MoaEngine>, metrics: Arc<Metrics>) -> Result<Self> {
+    pub fn start(
+        app: &App,
+        engine: Arc<MoaEngine>,
+        metrics: Arc<Metrics>,
+        health: Arc<Health>,
+    ) -> Result<Self> {
         let brokers = app.capabilities.messaging().clone();
         let stop = CancellationToken::new();
         let abort = CancellationToken::new();
@@ -332,9 +421,16 @@ impl EventTriggers {
             let source = source_for(app, &brokers, trigger)?;
             let runtime = Arc::new(TriggerRuntime {
                 trigger: trigger.clone(),
+                name: format!(
+                    "{}:{}:{}",
+                    trigger.kind.as_str(),
+                    trigger.topics.join(","),
+                    trigger.group
+                ),
                 component,
                 engine: engine.clone(),
                 metrics: metrics.clone(),
+                health: health.clone(),
                 brokers: brokers.clone(),
             });
             let (stop, abort) = (stop.clone(), abort.clone());

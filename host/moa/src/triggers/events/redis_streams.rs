@@ -1,35 +1,63 @@
 //! Redis Streams as a trigger source: `XREADGROUP` as a consumer named after this host instance,
-//! `XACK` after the handler succeeded (or the entry was dead-lettered), and a reclaim loop that
-//! takes over entries another consumer left pending longer than `claim_idle_ms`.
+//! `XACK` after the handler succeeded (or the entry was dead-lettered), and `XAUTOCLAIM` of entries
+//! another consumer left pending longer than `claim_idle_ms`.
 //!
-//! Entries with the same key go to the same lane and run in order; `concurrency` lanes run at once.
-//! The attempt count starts from Redis's delivery counter, so a reclaimed entry counts its earlier
-//! deliveries and still dead-letters after `max_deliveries`.
+//! An entry is processed by one host at a time: this host reads no more entries than its lanes
+//! can work on next (`concurrency` × [`HELD_PER_LANE`]), and every `claim_idle_ms / 4` it resets the
+//! idle time of every entry it holds (`XCLAIM … JUSTID` of the ones still its own), so no other host
+//! can claim them while it is alive. Entries with the same key go to the same lane and run in order.
+//! The attempt number is Redis's own delivery counter, so an entry that keeps crashing hosts still
+//! reaches `max_deliveries` and is dead-lettered.
 
 use super::{Event, Lane, TriggerRuntime};
 use crate::capabilities::messaging::redis_streams::{HEADER_PREFIX, KEY_FIELD, PAYLOAD_FIELD};
 use redis::Value;
 use redis::aio::ConnectionManager;
-use redis::streams::{StreamClaimReply, StreamId, StreamPendingCountReply, StreamReadReply};
-use std::sync::Arc;
+use redis::streams::{StreamAutoClaimReply, StreamId, StreamPendingCountReply, StreamReadReply};
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::sync::mpsc;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 
 /// How long one `XREADGROUP` blocks on the server.
 const BLOCK: Duration = Duration::from_millis(1000);
-/// Entries read (and reclaimed) per command.
+/// Most entries read (or claimed) per command.
 const READ_COUNT: usize = 128;
-/// Entries waiting per lane before reading pauses.
-const LANE_DEPTH: usize = 64;
+/// Entries a lane may hold: the one it works on and the next.
+const HELD_PER_LANE: usize = 2;
 /// Most entries acknowledged by one `XACK`.
 const ACK_BATCH: usize = 512;
 
-/// An entry on its way to a lane, with how many times Redis has delivered it.
+/// Resets the idle time of the given entries that this consumer still owns (ARGV[1] group,
+/// ARGV[2] consumer, ARGV[3..] ids) and returns those it no longer owns.
+const REFRESH_SCRIPT: &str = r#"
+local claim, lost = {KEYS[1], ARGV[1], ARGV[2], 0}, {}
+for i = 3, #ARGV do
+  local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[i], ARGV[i], 1)
+  if p[1] and p[1][2] == ARGV[2] then
+    claim[#claim + 1] = ARGV[i]
+  else
+    lost[#lost + 1] = ARGV[i]
+  end
+end
+if #claim > 4 then
+  claim[#claim + 1] = 'JUSTID'
+  redis.call('XCLAIM', unpack(claim))
+end
+return lost
+"#;
+
+/// An entry on its way to a lane: how many times Redis has delivered it, and its slot among
+/// the entries this host holds (freed when it is acknowledged or abandoned).
 struct Pending {
     event: Event,
     attempt: u32,
+    _slot: OwnedSemaphorePermit,
 }
+
+/// The ids this host holds: read or claimed, not yet acknowledged.
+type Held = Arc<Mutex<BTreeSet<String>>>;
 
 /// Runs until `stop` (lanes finish what they hold) or `abort`.
 pub async fn run(
@@ -55,7 +83,8 @@ pub async fn run(
         match connected.await {
             Ok(pair) => break pair,
             Err(err) => {
-                tracing::error!(stream, error = %format!("{err:#}"), "Redis Streams trigger cannot connect; retrying in 2 s");
+                runtime.failed(&format!("cannot connect to Redis: {err:#}"));
+                tracing::debug!(stream, error = %format!("{err:#}"), "Redis Streams trigger cannot connect; retrying in 2 s");
                 tokio::select! {
                     _ = tokio::time::sleep(Duration::from_secs(2)) => {}
                     _ = stop.cancelled() => return,
@@ -75,23 +104,35 @@ pub async fn run(
     if let Err(err) = created
         && err.code() != Some("BUSYGROUP")
     {
-        tracing::error!(stream, group, error = %err, "cannot create the consumer group; the trigger is stopped");
+        runtime.failed(&format!(
+            "cannot create consumer group `{group}` on stream `{stream}`; the trigger is stopped: {err}"
+        ));
         return;
     }
+    runtime.working();
     tracing::info!(stream, group, consumer, "Redis Streams trigger started");
 
+    let target = Target {
+        commands: commands.clone(),
+        stream: stream.clone(),
+        group: group.clone(),
+        consumer: consumer.clone(),
+    };
+    let held: Held = Default::default();
     let (ack_sender, ack_receiver) = mpsc::unbounded_channel::<String>();
-    let acker = tokio::spawn(acknowledge(
-        commands.clone(),
-        stream.clone(),
-        group.clone(),
-        ack_receiver,
+    let acker = tokio::spawn(acknowledge(target.clone(), held.clone(), ack_receiver));
+    let claim_idle = Duration::from_millis(runtime.trigger.claim_idle_ms);
+    let refresher = tokio::spawn(refresh_held(
+        target.clone(),
+        held.clone(),
+        (claim_idle / 4).max(Duration::from_millis(50)),
     ));
     let lanes_count = runtime.trigger.concurrency.max(1) as usize;
+    let slots = Arc::new(Semaphore::new(lanes_count * HELD_PER_LANE));
     let mut lanes = Vec::with_capacity(lanes_count);
     let mut lane_tasks = tokio::task::JoinSet::new();
     for _ in 0..lanes_count {
-        let (sender, receiver) = mpsc::channel::<Pending>(LANE_DEPTH);
+        let (sender, receiver) = mpsc::channel::<Pending>(HELD_PER_LANE);
         lanes.push(sender);
         lane_tasks.spawn(lane(
             runtime.clone(),
@@ -101,78 +142,102 @@ pub async fn run(
         ));
     }
     drop(ack_sender);
-    let claim_idle = Duration::from_millis(runtime.trigger.claim_idle_ms);
     let claim_every = (claim_idle / 2).clamp(Duration::from_millis(100), Duration::from_secs(10));
     let mut next_claim = tokio::time::Instant::now();
+    let mut claim_cursor = "0-0".to_string();
     let mut round_robin = 0usize;
     // First our own pending entries (a restart under the same consumer name), then new ones.
     let mut start_id = "0".to_string();
-    loop {
-        if stop.is_cancelled() {
-            break;
-        }
-        if tokio::time::Instant::now() >= next_claim {
-            next_claim = tokio::time::Instant::now() + claim_every;
-            for pending in reclaim(&commands, &stream, &group, &consumer, claim_idle).await {
-                if dispatch(&lanes, &mut round_robin, pending, &stop)
-                    .await
-                    .is_err()
-                {
-                    break;
-                }
-            }
-        }
-        let mut command = redis::cmd("XREADGROUP");
-        command
-            .arg("GROUP")
-            .arg(&group)
-            .arg(&consumer)
-            .arg("COUNT")
-            .arg(READ_COUNT)
-            .arg("BLOCK")
-            .arg(BLOCK.as_millis() as u64)
-            .arg("STREAMS")
-            .arg(&stream)
-            .arg(&start_id);
-        let read = command.query_async::<Option<StreamReadReply>>(&mut reader);
-        let reply = tokio::select! {
-            reply = read => reply,
+    'consume: loop {
+        // Take at least one free slot (waiting while every lane is full), then all free ones.
+        let first = tokio::select! {
+            slot = slots.clone().acquire_owned() => match slot {
+                Ok(slot) => slot,
+                Err(_) => break,
+            },
             _ = stop.cancelled() => break,
         };
-        let entries: Vec<StreamId> = match reply {
-            Ok(Some(reply)) => reply.keys.into_iter().flat_map(|k| k.ids).collect(),
-            Ok(None) => Vec::new(),
-            Err(err) => {
-                tracing::warn!(stream, error = %err, "XREADGROUP failed; retrying in 1 s");
-                tokio::select! {
-                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                    _ = stop.cancelled() => break,
-                }
-                continue;
+        let mut free = vec![first];
+        while free.len() < READ_COUNT {
+            match slots.clone().try_acquire_owned() {
+                Ok(slot) => free.push(slot),
+                Err(_) => break,
             }
-        };
-        if start_id == "0" && entries.is_empty() {
-            start_id = ">".into();
-            continue;
         }
-        let own_backlog = start_id == "0";
-        if let Some(last) = entries.last()
-            && own_backlog
-        {
-            start_id = last.id.clone();
+
+        let mut taken: Vec<(StreamId, u32)> = Vec::new();
+        if tokio::time::Instant::now() >= next_claim {
+            next_claim = tokio::time::Instant::now() + claim_every;
+            taken = target
+                .autoclaim(&mut claim_cursor, claim_idle, free.len(), &held)
+                .await;
         }
-        for entry in entries {
-            // Entries of our own backlog were delivered before (count unknown here): attempt 2.
-            let attempt = if own_backlog { 2 } else { 1 };
+        if taken.is_empty() {
+            let mut command = redis::cmd("XREADGROUP");
+            command
+                .arg("GROUP")
+                .arg(&group)
+                .arg(&consumer)
+                .arg("COUNT")
+                .arg(free.len())
+                .arg("BLOCK")
+                .arg(BLOCK.as_millis() as u64)
+                .arg("STREAMS")
+                .arg(&stream)
+                .arg(&start_id);
+            let read = command.query_async::<Option<StreamReadReply>>(&mut reader);
+            let reply = tokio::select! {
+                reply = read => reply,
+                _ = stop.cancelled() => break,
+            };
+            let entries: Vec<StreamId> = match reply {
+                Ok(Some(reply)) => reply.keys.into_iter().flat_map(|k| k.ids).collect(),
+                Ok(None) => Vec::new(),
+                Err(err) => {
+                    runtime.failed(&format!("XREADGROUP on `{stream}` failed: {err}"));
+                    tracing::debug!(stream, error = %err, "XREADGROUP failed; retrying in 1 s");
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                        _ = stop.cancelled() => break,
+                    }
+                    continue;
+                }
+            };
+            runtime.working();
+            if start_id == "0" {
+                let Some(last) = entries.last() else {
+                    start_id = ">".into();
+                    continue;
+                };
+                // Our own backlog: Redis counted this read as one more delivery.
+                start_id = last.id.clone();
+                let counts = target.delivery_counts(&entries).await;
+                taken = entries
+                    .into_iter()
+                    .map(|entry| {
+                        let count = counts.get(&entry.id).copied().unwrap_or(2);
+                        (entry, count)
+                    })
+                    .collect();
+            } else {
+                taken = entries.into_iter().map(|entry| (entry, 1)).collect();
+            }
+        }
+        if let Ok(mut held) = held.lock() {
+            held.extend(taken.iter().map(|(entry, _)| entry.id.clone()));
+        }
+        for (entry, attempt) in taken {
+            let Some(slot) = free.pop() else { break };
             let pending = Pending {
                 event: to_event(&stream, entry),
                 attempt,
+                _slot: slot,
             };
             if dispatch(&lanes, &mut round_robin, pending, &stop)
                 .await
                 .is_err()
             {
-                break;
+                break 'consume;
             }
         }
     }
@@ -180,6 +245,7 @@ pub async fn run(
     while lane_tasks.join_next().await.is_some() {}
     // Every lane is done: the acker sends what is left and ends.
     let _ = acker.await;
+    refresher.abort();
 }
 
 /// Sends an entry to its key's lane (unkeyed entries round-robin); waits while the lane is full.
@@ -202,79 +268,143 @@ async fn dispatch(
     }
 }
 
-/// Entries pending on other consumers for longer than `idle`, claimed for this one.
-async fn reclaim(
-    commands: &ConnectionManager,
-    stream: &str,
-    group: &str,
-    consumer: &str,
-    idle: Duration,
-) -> Vec<Pending> {
-    let mut connection = commands.clone();
-    let idle_ms = idle.as_millis() as u64;
-    let pending: StreamPendingCountReply = match redis::cmd("XPENDING")
-        .arg(stream)
-        .arg(group)
-        .arg("IDLE")
-        .arg(idle_ms)
-        .arg("-")
-        .arg("+")
-        .arg(READ_COUNT)
-        .query_async(&mut connection)
-        .await
-    {
-        Ok(reply) => reply,
-        Err(err) => {
-            tracing::warn!(stream, error = %err, "XPENDING failed");
+/// The stream, group and consumer this host works as, with its command connection.
+#[derive(Clone)]
+struct Target {
+    commands: ConnectionManager,
+    stream: String,
+    group: String,
+    consumer: String,
+}
+
+impl Target {
+    /// Claims up to `count` entries idle for at least `idle` (left by a consumer that stopped),
+    /// walking the pending list from `cursor`; each with its delivery count after the claim.
+    /// Entries this host already holds are not handed out again.
+    async fn autoclaim(
+        &self,
+        cursor: &mut String,
+        idle: Duration,
+        count: usize,
+        held: &Held,
+    ) -> Vec<(StreamId, u32)> {
+        let mut connection = self.commands.clone();
+        let reply: StreamAutoClaimReply = match redis::cmd("XAUTOCLAIM")
+            .arg(&self.stream)
+            .arg(&self.group)
+            .arg(&self.consumer)
+            .arg(idle.as_millis() as u64)
+            .arg(cursor.as_str())
+            .arg("COUNT")
+            .arg(count)
+            .query_async(&mut connection)
+            .await
+        {
+            Ok(reply) => reply,
+            Err(err) => {
+                tracing::warn!(stream = %self.stream, error = %err, "XAUTOCLAIM failed");
+                return Vec::new();
+            }
+        };
+        *cursor = reply.next_stream_id;
+        let claimed: Vec<StreamId> = {
+            let held = held.lock().map(|h| h.clone()).unwrap_or_default();
+            reply
+                .claimed
+                .into_iter()
+                .filter(|entry| !held.contains(&entry.id))
+                .collect()
+        };
+        if claimed.is_empty() {
             return Vec::new();
         }
-    };
-    let candidates: Vec<(String, usize)> = pending
-        .ids
-        .into_iter()
-        .filter(|p| p.consumer != consumer)
-        .map(|p| (p.id, p.times_delivered))
-        .collect();
-    if candidates.is_empty() {
-        return Vec::new();
-    }
-    let mut claim = redis::cmd("XCLAIM");
-    claim.arg(stream).arg(group).arg(consumer).arg(idle_ms);
-    for (id, _) in &candidates {
-        claim.arg(id);
-    }
-    // XCLAIM takes an entry only if it is still idle that long, so two hosts never both get it.
-    let claimed: StreamClaimReply = match claim.query_async(&mut connection).await {
-        Ok(reply) => reply,
-        Err(err) => {
-            tracing::warn!(stream, error = %err, "XCLAIM failed");
-            return Vec::new();
-        }
-    };
-    if !claimed.ids.is_empty() {
         tracing::info!(
-            stream,
-            group,
-            consumer,
-            claimed = claimed.ids.len(),
+            stream = %self.stream,
+            group = %self.group,
+            consumer = %self.consumer,
+            claimed = claimed.len(),
             "claimed entries another consumer left pending"
         );
+        let counts = self.delivery_counts(&claimed).await;
+        claimed
+            .into_iter()
+            .map(|entry| {
+                let count = counts.get(&entry.id).copied().unwrap_or(2);
+                (entry, count)
+            })
+            .collect()
     }
-    claimed
-        .ids
-        .into_iter()
-        .map(|entry| {
-            let delivered = candidates
-                .iter()
-                .find(|(id, _)| *id == entry.id)
-                .map_or(1, |(_, n)| *n);
-            Pending {
-                event: to_event(stream, entry),
-                // XCLAIM counted one more delivery.
-                attempt: u32::try_from(delivered + 1).unwrap_or(u32::MAX),
+
+    /// Redis's delivery counter of each of `entries` (pending on this consumer).
+    async fn delivery_counts(&self, entries: &[StreamId]) -> BTreeMap<String, u32> {
+        let (Some(first), Some(last)) = (entries.first(), entries.last()) else {
+            return BTreeMap::new();
+        };
+        let mut connection = self.commands.clone();
+        let reply: redis::RedisResult<StreamPendingCountReply> = redis::cmd("XPENDING")
+            .arg(&self.stream)
+            .arg(&self.group)
+            .arg(&first.id)
+            .arg(&last.id)
+            .arg(entries.len())
+            .arg(&self.consumer)
+            .query_async(&mut connection)
+            .await;
+        match reply {
+            Ok(reply) => reply
+                .ids
+                .into_iter()
+                .map(|p| (p.id, u32::try_from(p.times_delivered).unwrap_or(u32::MAX)))
+                .collect(),
+            Err(err) => {
+                tracing::warn!(stream = %self.stream, error = %err, "XPENDING failed");
+                BTreeMap::new()
             }
-        })
-        .collect()
+        }
+    }
+}
+
+/// Every `every`, resets the idle time of the entries this host holds, so no other host can
+/// claim them while they wait in a lane or run. An entry found on another consumer (this host
+/// was stalled past `claim_idle_ms`) is reported: that host now delivers it too.
+async fn refresh_held(target: Target, held: Held, every: Duration) {
+    let script = redis::Script::new(REFRESH_SCRIPT);
+    let mut ticker = tokio::time::interval(every);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        let ids: Vec<String> = held
+            .lock()
+            .map(|h| h.iter().cloned().collect())
+            .unwrap_or_default();
+        if ids.is_empty() {
+            continue;
+        }
+        let mut connection = target.commands.clone();
+        let mut invocation = script.key(&target.stream);
+        invocation.arg(&target.group).arg(&target.consumer);
+        for id in &ids {
+            invocation.arg(id);
+        }
+        match invocation
+            .invoke_async::<Vec<String>>(&mut connection)
+            .await
+        {
+            Ok(lost) => {
+                let lost: Vec<String> = match held.lock() {
+                    // Entries acknowledged meanwhile are not lost.
+                    Ok(held) => lost.into_iter().filter(|id| held.contains(id)).collect(),
+                    Err(_) => lost,
+                };
+                if !lost.is_empty() {
+                    tracing::warn!(stream = %target.stream, consumer = %target.consumer, entries = ?lost, "entries this host holds were claimed by another consumer (this host stalled longer than claim_idle_ms)");
+                }
+            }
+            Err(err) => {
+                tracing::warn!(stream = %target.stream, error = %err, "cannot refresh held entries")
+            }
+        }
+    }
 }
 
 /// Delivers a lane's entries one after the other; each handled (or dead-lettered) entry goes to
@@ -301,25 +431,25 @@ async fn lane(
 }
 
 /// Acknowledges handled entries, all that are waiting in one `XACK` (so lanes never wait for a
-/// round trip), until every lane has stopped.
-async fn acknowledge(
-    commands: ConnectionManager,
-    stream: String,
-    group: String,
-    mut receiver: mpsc::UnboundedReceiver<String>,
-) {
+/// round trip), until every lane has stopped; acknowledged entries are no longer held.
+async fn acknowledge(target: Target, held: Held, mut receiver: mpsc::UnboundedReceiver<String>) {
     let mut ids = Vec::with_capacity(ACK_BATCH);
     while receiver.recv_many(&mut ids, ACK_BATCH).await > 0 {
-        let mut connection = commands.clone();
+        let mut connection = target.commands.clone();
         let acked: redis::RedisResult<i64> = redis::cmd("XACK")
-            .arg(&stream)
-            .arg(&group)
+            .arg(&target.stream)
+            .arg(&target.group)
             .arg(&ids)
             .query_async(&mut connection)
             .await;
         if let Err(err) = acked {
             // Not acknowledged: the entries stay pending and are reclaimed later (at least once).
-            tracing::warn!(stream, entries = ids.len(), error = %err, "XACK failed");
+            tracing::warn!(stream = %target.stream, entries = ids.len(), error = %err, "XACK failed");
+        }
+        if let Ok(mut held) = held.lock() {
+            for id in &ids {
+                held.remove(id);
+            }
         }
         ids.clear();
     }

@@ -3,6 +3,7 @@
 
 use crate::app::{AppComponent, HttpWorld};
 use crate::engine::MoaEngine;
+use crate::invocation::Invocation;
 use crate::state::HostState;
 use crate::telemetry::Metrics;
 use std::pin::Pin;
@@ -38,9 +39,13 @@ impl HandlerState for ComponentInstances {
         &self,
     ) -> wasmtime::Result<Instance<HostState, Expiration, InstanceWorker>> {
         let started = Instant::now();
+        // The request's own invocation replaces this one in `on_request_start`.
         let mut store = self
             .component
-            .new_store(&self.engine)
+            .new_store(
+                &self.engine,
+                Invocation::new("-", self.component.request_timeout),
+            )
             .map_err(wasmtime::Error::from_anyhow)?;
         let http = self.component.http.as_ref().ok_or_else(|| {
             wasmtime::Error::msg(format!(
@@ -68,7 +73,6 @@ impl HandlerState for ComponentInstances {
                     }
                     _ => 1,
                 },
-                request_timeout: self.component.request_timeout,
                 outcome_listeners: Mutex::new(Vec::new()),
             },
         })
@@ -112,17 +116,14 @@ pub type OutcomeListener = tokio::sync::oneshot::Sender<wasmtime::Error>;
 /// What the trigger hands the instance with each request.
 pub struct RequestContext {
     pub outcome: OutcomeListener,
-    /// W3C `traceparent` of the request, stamped on messages the component publishes.
-    pub traceparent: Option<String>,
-    /// In-app call nesting depth of the request (0 from outside).
-    pub depth: u32,
+    /// The request's id, trace context, depth and deadline.
+    pub invocation: Invocation,
 }
 
 /// Decides whether an instance takes another request, and reports how the instance ended.
 pub struct InstanceWorker {
     max_reuse: usize,
     max_concurrent: usize,
-    request_timeout: Duration,
     outcome_listeners: Mutex<Vec<OutcomeListener>>,
 }
 
@@ -150,17 +151,11 @@ impl WorkerState for InstanceWorker {
             listeners.retain(|listener| !listener.is_closed());
             listeners.push(context.outcome);
         }
-        // The CPU deadline counts from this request's start, also on a reused instance.
-        store.set_epoch_deadline(MoaEngine::ticks_for(self.request_timeout));
-        // With instance reuse and concurrent requests the last request's context wins.
-        let state = store.data_mut();
-        state.capabilities.ai_models.traceparent = context.traceparent.clone();
-        state
-            .capabilities
-            .messaging
-            .set_traceparent(context.traceparent);
-        state.capabilities.outbound_http.depth = context.depth;
-        Box::pin(tokio::time::sleep(self.request_timeout))
+        // The deadline counts from this request's start, also on a reused instance. With
+        // concurrent requests on one instance the last request's context wins.
+        let remaining = context.invocation.remaining();
+        store.data_mut().begin(context.invocation);
+        Box::pin(tokio::time::sleep(remaining))
     }
 
     fn drop(&self, store: Store<HostState>, result: wasmtime::Result<()>) {

@@ -1,6 +1,7 @@
 //! The HTTP trigger: a hyper server that routes each request (Spin's rules), sets the `spin-*`
 //! headers, runs it in a fresh component instance and turns traps, deadlines and limits into JSON errors.
 
+mod admission;
 mod instances;
 mod router;
 
@@ -9,7 +10,9 @@ pub use router::{Route, RouteMatch, Router};
 use crate::app::App;
 use crate::capabilities::outbound_http::{InternalHttp, InternalTarget};
 use crate::engine::MoaEngine;
+use crate::invocation::Invocation;
 use crate::telemetry::{self, Metrics};
+use admission::{ActivityGuard, Admission, ConnectionActivity, Guarded, IdleTimeoutIo};
 use anyhow::{Context as _, Result};
 use bytes::Bytes;
 use futures::future::BoxFuture;
@@ -33,9 +36,6 @@ type Handler = ProxyHandler<ComponentInstances>;
 /// How deep in-app calls (`http://self`, `*.spin.internal`) may nest before 508.
 const MAX_IN_APP_DEPTH: u32 = 10;
 
-/// How long a client may take to send a request's headers.
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
-
 /// The HTTP trigger of one app.
 pub struct HttpTrigger {
     router: Router,
@@ -44,6 +44,9 @@ pub struct HttpTrigger {
     base: String,
     max_body_bytes: u64,
     timeouts: BTreeMap<String, Duration>,
+    admission: Admission,
+    header_timeout: Duration,
+    idle_timeout: Duration,
 }
 
 /// Why a request got an error response instead of the component's.
@@ -54,6 +57,8 @@ enum Failure {
     BodyTooLarge,
     Deadline(Duration),
     Unavailable(String),
+    /// Admission control turned the request away (`requests`, `instances`).
+    Busy(&'static str),
     Trap(String),
 }
 
@@ -65,7 +70,7 @@ impl Failure {
             Failure::NotFound => StatusCode::NOT_FOUND,
             Failure::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Failure::Deadline(_) => StatusCode::GATEWAY_TIMEOUT,
-            Failure::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Failure::Unavailable(_) | Failure::Busy(_) => StatusCode::SERVICE_UNAVAILABLE,
             Failure::Trap(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -81,6 +86,8 @@ struct Incoming {
     traceparent: Option<String>,
     /// 0 for a request from outside; n for the n-th nested in-app call.
     depth: u32,
+    /// An in-app call ends no later than the request that made it.
+    caller_deadline: Option<std::time::Instant>,
 }
 
 impl HttpTrigger {
@@ -113,6 +120,12 @@ impl HttpTrigger {
             base: manifest.http_base.clone(),
             max_body_bytes: app.limits.max_request_body_bytes,
             timeouts,
+            admission: Admission::new(
+                app.limits.max_connections,
+                app.limits.max_concurrent_requests,
+            ),
+            header_timeout: Duration::from_millis(app.limits.http_header_timeout_ms),
+            idle_timeout: Duration::from_millis(app.limits.http_idle_timeout_ms),
         });
         let _ = app
             .capabilities
@@ -136,11 +149,17 @@ impl HttpTrigger {
         let graceful = hyper_util::server::graceful::GracefulShutdown::new();
         let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
         // Without a timer hyper applies no header-read timeout: a slow client would hold its
-        // connection forever.
+        // connection forever. Idle connections (both versions) end through `IdleTimeoutIo`.
         builder
             .http1()
             .timer(hyper_util::rt::TokioTimer::new())
-            .header_read_timeout(HEADER_READ_TIMEOUT);
+            .header_read_timeout(self.header_timeout);
+        builder
+            .http2()
+            .timer(hyper_util::rt::TokioTimer::new())
+            .keep_alive_interval(Some(self.idle_timeout))
+            .keep_alive_timeout(self.header_timeout)
+            .max_concurrent_streams(256);
         let mut shutdown = std::pin::pin!(shutdown);
         loop {
             let (stream, client) = tokio::select! {
@@ -155,24 +174,34 @@ impl HttpTrigger {
                 },
             };
             let _ = stream.set_nodelay(true);
+            let Some(slot) = self.admission.connection() else {
+                self.metrics.http_rejected("connections");
+                tokio::spawn(refuse_connection(stream, self.header_timeout));
+                continue;
+            };
+            let open = self.metrics.connection_open();
+            let activity = ConnectionActivity::default();
+            let io = IdleTimeoutIo::new(stream, activity.clone(), self.idle_timeout);
             let trigger = self.clone();
             let service =
                 hyper::service::service_fn(move |request: Request<hyper::body::Incoming>| {
                     let trigger = trigger.clone();
+                    let active = activity.start();
                     async move {
                         Ok::<_, std::convert::Infallible>(
-                            trigger.handle_outside(request, client).await,
+                            trigger.handle_outside(request, client, active).await,
                         )
                     }
                 });
             let connection = builder
-                .serve_connection(TokioIo::new(stream), service)
+                .serve_connection(TokioIo::new(io), service)
                 .into_owned();
             let connection = graceful.watch(connection);
             tokio::spawn(async move {
                 if let Err(err) = connection.await {
                     tracing::debug!(error = %err, "connection ended with an error");
                 }
+                drop((slot, open));
             });
         }
         tracing::info!("shutting down: waiting for in-flight requests");
@@ -193,6 +222,7 @@ impl HttpTrigger {
         &self,
         request: Request<hyper::body::Incoming>,
         client: SocketAddr,
+        active: ActivityGuard,
     ) -> Response<WasiBody> {
         let started = Instant::now();
         let request_id = request_id(request.headers());
@@ -208,7 +238,9 @@ impl HttpTrigger {
             body_overflow: Arc::new(AtomicBool::new(false)),
             traceparent: telemetry::traceparent(&span, request.headers()),
             depth: 0,
+            caller_deadline: None,
         };
+        let permit = self.admission.request();
         let forged_internal = request
             .headers()
             .get(http::header::HOST)
@@ -216,6 +248,9 @@ impl HttpTrigger {
             .map(|h| h.split(':').next().unwrap_or("").to_ascii_lowercase())
             .is_some_and(|h| h.ends_with(crate::capabilities::outbound_http::INTERNAL_HOST_SUFFIX));
         let (component, route, result) = async {
+            if permit.is_none() {
+                return (None, None, Err(Failure::Busy("requests")));
+            }
             if forged_internal {
                 return (
                     None,
@@ -251,6 +286,7 @@ impl HttpTrigger {
                         tracing::error!(parent: &span, request_id = %request_id, component = component_name, error = %error, "component trapped");
                     }
                     Failure::Deadline(_) => self.metrics.deadline_hit(component_name),
+                    Failure::Busy(reason) => self.metrics.http_rejected(reason),
                     _ => {}
                 }
                 error_response(&failure, &request_id, component.as_deref(), &path)
@@ -275,15 +311,19 @@ impl HttpTrigger {
             duration_ms = elapsed.as_secs_f64() * 1000.0,
             "request"
         );
-        response
+        response.map(|body| Guarded::new(body, permit, active).boxed_unsync())
     }
 
     /// Rejects a declared oversize body at once; caps a streamed body at the limit.
-    fn limit_body(
+    fn limit_body<B>(
         &self,
-        request: Request<hyper::body::Incoming>,
+        request: Request<B>,
         overflow: &Arc<AtomicBool>,
-    ) -> Result<Request<WasiBody>, Failure> {
+    ) -> Result<Request<WasiBody>, Failure>
+    where
+        B: http_body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
         let max = self.max_body_bytes;
         let declared = request
             .headers()
@@ -300,9 +340,11 @@ impl HttpTrigger {
                 .map_err(move |err| {
                     if err.is::<http_body_util::LengthLimitError>() {
                         overflow.store(true, Ordering::Relaxed);
-                        HttpError::HttpRequestBodySize(Some(max))
-                    } else {
-                        HttpError::InternalError(Some(err.to_string()))
+                        return HttpError::HttpRequestBodySize(Some(max));
+                    }
+                    match err.downcast::<HttpError>() {
+                        Ok(code) => *code,
+                        Err(other) => HttpError::InternalError(Some(other.to_string())),
                     }
                 })
                 .boxed_unsync()
@@ -332,10 +374,15 @@ impl HttpTrigger {
         if incoming.depth > MAX_IN_APP_DEPTH {
             return Err(Failure::LoopDetected);
         }
+        let mut invocation = Invocation::new(incoming.request_id.as_str(), timeout)
+            .with_traceparent(incoming.traceparent.clone())
+            .with_depth(incoming.depth);
+        if let Some(caller_deadline) = incoming.caller_deadline {
+            invocation.deadline = invocation.deadline.min(caller_deadline);
+        }
         let context = instances::RequestContext {
             outcome: listener,
-            traceparent: incoming.traceparent.clone(),
-            depth: incoming.depth,
+            invocation,
         };
         let started = Instant::now();
         let result = handler.handle(context, request).await;
@@ -427,11 +474,10 @@ fn classify(error: wasmtime::Error, timeout: Duration) -> Failure {
     if let Some(instantiation) =
         error.downcast_ref::<InstantiationError<instances::RequestContext>>()
     {
-        let text = format!("{:#}", instantiation.error);
-        if text.contains("maximum concurrent") || text.contains("pooling allocator") {
-            return Failure::Unavailable("no free instance slot; retry shortly".into());
+        if crate::engine::is_pool_exhausted(&instantiation.error) {
+            return Failure::Busy("instances");
         }
-        return Failure::Trap(format!("instantiation failed: {text}"));
+        return Failure::Trap(format!("instantiation failed: {:#}", instantiation.error));
     }
     Failure::Trap(format!("{error:#}"))
 }
@@ -454,6 +500,12 @@ fn error_response(
             timeout.as_millis()
         ),
         Failure::Unavailable(why) => why.clone(),
+        Failure::Busy("instances") => {
+            "every instance slot is in use (engine.max_instances); retry shortly".into()
+        }
+        Failure::Busy(_) => {
+            "the host is handling as many requests as it allows (limits.max_concurrent_requests); retry shortly".into()
+        }
         Failure::Trap(_) => "the component failed while handling the request".into(),
     };
     let body = serde_json::json!({
@@ -472,7 +524,33 @@ fn error_response(
         http::header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
     );
+    if failure.status() == StatusCode::SERVICE_UNAVAILABLE {
+        response.headers_mut().insert(
+            http::header::RETRY_AFTER,
+            HeaderValue::from(admission::RETRY_AFTER_SECONDS),
+        );
+    }
     response
+}
+
+/// Answers every request on a connection over the cap with 503 and closes it.
+async fn refuse_connection(stream: tokio::net::TcpStream, timeout: Duration) {
+    let service = hyper::service::service_fn(|_request: Request<hyper::body::Incoming>| async {
+        let failure = Failure::Busy("connections");
+        let body = serde_json::json!({
+            "error": "the host has as many open connections as it allows (limits.max_connections); retry shortly",
+            "status": 503,
+        });
+        let mut response = error_response(&failure, "-", None, "");
+        *response.body_mut() = Full::new(Bytes::from(body.to_string()))
+            .map_err(|never| match never {})
+            .boxed_unsync();
+        Ok::<_, std::convert::Infallible>(response)
+    });
+    let connection = hyper::server::conn::http1::Builder::new()
+        .keep_alive(false)
+        .serve_connection(TokioIo::new(stream), service);
+    let _ = tokio::time::timeout(timeout, connection).await;
 }
 
 /// Takes the caller's `x-request-id` when it is short and plain, else makes a new one.
@@ -498,7 +576,7 @@ impl InternalHttp for InternalDispatcher {
         &self,
         target: InternalTarget,
         request: Request<WasiBody>,
-        caller_depth: u32,
+        caller: Invocation,
     ) -> BoxFuture<'static, Result<Response<WasiBody>, HttpError>> {
         let trigger = self.0.clone();
         Box::pin(async move {
@@ -506,12 +584,26 @@ impl InternalHttp for InternalDispatcher {
                 return Err(HttpError::DestinationUnavailable);
             };
             let path = request.uri().path().to_string();
+            // The caller's request id and trace context follow the call unless it set its own.
+            let request_id = match request.headers().get("x-request-id") {
+                Some(_) => request_id(request.headers()),
+                None => caller.request_id.to_string(),
+            };
+            let traceparent = telemetry::traceparent(&tracing::Span::none(), request.headers())
+                .or(caller.traceparent.clone());
             let incoming = Incoming {
-                request_id: request_id(request.headers()),
+                request_id,
                 client: None,
                 body_overflow: Arc::new(AtomicBool::new(false)),
-                traceparent: telemetry::traceparent(&tracing::Span::none(), request.headers()),
-                depth: caller_depth + 1,
+                traceparent,
+                depth: caller.depth + 1,
+                caller_deadline: Some(caller.deadline),
+            };
+            let request = match trigger.limit_body(request, &incoming.body_overflow) {
+                Ok(request) => request,
+                Err(failure) => {
+                    return Ok(error_response(&failure, &incoming.request_id, None, &path));
+                }
             };
             let route = match &target {
                 InternalTarget::App => trigger.router.route(&path),

@@ -1,0 +1,54 @@
+//! The context of one invocation (an HTTP request or an event delivery): request id, trace
+//! context, in-app nesting depth and deadline, carried the same way by every trigger.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// What the host knows about the work an instance is doing right now. Set by the trigger at the
+/// start of every request or delivery ([`crate::state::HostState::begin`]), also on a reused instance.
+#[derive(Debug, Clone)]
+pub struct Invocation {
+    /// The request id (HTTP: `x-request-id` or a new one; events: the broker's message id).
+    pub request_id: Arc<str>,
+    /// W3C `traceparent` of the work, passed on to published messages, in-app calls and the
+    /// model runtime.
+    pub traceparent: Option<String>,
+    /// In-app call nesting depth (0 from outside).
+    pub depth: u32,
+    /// When the guest's CPU time runs out: past it, the next epoch tick interrupts the guest.
+    pub deadline: Instant,
+}
+
+impl Invocation {
+    /// A fresh invocation with `timeout` from now.
+    pub fn new(request_id: impl Into<Arc<str>>, timeout: Duration) -> Self {
+        Invocation {
+            request_id: request_id.into(),
+            traceparent: None,
+            depth: 0,
+            deadline: deadline_after(timeout),
+        }
+    }
+
+    pub fn with_traceparent(mut self, traceparent: Option<String>) -> Self {
+        self.traceparent = traceparent;
+        self
+    }
+
+    pub fn with_depth(mut self, depth: u32) -> Self {
+        self.depth = depth;
+        self
+    }
+
+    /// Time left before the deadline (zero once it passed).
+    pub fn remaining(&self) -> Duration {
+        self.deadline.saturating_duration_since(Instant::now())
+    }
+}
+
+/// `now + timeout`, saturating far in the future for absurd timeouts.
+pub fn deadline_after(timeout: Duration) -> Instant {
+    let now = Instant::now();
+    now.checked_add(timeout)
+        .unwrap_or_else(|| now + Duration::from_secs(365 * 24 * 3600))
+}

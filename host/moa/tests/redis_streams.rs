@@ -1,0 +1,204 @@
+//! Redis Streams triggers with several hosts on one group, against a real Redis: an entry a host
+//! holds is never taken by another while that host is alive, and an entry that takes hosts down
+//! reaches the dead-letter stream on Redis's own delivery count.
+
+mod common;
+
+use common::{AppDir, Moa, Options, RedisServer};
+use reqwest::Method;
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+fn app(redis: &RedisServer, max_deliveries: u32) -> (AppDir, Options) {
+    let manifest = format!(
+        r#"
+spin_manifest_version = 2
+[application]
+name = "streams"
+[[trigger.http]]
+route = "/..."
+component = "front"
+[[trigger.redis-stream]]
+component = "relay"
+stream = "orders"
+group = "relay"
+claim_idle_ms = 1000
+max_deliveries = {max_deliveries}
+retry_backoff_ms = 50
+concurrency = 1
+[component.front]
+source = "{{probe}}"
+allowed_publish_topics = ["orders"]
+[component.relay]
+source = "{{relay}}"
+allowed_publish_topics = ["seen.*"]
+environment = {{ RELAY_PREFIX = "seen." }}
+"#
+    );
+    let app = AppDir::new(&manifest);
+    let rc = app.write(
+        "runtime-config.toml",
+        &format!(
+            "[messaging.brokers.main]\ntype = \"redis\"\nurl = \"{}\"\n",
+            redis.url
+        ),
+    );
+    (app, Options::runtime_config(&rc))
+}
+
+fn host(app: &AppDir, options: &Options, consumer: &str) -> Moa {
+    let mut options = options.clone();
+    options
+        .env
+        .push(("MOA_CONSUMER_NAME".into(), consumer.into()));
+    Moa::start(app, options)
+}
+
+fn connection(redis: &RedisServer) -> redis::Connection {
+    redis::Client::open(redis.url.as_str())
+        .unwrap()
+        .get_connection()
+        .unwrap()
+}
+
+/// Payload -> the `attempt` headers of every time it was relayed.
+fn relayed(redis: &RedisServer, stream: &str) -> BTreeMap<String, Vec<String>> {
+    let reply: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+        .arg(stream)
+        .arg("-")
+        .arg("+")
+        .query(&mut connection(redis))
+        .unwrap();
+    let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for entry in reply.ids {
+        let text = |field: &str| -> String {
+            match entry.map.get(field) {
+                Some(redis::Value::BulkString(b)) => String::from_utf8_lossy(b).into_owned(),
+                _ => String::new(),
+            }
+        };
+        out.entry(text("payload"))
+            .or_default()
+            .push(text("h:attempt"));
+    }
+    out
+}
+
+/// (consumer, times delivered) of every entry pending in the `relay` group (none before the
+/// host created the group).
+fn pending(redis: &RedisServer) -> Vec<(String, usize)> {
+    let reply: redis::streams::StreamPendingCountReply = match redis::cmd("XPENDING")
+        .arg("orders")
+        .arg("relay")
+        .arg("-")
+        .arg("+")
+        .arg(100)
+        .query(&mut connection(redis))
+    {
+        Ok(reply) => reply,
+        Err(err) if err.code() == Some("NOGROUP") => return Vec::new(),
+        Err(err) => panic!("XPENDING: {err}"),
+    };
+    reply
+        .ids
+        .into_iter()
+        .map(|p| (p.consumer, p.times_delivered))
+        .collect()
+}
+
+fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    for _ in 0..600 {
+        if done() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("timed out waiting until {what}");
+}
+
+#[test]
+fn two_hosts_never_both_process_an_entry_one_of_them_holds() {
+    let redis = RedisServer::start();
+    let (app, options) = app(&redis, 3);
+    let first = host(&app, &options, "host-a");
+    let second = host(&app, &options, "host-b");
+    // Each entry takes longer to handle than claim_idle_ms: without refreshing what a host
+    // holds, the other host would claim the running entry and the one waiting behind it.
+    for i in 0..6 {
+        let (status, body) = first.send(
+            Method::POST,
+            &format!("/publish/orders?key=k{i}"),
+            Some(format!("sleep:1500/{i}").into_bytes()),
+        );
+        assert_eq!(status, 200, "{body}");
+    }
+    wait_until("all six are relayed", || {
+        relayed(&redis, "seen.orders").len() == 6
+    });
+    // Give a late duplicate time to show up.
+    std::thread::sleep(Duration::from_millis(2000));
+    let seen = relayed(&redis, "seen.orders");
+    for (payload, attempts) in &seen {
+        assert_eq!(
+            attempts.len(),
+            1,
+            "{payload} was handled {} times\nA:\n{}\nB:\n{}",
+            attempts.len(),
+            first.stderr(),
+            second.stderr()
+        );
+    }
+    assert!(
+        !first.stderr().contains("claimed entries") && !second.stderr().contains("claimed entries"),
+        "a live host's entries were claimed"
+    );
+}
+
+#[test]
+fn an_entry_that_takes_hosts_down_is_dead_lettered_on_its_delivery_count() {
+    let redis = RedisServer::start();
+    let (app, options) = app(&redis, 2);
+    let first = host(&app, &options, "host-1");
+    let (status, body) = first.send(
+        Method::POST,
+        "/publish/orders?key=poison",
+        Some(b"sleep:600000/poison".to_vec()),
+    );
+    assert_eq!(status, 200, "{body}");
+    wait_until("host-1 handles the entry", || {
+        pending(&redis) == vec![("host-1".to_string(), 1)]
+    });
+    drop(first); // SIGKILL mid-delivery, like a crash
+
+    let second = host(&app, &options, "host-2");
+    wait_until("host-2 claims and handles it", || {
+        pending(&redis) == vec![("host-2".to_string(), 2)]
+    });
+    drop(second);
+
+    // Delivered twice, handled never: the third host dead-letters it without running it.
+    let third = host(&app, &options, "host-3");
+    wait_until("the entry is dead-lettered", || {
+        !relayed(&redis, "orders.dlq").is_empty()
+    });
+    wait_until("the entry is acknowledged", || pending(&redis).is_empty());
+    let reply: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+        .arg("orders.dlq")
+        .arg("-")
+        .arg("+")
+        .query(&mut connection(&redis))
+        .unwrap();
+    let entry = &reply.ids[0];
+    let header = |name: &str| match entry.map.get(&format!("h:{name}")) {
+        Some(redis::Value::BulkString(b)) => String::from_utf8_lossy(b).into_owned(),
+        other => panic!("no header {name}: {other:?} in {:?}", entry.map.keys()),
+    };
+    assert_eq!(header("moa-attempts"), "2");
+    assert!(
+        header("moa-error").contains("host stopped"),
+        "{}",
+        header("moa-error")
+    );
+    assert!(relayed(&redis, "seen.orders").is_empty());
+    drop(third);
+}
