@@ -37,13 +37,14 @@ pub struct LoadedManifest {
     pub manifest: AppManifest,
 }
 
-/// Reads and validates the manifest at `path`.
-pub fn load(path: &Path) -> Result<LoadedManifest, ManifestError> {
+/// Reads and validates the manifest at `path`. `capability_keys` are the `[component.<id>]` keys
+/// the host's capabilities read besides the core ones (any other key is an error).
+pub fn load(path: &Path, capability_keys: &[&str]) -> Result<LoadedManifest, ManifestError> {
     let text = std::fs::read_to_string(path).map_err(|err| ManifestError::Read {
         path: path.to_path_buf(),
         source: err,
     })?;
-    let manifest = parse(path, &text)?;
+    let manifest = parse(path, &text, capability_keys)?;
     let base_dir = path
         .parent()
         .map(Path::to_path_buf)
@@ -57,7 +58,12 @@ pub fn load(path: &Path) -> Result<LoadedManifest, ManifestError> {
 }
 
 /// Parses and validates manifest text; `path` is used only in error messages.
-pub fn parse(path: &Path, text: &str) -> Result<AppManifest, ManifestError> {
+pub fn parse(
+    path: &Path,
+    text: &str,
+    capability_keys: &[&str],
+) -> Result<AppManifest, ManifestError> {
+    let settings = validate::capability_settings(path, text, capability_keys)?;
     let raw: schema::RawManifest = toml::from_str(text).map_err(|err| {
         let position = err
             .span()
@@ -69,7 +75,7 @@ pub fn parse(path: &Path, text: &str) -> Result<AppManifest, ManifestError> {
             help: help_for_serde_message(err.message()),
         }
     })?;
-    validate::validate(path, text, raw)
+    validate::validate(path, text, raw, settings)
 }
 
 fn help_for_serde_message(message: &str) -> String {

@@ -63,8 +63,9 @@ pub(crate) struct RawTrigger {
     pub dead_letter_stream: Option<Spanned<String>>,
 }
 
+/// The core keys of a component; the host's capabilities read the others (see
+/// [`Component::capability_settings`]), and a key neither knows is an error.
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub(crate) struct RawComponent {
     pub source: Spanned<toml::Value>,
     pub description: Option<String>,
@@ -75,12 +76,6 @@ pub(crate) struct RawComponent {
     #[serde(default)]
     pub allowed_outbound_hosts: Vec<Spanned<String>>,
     pub allowed_http_hosts: Option<Spanned<toml::Value>>,
-    #[serde(default)]
-    pub key_value_stores: Vec<Spanned<String>>,
-    #[serde(default)]
-    pub ai_models: Vec<Spanned<String>>,
-    #[serde(default)]
-    pub allowed_publish_topics: Vec<Spanned<String>>,
     #[serde(default)]
     pub variables: BTreeMap<Spanned<String>, Spanned<String>>,
     #[serde(default)]
@@ -219,10 +214,9 @@ pub struct Component {
     pub files: Vec<FileMount>,
     pub exclude_files: Vec<String>,
     pub allowed_outbound_hosts: Vec<Located<String>>,
-    pub key_value_stores: Vec<Located<String>>,
-    pub ai_models: Vec<Located<String>>,
-    /// Topics (or `prefix*` patterns) the component may publish to with `moa:messaging/producer`.
-    pub allowed_publish_topics: Vec<Located<String>>,
+    /// Keys read by the host's capabilities (`key_value_stores`, `ai_models`,
+    /// `allowed_publish_topics`, ...), as written; which keys are allowed is the caller's list.
+    pub capability_settings: BTreeMap<String, Located<toml::Value>>,
     /// Component variables: name -> template (may reference `{{ app_variable }}`).
     pub variables: BTreeMap<String, Located<String>>,
     pub environment: BTreeMap<String, String>,
@@ -276,5 +270,63 @@ impl AppManifest {
     /// Whether an event trigger names `component`.
     pub fn has_event_trigger(&self, component: &str) -> bool {
         self.event_triggers.iter().any(|t| t.component == component)
+    }
+}
+
+/// Every `[component.<id>]` key the manifest itself reads; the rest belong to capabilities.
+pub const CORE_COMPONENT_KEYS: &[&str] = &[
+    "source",
+    "description",
+    "files",
+    "exclude_files",
+    "allowed_outbound_hosts",
+    "allowed_http_hosts",
+    "variables",
+    "environment",
+    "build",
+    "dependencies",
+    "moa",
+];
+
+impl Component {
+    /// The capability setting `key` as a list of non-empty strings (empty when absent), e.g.
+    /// `key_value_stores = ["default"]`. Errors name the file, the line and the fix.
+    pub fn string_list(
+        &self,
+        manifest: &std::path::Path,
+        key: &str,
+    ) -> Result<Vec<Located<String>>, crate::ManifestError> {
+        let Some(setting) = self.capability_settings.get(key) else {
+            return Ok(Vec::new());
+        };
+        let invalid = |message: String| crate::ManifestError::Invalid {
+            path: manifest.to_path_buf(),
+            position: Some(setting.position),
+            message,
+            help: format!("write `{key} = [\"name\", ...]`"),
+        };
+        let Some(items) = setting.value.as_array() else {
+            return Err(invalid(format!(
+                "component `{}`: `{key}` must be a list of strings",
+                self.id
+            )));
+        };
+        items
+            .iter()
+            .map(|item| match item.as_str() {
+                Some(text) if !text.trim().is_empty() => Ok(Located {
+                    value: text.to_string(),
+                    position: setting.position,
+                }),
+                Some(_) => Err(invalid(format!(
+                    "component `{}`: `{key}` has an empty entry",
+                    self.id
+                ))),
+                None => Err(invalid(format!(
+                    "component `{}`: `{key}` entries must be strings",
+                    self.id
+                ))),
+            })
+            .collect()
     }
 }

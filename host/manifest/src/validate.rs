@@ -33,10 +33,28 @@ impl Ctx<'_> {
     }
 }
 
+/// Every component's capability settings (keys that are not core keys), checked against
+/// `capability_keys` before the typed parse, so a misspelt key is reported as such.
+pub(crate) type Settings = BTreeMap<String, BTreeMap<String, Located<toml::Value>>>;
+
+pub(crate) fn capability_settings(
+    path: &Path,
+    text: &str,
+    capability_keys: &[&str],
+) -> Result<Settings, ManifestError> {
+    let cx = Ctx { path, text };
+    let mut out = BTreeMap::new();
+    for (id, keys) in component_settings(text) {
+        out.insert(id.clone(), settings_of(&cx, &id, keys, capability_keys)?);
+    }
+    Ok(out)
+}
+
 pub(crate) fn validate(
     path: &Path,
     text: &str,
     raw: RawManifest,
+    mut settings: Settings,
 ) -> Result<AppManifest, ManifestError> {
     let cx = Ctx { path, text };
     check_version(&cx, &raw)?;
@@ -81,7 +99,9 @@ pub(crate) fn validate(
 
     let mut components = BTreeMap::new();
     for (id, component) in raw.component {
-        let component = validate_component(&cx, id, component, &variables)?;
+        let component_settings = settings.remove(id.get_ref()).unwrap_or_default();
+        let mut component = validate_component(&cx, id, component, &variables)?;
+        component.capability_settings = component_settings;
         components.insert(component.id.clone(), component);
     }
 
@@ -150,6 +170,56 @@ pub(crate) fn validate(
 }
 
 /// The keys of every `[[trigger.<kind>]]` entry, in file order.
+/// Every component's keys with their values and positions, for the keys capabilities read.
+fn component_settings(
+    text: &str,
+) -> BTreeMap<String, BTreeMap<Spanned<String>, Spanned<toml::Value>>> {
+    #[derive(serde::Deserialize)]
+    struct Keys {
+        #[serde(default)]
+        component: BTreeMap<String, BTreeMap<Spanned<String>, Spanned<toml::Value>>>,
+    }
+    toml::from_str::<Keys>(text)
+        .map(|keys| keys.component)
+        .unwrap_or_default()
+}
+
+/// The component's keys that are not core keys: each must be one a capability reads.
+fn settings_of(
+    cx: &Ctx,
+    id: &str,
+    keys: BTreeMap<Spanned<String>, Spanned<toml::Value>>,
+    capability_keys: &[&str],
+) -> Result<BTreeMap<String, Located<toml::Value>>, ManifestError> {
+    let mut settings = BTreeMap::new();
+    for (key, value) in keys {
+        if CORE_COMPONENT_KEYS.contains(&key.get_ref().as_str()) {
+            continue;
+        }
+        if !capability_keys.contains(&key.get_ref().as_str()) {
+            let mut known: Vec<&str> = CORE_COMPONENT_KEYS.to_vec();
+            known.extend_from_slice(capability_keys);
+            return Err(cx.err(
+                cx.pos(&key),
+                format!("component `{id}`: unknown field `{}`", key.get_ref()),
+                format!(
+                    "remove or rename it; a component may have: {}",
+                    known.join(", ")
+                ),
+            ));
+        }
+        let position = cx.pos(&value);
+        settings.insert(
+            key.into_inner(),
+            Located {
+                value: value.into_inner(),
+                position,
+            },
+        );
+    }
+    Ok(settings)
+}
+
 fn trigger_keys(text: &str) -> BTreeMap<String, Vec<Vec<String>>> {
     let mut out = BTreeMap::new();
     let Ok(table) = toml::from_str::<toml::Table>(text) else {
@@ -548,28 +618,6 @@ fn validate_component(
         });
     }
 
-    let located =
-        |items: Vec<Spanned<String>>, what: &str| -> Result<Vec<Located<String>>, ManifestError> {
-            items
-                .into_iter()
-                .map(|item| {
-                    let position = cx.pos(&item);
-                    let value = item.into_inner();
-                    if value.trim().is_empty() {
-                        return Err(cx.err(
-                            position,
-                            format!("component `{id}`: empty {what} label"),
-                            format!("name the {what}, e.g. \"default\""),
-                        ));
-                    }
-                    Ok(Located { value, position })
-                })
-                .collect()
-        };
-    let key_value_stores = located(raw.key_value_stores, "key-value store")?;
-    let ai_models = located(raw.ai_models, "AI model")?;
-    let allowed_publish_topics = located(raw.allowed_publish_topics, "topic")?;
-
     let build = match raw.build {
         None => None,
         Some(build) => {
@@ -633,9 +681,7 @@ fn validate_component(
         files,
         exclude_files: raw.exclude_files,
         allowed_outbound_hosts,
-        key_value_stores,
-        ai_models,
-        allowed_publish_topics,
+        capability_settings: BTreeMap::new(),
         variables: component_variables,
         environment: raw.environment,
         build,
@@ -791,6 +837,9 @@ mod tests {
     use crate::{ManifestError, parse};
     use std::path::Path;
 
+    /// The keys the host's capabilities read, as the host passes them.
+    const KEYS: &[&str] = &["key_value_stores", "ai_models", "allowed_publish_topics"];
+
     const GOOD: &str = r#"
 spin_manifest_version = 2
 
@@ -819,7 +868,7 @@ command = "cargo build"
 "#;
 
     fn err(text: &str) -> (usize, String) {
-        match parse(Path::new("spin.toml"), text) {
+        match parse(Path::new("spin.toml"), text, KEYS) {
             Err(e @ ManifestError::Invalid { .. }) => {
                 (e.position().map(|p| p.line).unwrap_or(0), e.to_string())
             }
@@ -830,11 +879,14 @@ command = "cargo build"
 
     #[test]
     fn a_complete_manifest_is_accepted() {
-        let m = parse(Path::new("spin.toml"), GOOD).unwrap();
+        let m = parse(Path::new("spin.toml"), GOOD, KEYS).unwrap();
         assert_eq!(m.name, "shop");
         assert_eq!(m.http_triggers.len(), 2);
         let hello = &m.components["hello"];
-        assert_eq!(hello.key_value_stores[0].value, "default");
+        let stores = hello
+            .string_list(Path::new("spin.toml"), "key_value_stores")
+            .unwrap();
+        assert_eq!(stores[0].value, "default");
         assert_eq!(hello.variables["message"].value, "{{ greeting }}, world");
         assert_eq!(hello.build.as_ref().unwrap().commands, ["cargo build"]);
     }
@@ -866,7 +918,7 @@ command = "cargo build"
         let text = format!(
             "{GOOD}\n[[trigger.kafka]]\ntopics = [\"orders\", \"payments\"]\ncomponent = \"hello\"\nmax_attempts = 3\n\n[[trigger.redis-stream]]\nstream = \"chat\"\ncomponent = \"hello\"\ngroup = \"ai\"\nclaim_idle_ms = 1000\n"
         );
-        let m = parse(Path::new("spin.toml"), &text).unwrap();
+        let m = parse(Path::new("spin.toml"), &text, KEYS).unwrap();
         assert_eq!(m.event_triggers.len(), 2);
         let kafka = m
             .event_triggers
@@ -923,6 +975,41 @@ command = "cargo build"
         assert!(msg.contains("unknown field `sourc`"), "{msg}");
         let (line, _) = err("spin_manifest_version = 2\n[application\n");
         assert_eq!(line, 2);
+    }
+
+    #[test]
+    fn component_keys_are_core_keys_or_ones_a_capability_reads() {
+        let text = GOOD.replace(
+            "key_value_stores = [\"default\"]",
+            "key_value_stores = [\"default\"]\nsqlite_databases = [\"default\"]",
+        );
+        let (line, msg) = err(&text);
+        assert!(msg.contains("unknown field `sqlite_databases`"), "{msg}");
+        assert!(msg.contains("key_value_stores"), "{msg}");
+        assert!(line > 0);
+        // The same key is accepted once a capability reads it.
+        let mut keys = KEYS.to_vec();
+        keys.push("sqlite_databases");
+        let m = parse(Path::new("spin.toml"), &text, &keys).unwrap();
+        let hello = &m.components["hello"];
+        assert_eq!(
+            hello
+                .string_list(Path::new("spin.toml"), "sqlite_databases")
+                .unwrap()[0]
+                .value,
+            "default"
+        );
+        // A setting of the wrong shape is an error naming the key.
+        let text = GOOD.replace(
+            "key_value_stores = [\"default\"]",
+            "key_value_stores = \"default\"",
+        );
+        let m = parse(Path::new("spin.toml"), &text, KEYS).unwrap();
+        let err = m.components["hello"]
+            .string_list(Path::new("spin.toml"), "key_value_stores")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("must be a list of strings"), "{err}");
     }
 
     #[test]

@@ -1,11 +1,12 @@
 //! Loads an app: manifest + runtime config -> configured capabilities and, for every triggered
 //! component, a compiled and pre-instantiated component with its grants and limits.
 
-use crate::capabilities::{self, AppCapabilities, ComponentGrants};
+use crate::capabilities::variables::AppVariables;
+use crate::capabilities::{ComponentContext, ConfigureContext, outbound_http};
 use crate::engine::{LoadOrigin, MoaEngine};
 use crate::invocation::Invocation;
 use crate::runtime_config::RuntimeConfig;
-use crate::state::HostState;
+use crate::state::{self, AppCapabilities, ComponentGrants, HostState};
 use crate::telemetry::Metrics;
 use crate::telemetry::guest_output::{self, GuestOutput, OutputBudget};
 use anyhow::{Context as _, Result, anyhow};
@@ -193,14 +194,16 @@ pub struct App {
 
 impl App {
     /// Loads every triggered component. `on_loaded` is told about each one (for progress output).
-    pub fn load(
-        engine: &MoaEngine,
+    /// Capabilities connect their backends here (async); compiling runs on the blocking pool.
+    pub async fn load(
+        engine: &Arc<MoaEngine>,
         manifest: LoadedManifest,
         runtime_config: &RuntimeConfig,
         state_dir: &Path,
         metrics: Arc<Metrics>,
         mut on_loaded: impl FnMut(&AppComponent),
     ) -> Result<App> {
+        runtime_config.check_sections(&state::runtime_config_sections())?;
         let limits: HostLimits = runtime_config.section("limits")?.unwrap_or_default();
         if limits.max_instance_reuse == 0
             || limits.request_timeout_ms == 0
@@ -216,23 +219,34 @@ impl App {
                 runtime_config.describe()
             );
         }
-        let capabilities =
-            AppCapabilities::configure(runtime_config, state_dir, &manifest, metrics.clone())?;
+        let variables = AppVariables::resolve(runtime_config, &manifest)?;
+        let capabilities = AppCapabilities::configure(&ConfigureContext {
+            runtime_config,
+            state_dir,
+            app: &manifest,
+            metrics: &metrics,
+            variables: &variables,
+        })
+        .await?;
 
         let mut linker = Linker::<HostState>::new(engine.engine());
-        capabilities::link(&mut linker)?;
+        state::link(&mut linker)?;
 
         let mut components = BTreeMap::new();
         for component in manifest.manifest.triggered_components() {
-            let loaded = load_component(
-                engine,
-                &linker,
-                &manifest,
-                &capabilities,
+            let allowed_hosts =
+                Arc::new(outbound_http::configure(&manifest, component, &variables)?);
+            let grants = capabilities.grants_for(&ComponentContext {
+                app: &manifest,
                 component,
-                &limits,
-                &metrics,
-            )?;
+                metrics: &metrics,
+                variables: &variables,
+                allowed_hosts: &allowed_hosts,
+            })?;
+            let loaded = load_component(
+                engine, &linker, &manifest, component, &limits, &metrics, grants,
+            )
+            .await?;
             on_loaded(&loaded);
             components.insert(component.id.clone(), Arc::new(loaded));
         }
@@ -245,18 +259,24 @@ impl App {
     }
 }
 
-fn load_component(
-    engine: &MoaEngine,
+async fn load_component(
+    engine: &Arc<MoaEngine>,
     linker: &Linker<HostState>,
     app: &LoadedManifest,
-    capabilities: &AppCapabilities,
     component: &Component,
     limits: &HostLimits,
     metrics: &Arc<Metrics>,
+    grants: ComponentGrants,
 ) -> Result<AppComponent> {
     let started = Instant::now();
     let source = app.base_dir.join(&component.source.value);
-    let (compiled, origin) = engine.load_component(&source).with_context(|| {
+    let compiled = {
+        let (engine, source) = (engine.clone(), source.clone());
+        tokio::task::spawn_blocking(move || engine.load_component(&source))
+            .await
+            .context("compiling the component panicked")?
+    };
+    let (compiled, origin) = compiled.with_context(|| {
         format!(
             "{}:{}: component `{}`",
             app.path.display(),
@@ -266,9 +286,10 @@ fn load_component(
     })?;
     let instance_pre = linker.instantiate_pre(&compiled).map_err(|err| {
         anyhow!(
-            "component `{}` ({}) cannot be linked: {err}\n  help: moa provides WASI 0.2/0.3, wasi:http, spin:key-value@3.0.0, fermyon:spin/key-value@2.0.0, spin:variables@3.0.0, spin:redis@3.0.0 and moa:messaging/producer@0.1.0; remove the other imports or use a newer moa",
+            "component `{}` ({}) cannot be linked: {err}\n  help: moa provides {}; remove the other imports or use a newer moa",
             component.id,
-            source.display()
+            source.display(),
+            state::imports().join(", ")
         )
     })?;
     let http = if app.manifest.has_http_trigger(&component.id) {
@@ -313,7 +334,7 @@ fn load_component(
         id: component.id.clone(),
         http,
         events,
-        grants: capabilities.grants_for(app, component)?,
+        grants,
         memory_limit_bytes: usize::try_from(memory_mb.saturating_mul(1 << 20))
             .unwrap_or(usize::MAX),
         request_timeout: Duration::from_millis(timeout_ms),

@@ -5,16 +5,6 @@ use anyhow::{Context as _, Result, bail};
 use serde::de::DeserializeOwned;
 use std::path::{Path, PathBuf};
 
-/// Top-level tables moa understands, with the capability or concern that reads each.
-const KNOWN_SECTIONS: &[&str] = &[
-    "key_value_store",
-    "messaging",
-    "variables",
-    "limits",
-    "engine",
-    "embedding",
-];
-
 /// A parsed runtime config; empty when no file was given (every capability then uses its
 /// embedded default).
 #[derive(Debug, Clone, Default)]
@@ -24,7 +14,8 @@ pub struct RuntimeConfig {
 }
 
 impl RuntimeConfig {
-    /// Reads `path`; rejects unknown top-level tables so that a typo is not silently ignored.
+    /// Reads `path` (its tables are checked against the ones moa understands by
+    /// [`Self::check_sections`] when the app loads).
     pub fn load(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).with_context(|| {
             format!(
@@ -47,19 +38,25 @@ impl RuntimeConfig {
                 err.message().trim()
             )
         })?;
-        for key in table.keys() {
-            if !KNOWN_SECTIONS.contains(&key.as_str()) {
-                bail!(
-                    "{}: unknown table `{key}`\n  help: the runtime config understands: {}",
-                    path.display(),
-                    KNOWN_SECTIONS.join(", ")
-                );
-            }
-        }
         Ok(RuntimeConfig {
             path: Some(path.to_path_buf()),
             table,
         })
+    }
+
+    /// Rejects top-level tables nobody reads, so that a typo is not silently ignored. `known`
+    /// comes from the host core and the registered capabilities.
+    pub fn check_sections(&self, known: &[&str]) -> Result<()> {
+        for key in self.table.keys() {
+            if !known.contains(&key.as_str()) {
+                bail!(
+                    "{}: unknown table `{key}`\n  help: the runtime config understands: {}",
+                    self.describe(),
+                    known.join(", ")
+                );
+            }
+        }
+        Ok(())
     }
 
     /// The directory relative paths in the file resolve against (the file's directory).
@@ -124,6 +121,8 @@ mod tests {
     #[test]
     fn unknown_sections_and_bad_keys_are_named() {
         let err = RuntimeConfig::parse(Path::new("rc.toml"), "[key_valu_store.x]\ntype='spin'\n")
+            .unwrap()
+            .check_sections(&["key_value_store", "limits"])
             .unwrap_err();
         assert!(
             err.to_string().contains("unknown table `key_valu_store`"),

@@ -1,13 +1,69 @@
-//! The per-instance store data: WASI and wasi:http contexts, the resource table, memory limits,
-//! the current invocation and the capability state of the component the instance belongs to.
+//! The per-instance store data and the registry of capabilities it is made of: WASI and wasi:http
+//! contexts, the resource table, memory limits, the current invocation, one state per capability.
 
-use crate::capabilities::CapabilityState;
+use crate::capabilities::{
+    key_value, llm, messaging, outbound_http, outbound_redis, register_capabilities, variables,
+};
 use crate::invocation::Invocation;
 use crate::telemetry::guest_output::RequestIdCell;
+use anyhow::Result;
 use wasmtime::StoreLimits;
-use wasmtime::component::ResourceTable;
+use wasmtime::component::{Linker, ResourceTable};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
+
+// The registry: one line per capability. Adding a capability is its folder under
+// `capabilities/` plus one line here.
+register_capabilities! {
+    key_value: key_value::KeyValueCapability,
+    variables: variables::VariablesCapability,
+    outbound_http: outbound_http::OutboundHttpCapability,
+    outbound_redis: outbound_redis::OutboundRedisCapability,
+    messaging: messaging::MessagingCapability,
+    llm: llm::LlmCapability,
+}
+
+/// What every component can import whatever it is granted: WASI and wasi:http, both 0.2 and 0.3.
+pub const CORE_IMPORTS: &[&str] = &["WASI 0.2/0.3", "wasi:http 0.2/0.3"];
+
+/// Runtime-config tables the host itself reads (the rest belong to capabilities).
+pub const CORE_RUNTIME_CONFIG_SECTIONS: &[&str] = &["limits", "engine"];
+
+/// Step 1 for the whole host, once per engine: WASI p2 + p3, wasi:http p2 + p3, then every
+/// registered capability.
+pub fn link(linker: &mut Linker<HostState>) -> Result<()> {
+    wasmtime_wasi::p2::add_to_linker_async(linker)?;
+    wasmtime_wasi_http::p2::add_only_http_to_linker_async(linker)?;
+    wasmtime_wasi::p3::add_to_linker(linker)?;
+    wasmtime_wasi_http::p3::add_to_linker(linker)?;
+    AppCapabilities::link(linker)
+}
+
+/// Every runtime-config table moa understands: the core's and the capabilities'.
+pub fn runtime_config_sections() -> Vec<&'static str> {
+    let mut sections = CORE_RUNTIME_CONFIG_SECTIONS.to_vec();
+    for (_, capability_sections, _, _) in CAPABILITIES {
+        sections.extend_from_slice(capability_sections);
+    }
+    sections
+}
+
+/// Every `[component.<id>]` key the capabilities read (the manifest checks the rest are core keys).
+pub fn manifest_keys() -> Vec<&'static str> {
+    CAPABILITIES
+        .iter()
+        .flat_map(|(_, _, keys, _)| keys.iter().copied())
+        .collect()
+}
+
+/// Every import moa offers, for link errors.
+pub fn imports() -> Vec<&'static str> {
+    let mut imports = CORE_IMPORTS.to_vec();
+    for (_, _, _, capability_imports) in CAPABILITIES {
+        imports.extend_from_slice(capability_imports);
+    }
+    imports
+}
 
 /// Store data of one component instance.
 pub struct HostState {
@@ -30,11 +86,7 @@ impl HostState {
         if let Ok(mut id) = self.output_request_id.lock() {
             *id = invocation.request_id.clone();
         }
-        self.capabilities.ai_models.traceparent = invocation.traceparent.clone();
-        self.capabilities
-            .messaging
-            .set_traceparent(invocation.traceparent.clone());
-        self.capabilities.outbound_http.caller = invocation.clone();
+        self.capabilities.begin(&invocation);
         self.invocation = invocation;
     }
 }

@@ -1,6 +1,9 @@
 //! Variables capability: `spin:variables/variables@3.0.0`. Application variables resolve once at
 //! load from env (`MOA_VARIABLE_*`, `SPIN_VARIABLE_*`), the runtime config `[variables]`, then defaults.
 
+use crate::capabilities::{
+    Capability, ComponentContext, ConfigureContext, HasCapability, InstanceParts,
+};
 use crate::runtime_config::{RuntimeConfig, ValueSource};
 use anyhow::{Result, bail};
 use bindings::spin::variables::variables::{self, Error};
@@ -96,12 +99,40 @@ impl HasData for Variables {
     type Data<'a> = &'a ComponentVariables;
 }
 
-/// Adds `spin:variables@3.0.0` to the linker; `view` projects the store data.
-pub fn add_to_linker<T: Send + 'static>(
-    linker: &mut Linker<T>,
-    view: fn(&mut T) -> &ComponentVariables,
-) -> wasmtime::Result<()> {
-    variables::add_to_linker::<T, Variables>(linker, view)
+/// `spin:variables@3.0.0`: the component's own variables. The app's variables are resolved by
+/// the app loader before any capability (others render templates with them), from `[variables]`.
+pub struct VariablesCapability;
+
+impl Capability for VariablesCapability {
+    const NAME: &'static str = "variables";
+    const RUNTIME_CONFIG_SECTIONS: &'static [&'static str] = &["variables"];
+    const IMPORTS: &'static [&'static str] = &["spin:variables@3.0.0"];
+
+    type AppState = ();
+    type ComponentState = ComponentVariables;
+    type InstanceState = ComponentVariables;
+    type View<'a> = &'a ComponentVariables;
+
+    fn link<T: HasCapability<Self> + Send + 'static>(linker: &mut Linker<T>) -> Result<()> {
+        variables::add_to_linker::<T, Variables>(linker, T::capability_view)?;
+        Ok(())
+    }
+
+    async fn configure(_cx: &ConfigureContext<'_>) -> Result<()> {
+        Ok(())
+    }
+
+    fn component(_app: &(), cx: &ComponentContext<'_>) -> Result<ComponentVariables> {
+        cx.variables.for_component(cx.component)
+    }
+
+    fn instance(variables: &ComponentVariables) -> ComponentVariables {
+        variables.clone()
+    }
+
+    fn view<'a>(parts: InstanceParts<'a, ComponentVariables>) -> &'a ComponentVariables {
+        parts.state
+    }
 }
 
 impl variables::Host for &ComponentVariables {}

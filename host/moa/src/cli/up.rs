@@ -68,7 +68,7 @@ pub fn run(args: UpArgs) -> Result<()> {
 }
 
 async fn serve(args: UpArgs, manifest_path: PathBuf) -> Result<()> {
-    let manifest = moa_manifest::load(&manifest_path)?;
+    let manifest = moa_manifest::load(&manifest_path, &moa::state::manifest_keys())?;
     let runtime_config = match &args.runtime_config_file {
         Some(path) => RuntimeConfig::load(path)?,
         None => RuntimeConfig::default(),
@@ -85,31 +85,23 @@ async fn serve(args: UpArgs, manifest_path: PathBuf) -> Result<()> {
     let metrics = Arc::new(Metrics::new());
 
     let mut stdout = std::io::stdout();
-    let app = {
-        let engine = engine.clone();
-        let metrics = metrics.clone();
-        let runtime_config = runtime_config.clone();
-        tokio::task::spawn_blocking(move || {
-            App::load(
-                &engine,
-                manifest,
-                &runtime_config,
-                &state_dir,
-                metrics,
-                |component| {
-                    println!(
-                        "Loaded component `{}` ({}, {} in {:.2}s)",
-                        component.id,
-                        component.exports(),
-                        component.origin.as_str(),
-                        component.load_time.as_secs_f64()
-                    );
-                },
-            )
-        })
-        .await
-        .context("component loading panicked")??
-    };
+    let app = App::load(
+        &engine,
+        manifest,
+        &runtime_config,
+        &state_dir,
+        metrics.clone(),
+        |component| {
+            println!(
+                "Loaded component `{}` ({}, {} in {:.2}s)",
+                component.id,
+                component.exports(),
+                component.origin.as_str(),
+                component.load_time.as_secs_f64()
+            );
+        },
+    )
+    .await?;
 
     // Old compile cache entries go in the background; this app's stay.
     {
@@ -143,7 +135,7 @@ async fn serve(args: UpArgs, manifest_path: PathBuf) -> Result<()> {
             println!("  {line}");
         }
     }
-    if let Some(backend) = app.capabilities.ai_models().backend() {
+    if let Some(backend) = app.capabilities.llm.backend() {
         println!("Embeddings: {}", backend.describe());
     }
     if let Some(admin) = args.admin_listen {

@@ -6,6 +6,9 @@ mod host;
 mod host_v2;
 mod redis_store;
 
+use crate::capabilities::{
+    Capability, ComponentContext, ConfigureContext, HasCapability, InstanceParts,
+};
 use crate::runtime_config::{RuntimeConfig, ValueSource};
 use anyhow::{Context as _, Result, bail};
 use async_trait::async_trait;
@@ -13,9 +16,56 @@ use moa_manifest::LoadedManifest;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use wasmtime::component::Linker;
 
-pub use host::{KeyValue, KeyValueView, add_to_linker};
-pub use host_v2::add_to_linker as add_v2_to_linker;
+pub use host::{KeyValue, KeyValueView};
+
+/// `spin:key-value@3.0.0` and `fermyon:spin/key-value@2.0.0` over the configured stores.
+pub struct KeyValueCapability;
+
+impl Capability for KeyValueCapability {
+    const NAME: &'static str = "key-value";
+    const RUNTIME_CONFIG_SECTIONS: &'static [&'static str] = &["key_value_store"];
+    const MANIFEST_KEYS: &'static [&'static str] = &["key_value_stores"];
+    const IMPORTS: &'static [&'static str] =
+        &["spin:key-value@3.0.0", "fermyon:spin/key-value@2.0.0"];
+
+    type AppState = KeyValueStores;
+    type ComponentState = KeyValueGrant;
+    type InstanceState = KeyValueGrant;
+    type View<'a> = KeyValueView<'a>;
+
+    fn link<T: HasCapability<Self> + Send + 'static>(linker: &mut Linker<T>) -> Result<()> {
+        host::add_to_linker(linker, T::capability_view)?;
+        host_v2::add_to_linker(linker, T::capability_view)?;
+        Ok(())
+    }
+
+    async fn configure(cx: &ConfigureContext<'_>) -> Result<KeyValueStores> {
+        KeyValueStores::configure(cx.runtime_config, cx.state_dir, cx.app).await
+    }
+
+    fn component(stores: &KeyValueStores, cx: &ComponentContext<'_>) -> Result<KeyValueGrant> {
+        let labels: Vec<String> = cx
+            .component
+            .string_list(&cx.app.path, "key_value_stores")?
+            .into_iter()
+            .map(|s| s.value)
+            .collect();
+        Ok(stores.grant(&labels))
+    }
+
+    fn instance(grant: &KeyValueGrant) -> KeyValueGrant {
+        grant.clone()
+    }
+
+    fn view<'a>(parts: InstanceParts<'a, KeyValueGrant>) -> KeyValueView<'a> {
+        KeyValueView {
+            grant: parts.state,
+            table: parts.table,
+        }
+    }
+}
 
 mod bindings {
     wasmtime::component::bindgen!({
@@ -83,7 +133,7 @@ pub struct KeyValueStores {
 impl KeyValueStores {
     /// Reads `[key_value_store]` (the `default` store is embedded SQLite under `state_dir` unless
     /// configured) and checks that every component's `key_value_stores` label exists.
-    pub fn configure(
+    pub async fn configure(
         runtime_config: &RuntimeConfig,
         state_dir: &Path,
         app: &LoadedManifest,
@@ -129,8 +179,8 @@ impl KeyValueStores {
                         );
                     }
                     redis_prefixes.push((label.clone(), (url.clone(), prefix.clone())));
-                    let store = tokio::runtime::Handle::current()
-                        .block_on(redis_store::RedisStore::connect(&url, Some(prefix)))
+                    let store = redis_store::RedisStore::connect(&url, Some(prefix))
+                        .await
                         .with_context(|| {
                             format!("{}: [key_value_store.{label}]", runtime_config.describe())
                         })?;
@@ -149,7 +199,7 @@ impl KeyValueStores {
         }
 
         for component in app.manifest.components.values() {
-            for label in &component.key_value_stores {
+            for label in &component.string_list(&app.path, "key_value_stores")? {
                 if !backends.contains_key(&label.value) {
                     bail!(
                         "{}:{}: component `{}` uses key-value store `{}`, which is not defined\n  help: add [key_value_store.{}] with type = \"spin\" to the runtime config, or use the \"default\" store",

@@ -6,6 +6,10 @@
 //! component lists a model under `ai_models`. A model name may end in `:passage` or `:raw` to get
 //! the document prefix or none (default: the query prefix); the grant names the bare model.
 
+use crate::capabilities::{
+    Capability, ComponentContext, ConfigureContext, HasCapability, InstanceParts,
+};
+use crate::invocation::Invocation;
 use crate::runtime_config::RuntimeConfig;
 use anyhow::{Context as _, Result};
 use bindings::fermyon::spin::llm::{self, EmbeddingsResult, EmbeddingsUsage, Error};
@@ -16,7 +20,7 @@ use moa_model_runtime::{
 };
 use std::collections::BTreeSet;
 use std::path::PathBuf;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use wasmtime::component::{HasData, Linker};
 
@@ -82,8 +86,60 @@ impl EmbeddingBackend {
     }
 }
 
-/// The process's in-process runtime: ONNX Runtime initialises once per process.
-static IN_PROCESS: OnceLock<Arc<ModelRuntime>> = OnceLock::new();
+/// Spin's `fermyon:spin/llm@2.0.0`: embeddings from moa's model runtime, per `ai_models` grant.
+pub struct LlmCapability;
+
+impl Capability for LlmCapability {
+    const NAME: &'static str = "llm";
+    const RUNTIME_CONFIG_SECTIONS: &'static [&'static str] = &["embedding"];
+    const MANIFEST_KEYS: &'static [&'static str] = &["ai_models"];
+    const IMPORTS: &'static [&'static str] = &["fermyon:spin/llm@2.0.0"];
+
+    type AppState = AiModels;
+    type ComponentState = AiModelsGrant;
+    type InstanceState = AiModelsGrant;
+    type View<'a> = LlmView<'a>;
+
+    fn link<T: HasCapability<Self> + Send + 'static>(linker: &mut Linker<T>) -> Result<()> {
+        llm::add_to_linker::<T, Llm>(linker, T::capability_view)?;
+        Ok(())
+    }
+
+    async fn configure(cx: &ConfigureContext<'_>) -> Result<AiModels> {
+        let models = AiModels::configure(cx.runtime_config, cx.app).await?;
+        if let Some(runtime_metrics) = models.metrics() {
+            cx.metrics.attach(runtime_metrics);
+        }
+        Ok(models)
+    }
+
+    fn component(models: &AiModels, cx: &ComponentContext<'_>) -> Result<AiModelsGrant> {
+        let names: Vec<String> = cx
+            .component
+            .string_list(&cx.app.path, "ai_models")?
+            .into_iter()
+            .map(|m| m.value)
+            .collect();
+        Ok(models.grant(&names))
+    }
+
+    fn instance(grant: &AiModelsGrant) -> AiModelsGrant {
+        grant.clone()
+    }
+
+    fn view<'a>(parts: InstanceParts<'a, AiModelsGrant>) -> LlmView<'a> {
+        LlmView {
+            grant: parts.state,
+            invocation: parts.invocation,
+        }
+    }
+}
+
+/// What the host traits see: the grant and the invocation (its trace context goes to the runtime).
+pub struct LlmView<'a> {
+    grant: &'a AiModelsGrant,
+    invocation: &'a Invocation,
+}
 
 /// The app's embedding backend: configured once at load, `None` when no component lists
 /// `ai_models` (then nothing is loaded).
@@ -93,12 +149,11 @@ pub struct AiModels {
 }
 
 impl AiModels {
-    pub fn configure(runtime_config: &RuntimeConfig, app: &LoadedManifest) -> Result<Self> {
-        let wanted = app
-            .manifest
-            .components
-            .values()
-            .any(|c| !c.ai_models.is_empty());
+    pub async fn configure(runtime_config: &RuntimeConfig, app: &LoadedManifest) -> Result<Self> {
+        let mut wanted = false;
+        for component in app.manifest.components.values() {
+            wanted |= !component.string_list(&app.path, "ai_models")?.is_empty();
+        }
         let section = runtime_config.section::<EmbeddingSection>("embedding")?;
         if !wanted {
             return Ok(AiModels { backend: None });
@@ -138,9 +193,7 @@ impl AiModels {
                 max_batch_size,
                 queue_capacity,
             } => {
-                if let Some(runtime) = IN_PROCESS.get() {
-                    EmbeddingBackend::InProcess(runtime.clone())
-                } else {
+                {
                     let mut settings = RuntimeSettings::from_environment();
                     let base = runtime_config
                         .base_dir()
@@ -162,15 +215,18 @@ impl AiModels {
                     if let Some(capacity) = queue_capacity {
                         settings.batcher.queue_capacity = capacity;
                     }
-                    let runtime = ModelRuntime::load(&settings, Arc::new(RuntimeMetrics::new()))
-                        .with_context(|| {
+                    // Loading reads and optimises a large model: off the async threads.
+                    let runtime = tokio::task::spawn_blocking(move || {
+                        ModelRuntime::load(&settings, Arc::new(RuntimeMetrics::new()))
+                    })
+                    .await
+                    .context("the model loader panicked")?
+                    .with_context(|| {
                             format!(
                                 "cannot load the in-process model runtime for `ai_models`\n  help: run scripts/fetch-model.sh, or set [embedding] type = \"grpc\" in {describe}"
                             )
                         })?;
-                    EmbeddingBackend::InProcess(
-                        IN_PROCESS.get_or_init(|| Arc::new(runtime)).clone(),
-                    )
+                    EmbeddingBackend::InProcess(Arc::new(runtime))
                 }
             }
         };
@@ -196,7 +252,6 @@ impl AiModels {
         AiModelsGrant {
             models: Arc::new(models.iter().cloned().collect()),
             backend: self.backend.clone(),
-            traceparent: None,
         }
     }
 }
@@ -206,23 +261,13 @@ impl AiModels {
 pub struct AiModelsGrant {
     models: Arc<BTreeSet<String>>,
     backend: Option<EmbeddingBackend>,
-    /// The trace context of the work in progress, sent to the runtime as `traceparent`.
-    pub traceparent: Option<String>,
 }
 
 /// Marker type naming this capability in the linker.
 struct Llm;
 
 impl HasData for Llm {
-    type Data<'a> = &'a AiModelsGrant;
-}
-
-/// Adds `fermyon:spin/llm@2.0.0` to the linker; `view` projects the store data.
-pub fn add_to_linker<T: Send + 'static>(
-    linker: &mut Linker<T>,
-    view: fn(&mut T) -> &AiModelsGrant,
-) -> wasmtime::Result<()> {
-    llm::add_to_linker::<T, Llm>(linker, view)
+    type Data<'a> = LlmView<'a>;
 }
 
 /// `multilingual-e5-small:passage` → (`multilingual-e5-small`, passage).
@@ -250,14 +295,14 @@ fn llm_error(err: RuntimeError) -> Error {
     }
 }
 
-impl llm::Host for &AiModelsGrant {
+impl llm::Host for LlmView<'_> {
     async fn infer(
         &mut self,
         model: String,
         _prompt: String,
         _params: Option<llm::InferencingParams>,
     ) -> wasmtime::Result<Result<llm::InferencingResult, Error>> {
-        if !self.models.contains(&model) {
+        if !self.grant.models.contains(&model) {
             return Ok(Err(access_denied(&model)));
         }
         // moa's model runtime serves embedding models; text generation is not offered (yet).
@@ -270,10 +315,10 @@ impl llm::Host for &AiModelsGrant {
         text: Vec<String>,
     ) -> wasmtime::Result<Result<EmbeddingsResult, Error>> {
         let (base, kind) = split_kind(&model);
-        if !self.models.contains(base) {
+        if !self.grant.models.contains(base) {
             return Ok(Err(access_denied(base)));
         }
-        let Some(backend) = &self.backend else {
+        let Some(backend) = &self.grant.backend else {
             return Ok(Err(Error::ModelNotSupported));
         };
         if text.is_empty() {
@@ -291,7 +336,7 @@ impl llm::Host for &AiModelsGrant {
                 texts: text,
                 model: base.to_string(),
                 kind: kind.unwrap_or_default(),
-                traceparent: self.traceparent.clone(),
+                traceparent: self.invocation.traceparent.clone(),
                 ..Default::default()
             })
             .await;

@@ -5,6 +5,10 @@ mod embedded;
 mod kafka;
 pub mod redis_streams;
 
+use crate::capabilities::{
+    Capability, ComponentContext, ConfigureContext, HasCapability, InstanceParts,
+};
+use crate::invocation::Invocation;
 use crate::runtime_config::{RuntimeConfig, ValueSource};
 use anyhow::{Context as _, Result, bail};
 use async_trait::async_trait;
@@ -137,7 +141,7 @@ pub struct MessagingBrokers {
 
 impl MessagingBrokers {
     /// Connects every configured broker (a load error names the table), or opens the embedded log.
-    pub fn configure(
+    pub async fn configure(
         runtime_config: &RuntimeConfig,
         state_dir: &Path,
         app: &LoadedManifest,
@@ -182,8 +186,8 @@ impl MessagingBrokers {
                 }
                 BrokerConfig::Redis { url, maxlen } => {
                     let url = url.resolve(&format!("[messaging.brokers.{name}] url"))?;
-                    let broker = tokio::runtime::Handle::current()
-                        .block_on(redis_streams::RedisStreamsBroker::connect(&url, *maxlen))
+                    let broker = redis_streams::RedisStreamsBroker::connect(&url, *maxlen)
+                        .await
                         .with_context(|| format!("{describe}: [messaging.brokers.{name}]"))?;
                     Arc::new(broker)
                 }
@@ -226,7 +230,7 @@ impl MessagingBrokers {
             }
         }
         for component in app.manifest.components.values() {
-            for topic in &component.allowed_publish_topics {
+            for topic in &component.string_list(&app.path, "allowed_publish_topics")? {
                 let name = topic.value.trim_end_matches('*');
                 if !name.is_empty() && !moa_eventlog::is_valid_topic(name) {
                     bail!(
@@ -266,44 +270,81 @@ impl MessagingBrokers {
         MessagingGrant {
             brokers: self.clone(),
             allowed: allowed.into(),
-            traceparent: None,
         }
     }
 }
 
-/// One component's view of messaging.
+/// One component's view of messaging: the app's brokers and the topics it may publish to.
 #[derive(Clone)]
 pub struct MessagingGrant {
     brokers: Arc<MessagingBrokers>,
     allowed: Arc<[String]>,
-    /// The trace context of the work in progress, added to published messages as `traceparent`.
-    traceparent: Option<String>,
 }
 
-impl MessagingGrant {
-    pub fn set_traceparent(&mut self, traceparent: Option<String>) {
-        self.traceparent = traceparent;
+/// `moa:messaging/producer` to the brokers of `[messaging]` (the embedded log by default).
+pub struct MessagingCapability;
+
+impl Capability for MessagingCapability {
+    const NAME: &'static str = "messaging";
+    const RUNTIME_CONFIG_SECTIONS: &'static [&'static str] = &["messaging"];
+    const MANIFEST_KEYS: &'static [&'static str] = &["allowed_publish_topics"];
+    const IMPORTS: &'static [&'static str] = &["moa:messaging/producer@0.1.0"];
+
+    type AppState = Arc<MessagingBrokers>;
+    type ComponentState = MessagingGrant;
+    type InstanceState = MessagingGrant;
+    type View<'a> = MessagingView<'a>;
+
+    fn link<T: HasCapability<Self> + Send + 'static>(linker: &mut Linker<T>) -> Result<()> {
+        producer::add_to_linker::<T, Messaging>(linker, T::capability_view)?;
+        Ok(())
     }
+
+    async fn configure(cx: &ConfigureContext<'_>) -> Result<Arc<MessagingBrokers>> {
+        MessagingBrokers::configure(cx.runtime_config, cx.state_dir, cx.app).await
+    }
+
+    fn component(
+        brokers: &Arc<MessagingBrokers>,
+        cx: &ComponentContext<'_>,
+    ) -> Result<MessagingGrant> {
+        Ok(brokers.grant(
+            cx.component
+                .string_list(&cx.app.path, "allowed_publish_topics")?
+                .into_iter()
+                .map(|t| t.value)
+                .collect(),
+        ))
+    }
+
+    fn instance(grant: &MessagingGrant) -> MessagingGrant {
+        grant.clone()
+    }
+
+    fn view<'a>(parts: InstanceParts<'a, MessagingGrant>) -> MessagingView<'a> {
+        MessagingView {
+            grant: parts.state,
+            invocation: parts.invocation,
+        }
+    }
+}
+
+/// What the host traits see: the grant and the invocation (its trace context goes on messages).
+pub struct MessagingView<'a> {
+    grant: &'a MessagingGrant,
+    invocation: &'a Invocation,
 }
 
 /// Marker type naming this capability in the linker.
 pub struct Messaging;
 
 impl HasData for Messaging {
-    type Data<'a> = &'a mut MessagingGrant;
+    type Data<'a> = MessagingView<'a>;
 }
 
-/// Adds `moa:messaging/producer` to the linker; `view` projects the store data.
-pub fn add_to_linker<T: Send + 'static>(
-    linker: &mut Linker<T>,
-    view: fn(&mut T) -> &mut MessagingGrant,
-) -> wasmtime::Result<()> {
-    producer::add_to_linker::<T, Messaging>(linker, view)
-}
+impl bindings::moa::messaging::types::Host for MessagingView<'_> {}
 
-impl bindings::moa::messaging::types::Host for &mut MessagingGrant {}
-
-impl MessagingGrant {
+impl MessagingView<'_> {
     /// Checks the topic and the grant, and adds the trace context.
     fn prepare(&self, message: Message) -> Result<OutgoingMessage, Error> {
         if !moa_eventlog::is_valid_topic(&message.topic) {
@@ -313,6 +354,7 @@ impl MessagingGrant {
             )));
         }
         if !self
+            .grant
             .allowed
             .iter()
             .any(|pattern| topic_matches(pattern, &message.topic))
@@ -327,7 +369,7 @@ impl MessagingGrant {
             .into_iter()
             .map(|h| (h.name, h.value))
             .collect();
-        if let Some(traceparent) = &self.traceparent
+        if let Some(traceparent) = &self.invocation.traceparent
             && !headers
                 .iter()
                 .any(|(name, _)| name.eq_ignore_ascii_case("traceparent"))
@@ -352,13 +394,13 @@ fn to_wit_error(err: PublishError) -> Error {
     }
 }
 
-impl producer::Host for &mut MessagingGrant {
+impl producer::Host for MessagingView<'_> {
     async fn publish(&mut self, message: Message) -> wasmtime::Result<Result<(), Error>> {
         let outgoing = match self.prepare(message) {
             Ok(outgoing) => outgoing,
             Err(err) => return Ok(Err(err)),
         };
-        let broker = self.brokers.broker_for(&outgoing.topic).clone();
+        let broker = self.grant.brokers.broker_for(&outgoing.topic).clone();
         Ok(broker.publish(outgoing).await.map_err(to_wit_error))
     }
 
@@ -377,7 +419,7 @@ impl producer::Host for &mut MessagingGrant {
         // One batch per broker, each in the component's order; brokers in parallel.
         let mut per_broker: Vec<(Arc<dyn Broker>, Vec<OutgoingMessage>)> = Vec::new();
         for message in outgoing {
-            let broker = self.brokers.broker_for(&message.topic);
+            let broker = self.grant.brokers.broker_for(&message.topic);
             match per_broker.iter_mut().find(|(b, _)| Arc::ptr_eq(b, broker)) {
                 Some((_, batch)) => batch.push(message),
                 None => per_broker.push((broker.clone(), vec![message])),

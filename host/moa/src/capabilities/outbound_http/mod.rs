@@ -6,11 +6,15 @@ mod allowed_hosts;
 pub use allowed_hosts::{AllowedHost, AllowedHosts};
 
 use crate::capabilities::variables::AppVariables;
+use crate::capabilities::{
+    Capability, ComponentContext, ConfigureContext, HasCapability, InstanceParts,
+};
 use crate::invocation::Invocation;
 use anyhow::{Result, anyhow};
 use futures::future::BoxFuture;
 use moa_manifest::{Component, LoadedManifest};
 use std::sync::{Arc, OnceLock};
+use wasmtime::component::Linker;
 use wasmtime_wasi_http::{Error as HttpError, RequestOptions, WasiBody, WasiHttpHooks};
 
 /// Suffix of hosts that name another component of this app (Spin's local service chaining).
@@ -39,6 +43,62 @@ pub trait InternalHttp: Send + Sync {
 /// Late-bound handle to the app's internal dispatcher (the router exists only after every
 /// component is loaded).
 pub type InternalHttpSlot = Arc<OnceLock<Arc<dyn InternalHttp>>>;
+
+/// Outgoing `wasi:http` requests (p2 and p3; linked with WASI by the host core), checked against
+/// each component's `allowed_outbound_hosts`, and in-app calls (`http://self`, `*.spin.internal`).
+pub struct OutboundHttpCapability;
+
+impl Capability for OutboundHttpCapability {
+    const NAME: &'static str = "outbound-http";
+    const IMPORTS: &'static [&'static str] =
+        &["wasi:http/outgoing-handler (allowed_outbound_hosts)"];
+
+    /// Filled by the HTTP trigger with its router once every component is loaded.
+    type AppState = InternalHttpSlot;
+    type ComponentState = OutboundHttpHooks;
+    type InstanceState = OutboundHttpHooks;
+    type View<'a> = &'a mut OutboundHttpHooks;
+
+    fn link<T: HasCapability<Self> + Send + 'static>(_linker: &mut Linker<T>) -> Result<()> {
+        // wasi:http is linked with WASI by the core; the hooks reach it through `WasiHttpView`.
+        Ok(())
+    }
+
+    async fn configure(_cx: &ConfigureContext<'_>) -> Result<InternalHttpSlot> {
+        Ok(InternalHttpSlot::default())
+    }
+
+    fn component(
+        internal: &InternalHttpSlot,
+        cx: &ComponentContext<'_>,
+    ) -> Result<OutboundHttpHooks> {
+        Ok(OutboundHttpHooks {
+            component_id: cx.component.id.as_str().into(),
+            allowed: cx.allowed_hosts.clone(),
+            internal: internal.clone(),
+            metrics: cx.metrics.clone(),
+            caller: Invocation::new("-", std::time::Duration::ZERO),
+        })
+    }
+
+    fn instance(hooks: &OutboundHttpHooks) -> OutboundHttpHooks {
+        OutboundHttpHooks {
+            component_id: hooks.component_id.clone(),
+            allowed: hooks.allowed.clone(),
+            internal: hooks.internal.clone(),
+            metrics: hooks.metrics.clone(),
+            caller: hooks.caller.clone(),
+        }
+    }
+
+    fn view<'a>(parts: InstanceParts<'a, OutboundHttpHooks>) -> &'a mut OutboundHttpHooks {
+        parts.state
+    }
+
+    fn begin(hooks: &mut OutboundHttpHooks, invocation: &Invocation) {
+        hooks.caller = invocation.clone();
+    }
+}
 
 /// Parses each component's allow-list (rendering `{{ var }}` templates) at load time.
 pub fn configure(

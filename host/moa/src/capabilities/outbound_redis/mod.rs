@@ -2,6 +2,9 @@
 //! connection per address shared by every instance; `open` needs a `redis://` allow-list entry.
 
 use super::outbound_http::AllowedHosts;
+use crate::capabilities::{
+    Capability, ComponentContext, ConfigureContext, HasCapability, InstanceParts,
+};
 use bindings::spin::redis::redis::{self as spin_redis, Error, RedisParameter, RedisResult};
 use redis::aio::ConnectionManager;
 use std::collections::HashMap;
@@ -64,12 +67,55 @@ pub struct OutboundRedisView<'a> {
     pub table: &'a mut ResourceTable,
 }
 
-/// Adds `spin:redis@3.0.0` to the linker; `view` projects the store data.
-pub fn add_to_linker<T: Send + 'static>(
-    linker: &mut Linker<T>,
-    view: fn(&mut T) -> OutboundRedisView<'_>,
-) -> wasmtime::Result<()> {
-    spin_redis::add_to_linker::<T, OutboundRedis>(linker, view)
+/// Spin's outbound Redis, allowed per `redis://` entry of `allowed_outbound_hosts`.
+pub struct OutboundRedisCapability;
+
+/// One component's allow-list and the app's connections.
+#[derive(Clone)]
+pub struct OutboundRedisGrant {
+    allowed: Arc<AllowedHosts>,
+    connections: RedisConnections,
+}
+
+impl Capability for OutboundRedisCapability {
+    const NAME: &'static str = "outbound-redis";
+    const IMPORTS: &'static [&'static str] = &["spin:redis@3.0.0"];
+
+    type AppState = RedisConnections;
+    type ComponentState = OutboundRedisGrant;
+    type InstanceState = OutboundRedisGrant;
+    type View<'a> = OutboundRedisView<'a>;
+
+    fn link<T: HasCapability<Self> + Send + 'static>(linker: &mut Linker<T>) -> anyhow::Result<()> {
+        spin_redis::add_to_linker::<T, OutboundRedis>(linker, T::capability_view)?;
+        Ok(())
+    }
+
+    async fn configure(_cx: &ConfigureContext<'_>) -> anyhow::Result<RedisConnections> {
+        Ok(RedisConnections::default())
+    }
+
+    fn component(
+        connections: &RedisConnections,
+        cx: &ComponentContext<'_>,
+    ) -> anyhow::Result<OutboundRedisGrant> {
+        Ok(OutboundRedisGrant {
+            allowed: cx.allowed_hosts.clone(),
+            connections: connections.clone(),
+        })
+    }
+
+    fn instance(grant: &OutboundRedisGrant) -> OutboundRedisGrant {
+        grant.clone()
+    }
+
+    fn view<'a>(parts: InstanceParts<'a, OutboundRedisGrant>) -> OutboundRedisView<'a> {
+        OutboundRedisView {
+            allowed: &parts.state.allowed,
+            connections: &parts.state.connections,
+            table: parts.table,
+        }
+    }
 }
 
 /// Spin's mapping: a value of the wrong type (or not an integer for `incr`) is `type-error`.

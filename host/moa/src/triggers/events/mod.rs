@@ -407,7 +407,7 @@ impl EventTriggers {
         metrics: Arc<Metrics>,
         health: Arc<Health>,
     ) -> Result<Self> {
-        let brokers = app.capabilities.messaging().clone();
+        let brokers = app.capabilities.messaging.clone();
         let stop = CancellationToken::new();
         let abort = CancellationToken::new();
         let mut tasks = JoinSet::new();

@@ -129,7 +129,7 @@ impl HttpTrigger {
         });
         let _ = app
             .capabilities
-            .internal_http()
+            .outbound_http
             .set(Arc::new(InternalDispatcher(Arc::downgrade(&trigger))));
         trigger
     }
