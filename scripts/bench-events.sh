@@ -3,9 +3,11 @@
 #   (a) raw clients, no wasm: an rdkafka produce+consume loop and an XADD / XREADGROUP / XACK loop;
 #   (b) the same traffic through moa: the probe component publishes (publish-batch) and a
 #       [[trigger.kafka]] / [[trigger.redis-stream]] delivers each message to the relay component.
-# Every figure is end to end: first publish to last message consumed and committed.
+# Every figure is end to end: first publish to last message committed (raw: offset stored / XACKed;
+# moa: its own moa_event_commits_total). Each contender repeats rounds of MESSAGES until it has run
+# BENCH_SECONDS (default 10), so a burst of half a second never decides a ratio.
 #
-#   scripts/bench-events.sh           # MESSAGES=20000 by default
+#   scripts/bench-events.sh           # MESSAGES=20000 BENCH_SECONDS=10 by default
 #   MOA_BENCH_EXTRA_RC=$'[engine]\nkeep_resident_kb = 0' scripts/bench-events.sh   # compare host settings
 #
 # Ends with: RESULT events kafka_msgs_s=... kafka_raw_msgs_s=... kafka_ratio=... redis_msgs_s=...

@@ -7,8 +7,10 @@
 #
 # Both wasm servers run in two modes: a fresh instance per request (moa's default, the isolation
 # guarantee; wasmtime serve --max-instance-reuse-count 1) and instance reuse (moa
-# max_instance_reuse = 128; wasmtime serve's default). The RESULT line compares the default,
-# fresh-instance mode; the reuse rows are for information.
+# max_instance_reuse = 128; wasmtime serve's default). moa runs as users run it: its default
+# configuration, one JSON log line per request included. The RESULT line compares both modes, and
+# adds the host's own per-request instantiation time (p50, from /metrics) and the time from starting
+# `moa up` with a warm compile cache to its first answered request.
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 
@@ -96,12 +98,63 @@ printf '[limits]\nmax_instance_reuse = 128\n' > "$WORK/reuse.toml"
 
 run_moa() { # name extra-args...
   local name="$1"; shift
-  local port; port="$(free_port)"
-  MOA_LOG=warn "$CARGO_TARGET_DIR/release/moa" up -f "$WORK/spin.toml" --listen "127.0.0.1:$port" \
-    --state-dir "$WORK/state" "$@" >"$WORK/$name.log" 2>&1 &
+  local port admin; port="$(free_port)"; admin="$(free_port)"
+  "$CARGO_TARGET_DIR/release/moa" up -f "$WORK/spin.toml" --listen "127.0.0.1:$port" \
+    --admin-listen "127.0.0.1:$admin" --state-dir "$WORK/state" "$@" >"$WORK/$name.log" 2>&1 &
   SERVER_PID=$!
   measure "$name" "http://127.0.0.1:$port/hello"
+  curl -fs "http://127.0.0.1:$admin/metrics" >"$WORK/$name.metrics"
   stop_server
+}
+
+# p50 of moa_instantiation_duration_seconds in microseconds, from a /metrics scrape.
+instantiate_p50_us() { # metrics-file
+  python3 - "$1" <<'PY'
+import re, sys
+buckets = []
+for line in open(sys.argv[1]):
+    m = re.match(r'moa_instantiation_duration_seconds_bucket\{.*le="([^"]+)"\} (\S+)', line)
+    if m:
+        buckets.append((float("inf") if m.group(1) == "+Inf" else float(m.group(1)), float(m.group(2))))
+buckets.sort()
+total = buckets[-1][1] if buckets else 0
+lower, below = 0.0, 0.0
+for le, count in buckets:
+    if count >= total / 2:
+        # linear interpolation inside the bucket that holds the median
+        share = (total / 2 - below) / (count - below) if count > below else 1.0
+        print(f"{(lower + (le - lower) * share) * 1e6:.0f}")
+        break
+    lower, below = le, count
+PY
+}
+
+# Milliseconds from starting `moa up` (warm compile cache) to its first 200, best of three.
+first_response_ms() {
+  python3 - "$CARGO_TARGET_DIR/release/moa" "$WORK" <<'PY'
+import socket, subprocess, sys, time, http.client
+moa, work = sys.argv[1], sys.argv[2]
+best = None
+for _ in range(3):
+    s = socket.socket(); s.bind(("127.0.0.1", 0)); port = s.getsockname()[1]; s.close()
+    started = time.monotonic()
+    proc = subprocess.Popen([moa, "up", "-f", f"{work}/spin.toml", "--listen", f"127.0.0.1:{port}",
+                             "--state-dir", f"{work}/state"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        while True:
+            try:
+                c = http.client.HTTPConnection("127.0.0.1", port, timeout=1)
+                c.request("GET", "/hello")
+                if c.getresponse().status == 200:
+                    break
+            except OSError:
+                time.sleep(0.002)
+        took = (time.monotonic() - started) * 1000
+        best = took if best is None else min(best, took)
+    finally:
+        proc.terminate(); proc.wait()
+print(f"{best:.0f}")
+PY
 }
 
 run_wasmtime() { # name extra-args...
@@ -122,6 +175,9 @@ measure "hyper" "http://127.0.0.1:$port/hello"
 stop_server
 run_moa "moa-reuse" --runtime-config-file "$WORK/reuse.toml"
 run_wasmtime "wasmtime-serve-reuse"
+INSTANTIATE_US="$(instantiate_p50_us "$WORK/moa.metrics")"
+FIRST_MS="$(first_response_ms)"
+log "moa: instantiation p50 ${INSTANTIATE_US} us; first response ${FIRST_MS} ms after start (warm cache)"
 
 echo
 echo "wrk -t$WRK_THREADS -c$CONNECTIONS -d${DURATION}s (after ${WARMUP}s warm-up), $(nproc) cores shared by server and load generator"
@@ -131,4 +187,4 @@ for name in "${ORDER[@]}"; do
 done
 echo
 ratio() { python3 -c "print(f'{$1/$2:.2f}')"; }
-echo "RESULT http moa_rps=${RPS[moa]} wasmtime_serve_rps=${RPS[wasmtime-serve]} hyper_rps=${RPS[hyper]} moa_vs_wasmtime=$(ratio "${RPS[moa]}" "${RPS[wasmtime-serve]}") moa_vs_hyper=$(ratio "${RPS[moa]}" "${RPS[hyper]}") moa_p99_ms=${P99[moa]}"
+echo "RESULT http moa_rps=${RPS[moa]} wasmtime_serve_rps=${RPS[wasmtime-serve]} hyper_rps=${RPS[hyper]} moa_vs_wasmtime=$(ratio "${RPS[moa]}" "${RPS[wasmtime-serve]}") moa_reuse_vs_wasmtime_reuse=$(ratio "${RPS[moa-reuse]}" "${RPS[wasmtime-serve-reuse]}") moa_vs_hyper=$(ratio "${RPS[moa]}" "${RPS[hyper]}") moa_p99_ms=${P99[moa]} instantiate_us_p50=${INSTANTIATE_US} first_response_ms=${FIRST_MS}"

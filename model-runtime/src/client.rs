@@ -7,6 +7,7 @@ use crate::embedder::TextKind;
 use crate::proto::embedding_client::EmbeddingClient;
 use crate::proto::{self, EmbedRequest, InfoRequest, InfoResponse};
 use crate::runtime::{EmbedCall, Embedded};
+use backon::{BackoffBuilder, ExponentialBuilder};
 use std::time::{Duration, Instant};
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
@@ -95,7 +96,12 @@ impl RemoteRuntime {
             normalize: call.normalize,
             truncate: call.truncate,
         };
-        let mut backoff = self.settings.initial_backoff;
+        let mut backoffs = ExponentialBuilder::new()
+            .with_min_delay(self.settings.initial_backoff)
+            .with_max_delay(MAX_BACKOFF)
+            .with_factor(2.0)
+            .without_max_times()
+            .build();
         let mut attempt = 1;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -118,9 +124,11 @@ impl RemoteRuntime {
                 return Err(error_of(&status));
             }
             tracing::debug!(attempt, code = ?status.code(), "model runtime call failed; retrying");
-            let pause = backoff.min(deadline.saturating_duration_since(Instant::now()));
+            let pause = backoffs
+                .next()
+                .unwrap_or(MAX_BACKOFF)
+                .min(deadline.saturating_duration_since(Instant::now()));
             tokio::time::sleep(pause).await;
-            backoff = (backoff * 2).min(MAX_BACKOFF);
             attempt += 1;
         }
     }

@@ -6,8 +6,6 @@ mod schema;
 pub mod template;
 mod validate;
 
-pub use validate::normalize_route;
-
 pub use error::{ManifestError, Position};
 pub use schema::*;
 
@@ -37,14 +35,21 @@ pub struct LoadedManifest {
     pub manifest: AppManifest,
 }
 
-/// Reads and validates the manifest at `path`. `capability_keys` are the `[component.<id>]` keys
-/// the host's capabilities read besides the core ones (any other key is an error).
-pub fn load(path: &Path, capability_keys: &[&str]) -> Result<LoadedManifest, ManifestError> {
+/// What the host reads beyond the manifest's core: the `[component.<id>]` keys its capabilities
+/// read and the `[[trigger.<kind>]]` kinds its triggers run. Anything else is an error.
+#[derive(Debug, Clone, Copy)]
+pub struct HostKeys<'a> {
+    pub component_keys: &'a [&'a str],
+    pub trigger_kinds: &'a [&'a str],
+}
+
+/// Reads and validates the manifest at `path`.
+pub fn load(path: &Path, host: HostKeys<'_>) -> Result<LoadedManifest, ManifestError> {
     let text = std::fs::read_to_string(path).map_err(|err| ManifestError::Read {
         path: path.to_path_buf(),
         source: err,
     })?;
-    let manifest = parse(path, &text, capability_keys)?;
+    let manifest = parse(path, &text, host)?;
     let base_dir = path
         .parent()
         .map(Path::to_path_buf)
@@ -58,12 +63,8 @@ pub fn load(path: &Path, capability_keys: &[&str]) -> Result<LoadedManifest, Man
 }
 
 /// Parses and validates manifest text; `path` is used only in error messages.
-pub fn parse(
-    path: &Path,
-    text: &str,
-    capability_keys: &[&str],
-) -> Result<AppManifest, ManifestError> {
-    let settings = validate::capability_settings(path, text, capability_keys)?;
+pub fn parse(path: &Path, text: &str, host: HostKeys<'_>) -> Result<AppManifest, ManifestError> {
+    let settings = validate::capability_settings(path, text, host.component_keys)?;
     let raw: schema::RawManifest = toml::from_str(text).map_err(|err| {
         let position = err
             .span()
@@ -75,7 +76,7 @@ pub fn parse(
             help: help_for_serde_message(err.message()),
         }
     })?;
-    validate::validate(path, text, raw, settings)
+    validate::validate(path, text, raw, settings, host.trigger_kinds)
 }
 
 fn help_for_serde_message(message: &str) -> String {

@@ -17,7 +17,7 @@ pub(crate) struct RawManifest {
     #[serde(default)]
     pub variables: BTreeMap<Spanned<String>, Spanned<RawVariable>>,
     #[serde(default)]
-    pub trigger: BTreeMap<Spanned<String>, Vec<Spanned<RawTrigger>>>,
+    pub trigger: BTreeMap<Spanned<String>, Vec<Spanned<RawTriggerEntry>>>,
     #[serde(default)]
     pub component: BTreeMap<Spanned<String>, Spanned<RawComponent>>,
 }
@@ -44,24 +44,8 @@ pub(crate) struct RawVariable {
     pub secret: bool,
 }
 
-/// One `[[trigger.<type>]]` entry with the fields of every trigger type moa runs. Validation
-/// checks which fields the entry's type allows (and rejects unknown ones by name).
-#[derive(Debug, Deserialize)]
-pub(crate) struct RawTrigger {
-    pub route: Option<Spanned<toml::Value>>,
-    pub component: Option<Spanned<toml::Value>>,
-    pub executor: Option<Spanned<toml::Value>>,
-    pub topics: Option<Spanned<Vec<String>>>,
-    pub stream: Option<Spanned<String>>,
-    pub group: Option<Spanned<String>>,
-    pub concurrency: Option<Spanned<u32>>,
-    pub max_attempts: Option<Spanned<u32>>,
-    pub max_deliveries: Option<Spanned<u32>>,
-    pub retry_backoff_ms: Option<Spanned<u64>>,
-    pub claim_idle_ms: Option<Spanned<u64>>,
-    pub dead_letter_topic: Option<Spanned<String>>,
-    pub dead_letter_stream: Option<Spanned<String>>,
-}
+/// One `[[trigger.<kind>]]` entry as written: its keys with their spans.
+pub(crate) type RawTriggerEntry = BTreeMap<Spanned<String>, Spanned<toml::Value>>;
 
 /// The core keys of a component; the host's capabilities read the others (see
 /// [`Component::capability_settings`]), and a key neither knows is an error.
@@ -118,12 +102,12 @@ pub struct AppManifest {
     pub version: Option<String>,
     pub description: Option<String>,
     pub authors: Vec<String>,
-    /// `[application.trigger.http] base`, default `/`.
-    pub http_base: String,
+    /// `[application.trigger.<kind>]` tables (e.g. the HTTP trigger's `base`), for the host's triggers.
+    pub trigger_settings: BTreeMap<String, toml::Table>,
     pub variables: BTreeMap<String, VariableDecl>,
-    pub http_triggers: Vec<HttpTrigger>,
-    /// `[[trigger.kafka]]` and `[[trigger.redis-stream]]` entries.
-    pub event_triggers: Vec<EventTrigger>,
+    /// Every `[[trigger.<kind>]]` entry, in file order per kind; the host's trigger of that kind
+    /// reads its settings.
+    pub triggers: Vec<TriggerEntry>,
     pub components: BTreeMap<String, Component>,
 }
 
@@ -133,75 +117,6 @@ pub struct VariableDecl {
     pub default: Option<String>,
     pub required: bool,
     pub secret: bool,
-}
-
-/// One `[[trigger.http]]` entry.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HttpTrigger {
-    pub route: HttpRoute,
-    pub component: String,
-    pub position: Position,
-}
-
-/// Which event trigger type an entry is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum EventTriggerKind {
-    /// `[[trigger.kafka]]`: a consumer group over Kafka topics.
-    Kafka,
-    /// `[[trigger.redis-stream]]`: a consumer group over one Redis stream.
-    RedisStream,
-}
-
-impl EventTriggerKind {
-    /// The manifest's name of the trigger type.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            EventTriggerKind::Kafka => "kafka",
-            EventTriggerKind::RedisStream => "redis-stream",
-        }
-    }
-}
-
-/// One `[[trigger.kafka]]` or `[[trigger.redis-stream]]` entry: deliver every message of
-/// `topics` to `component`'s `moa:messaging/handler`, as consumer group `group`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct EventTrigger {
-    pub kind: EventTriggerKind,
-    pub component: String,
-    /// Kafka topics, or the one Redis stream.
-    pub topics: Vec<String>,
-    /// Consumer group (default `<app name>-<component id>`).
-    pub group: String,
-    /// Deliveries in flight at once: partitions in parallel (Kafka, embedded) or entries with
-    /// different keys (Redis Streams).
-    pub concurrency: u32,
-    /// Deliveries of one message (the first included) before it goes to the dead-letter topic.
-    pub max_attempts: u32,
-    /// Wait before the first retry; it doubles with each retry, up to 30 s.
-    pub retry_backoff_ms: u64,
-    /// Where messages go after `max_attempts` failures (default `<topic>.dlq`).
-    pub dead_letter: Option<String>,
-    /// Redis Streams: entries pending longer than this on another consumer are claimed.
-    pub claim_idle_ms: u64,
-    pub position: Position,
-}
-
-impl EventTrigger {
-    /// The dead-letter topic for messages of `topic`.
-    pub fn dead_letter_for(&self, topic: &str) -> String {
-        self.dead_letter
-            .clone()
-            .unwrap_or_else(|| format!("{topic}.dlq"))
-    }
-}
-
-/// Where an HTTP trigger listens.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum HttpRoute {
-    /// A route pattern: an exact path, or a prefix ending in `/...`.
-    Path(String),
-    /// `route = { private = true }`: reachable only from other components, never from outside.
-    Private,
 }
 
 /// A `[component.<id>]` table.
@@ -256,20 +171,98 @@ pub struct ComponentLimits {
 impl AppManifest {
     /// The components named by at least one trigger, in id order.
     pub fn triggered_components(&self) -> impl Iterator<Item = &Component> {
-        self.components.values().filter(|c| {
-            self.http_triggers.iter().any(|t| t.component == c.id)
-                || self.event_triggers.iter().any(|t| t.component == c.id)
-        })
+        self.components
+            .values()
+            .filter(|c| self.triggers.iter().any(|t| t.component == c.id))
     }
 
-    /// Whether an HTTP trigger names `component`.
-    pub fn has_http_trigger(&self, component: &str) -> bool {
-        self.http_triggers.iter().any(|t| t.component == component)
+    /// The entries of `[[trigger.<kind>]]`, in file order.
+    pub fn triggers_of<'a>(&'a self, kind: &'a str) -> impl Iterator<Item = &'a TriggerEntry> {
+        self.triggers.iter().filter(move |t| t.kind == kind)
+    }
+}
+
+/// One `[[trigger.<kind>]]` entry. The manifest checks that the kind is one the host runs and that
+/// `component` names a declared component; the host's trigger of that kind reads the settings.
+#[derive(Debug, Clone)]
+pub struct TriggerEntry {
+    pub kind: String,
+    pub component: String,
+    /// Where the entry starts.
+    pub position: Position,
+    /// Every key but `component`, as written.
+    pub settings: BTreeMap<String, Located<toml::Value>>,
+}
+
+impl TriggerEntry {
+    /// An error at `position` in `manifest`, for the trigger that reads this entry.
+    pub fn error(
+        &self,
+        manifest: &std::path::Path,
+        position: Position,
+        message: impl Into<String>,
+        help: impl Into<String>,
+    ) -> crate::ManifestError {
+        crate::ManifestError::Invalid {
+            path: manifest.to_path_buf(),
+            position: Some(position),
+            message: message.into(),
+            help: help.into(),
+        }
     }
 
-    /// Whether an event trigger names `component`.
-    pub fn has_event_trigger(&self, component: &str) -> bool {
-        self.event_triggers.iter().any(|t| t.component == component)
+    /// Rejects keys not in `allowed`; `hint` may give a better help for a given unknown key.
+    pub fn check_fields(
+        &self,
+        manifest: &std::path::Path,
+        allowed: &[&str],
+        hint: impl Fn(&str) -> Option<String>,
+    ) -> Result<(), crate::ManifestError> {
+        if let Some((unknown, setting)) = self
+            .settings
+            .iter()
+            .find(|(key, _)| !allowed.contains(&key.as_str()))
+        {
+            let mut fields = vec!["component"];
+            fields.extend_from_slice(allowed);
+            return Err(self.error(
+                manifest,
+                setting.position,
+                format!("[[trigger.{}]] has unknown field `{unknown}`", self.kind),
+                hint(unknown).unwrap_or_else(|| {
+                    format!("[[trigger.{}]] takes: {}", self.kind, fields.join(", "))
+                }),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The setting `key` as a `T` (absent: `None`); a value of the wrong type is an error naming
+    /// the key and the line.
+    pub fn get<T: serde::de::DeserializeOwned>(
+        &self,
+        manifest: &std::path::Path,
+        key: &str,
+    ) -> Result<Option<Located<T>>, crate::ManifestError> {
+        let Some(setting) = self.settings.get(key) else {
+            return Ok(None);
+        };
+        let value = setting.value.clone().try_into::<T>().map_err(|err| {
+            self.error(
+                manifest,
+                setting.position,
+                format!(
+                    "[[trigger.{}]] `{key}`: {}",
+                    self.kind,
+                    err.message().trim()
+                ),
+                "see docs/manifest.md for the fields of each trigger",
+            )
+        })?;
+        Ok(Some(Located {
+            value,
+            position: setting.position,
+        }))
     }
 }
 

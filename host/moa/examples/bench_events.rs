@@ -1,13 +1,16 @@
 //! Event throughput, moa vs the raw clients, on the same broker and Redis in one run (driven by
 //! `scripts/bench-events.sh`). Each case is end to end: from the first publish until the last
-//! message was consumed (and committed/acknowledged).
+//! message was committed (offset stored / acknowledged). Every contender repeats rounds of
+//! `--messages` until it has run at least `--seconds` (default 10), so a short burst does not decide
+//! the ratio; its rate is all messages over all rounds' time.
 //!
 //! - raw Kafka: an idempotent acks=all rdkafka producer with every message in flight, and a group
 //!   consumer that stores each offset (auto-commit), no wasm.
 //! - raw Redis: pipelined `XADD`s, and `XREADGROUP COUNT 128` + one `XACK` per batch, no wasm.
 //! - moa: the probe component publishes with `publish-batch` (one HTTP request), and a
 //!   `[[trigger.kafka]]` / `[[trigger.redis-stream]]` delivers every message to the relay component
-//!   (a fresh instance per message), counted from moa's `/metrics`.
+//!   (a fresh instance per message); the clock stops when moa's `moa_event_commits_total` (offset
+//!   stored / XACKed, counted by the host) reaches the last message.
 
 use anyhow::{Context as _, Result, bail};
 use futures::StreamExt as _;
@@ -30,6 +33,7 @@ struct Args {
     probe: PathBuf,
     relay: PathBuf,
     messages: usize,
+    seconds: f64,
 }
 
 fn parse_args() -> Result<Args> {
@@ -51,6 +55,10 @@ fn parse_args() -> Result<Args> {
         probe: get("--probe")?.into(),
         relay: get("--relay")?.into(),
         messages: get("--messages")?.parse()?,
+        seconds: std::env::var("BENCH_SECONDS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(10.0),
     })
 }
 
@@ -78,7 +86,35 @@ async fn create_topic(bootstrap: &str, topic: &str) -> Result<()> {
     Ok(())
 }
 
-async fn raw_kafka(bootstrap: &str, n: usize) -> Result<f64> {
+/// Messages per second over rounds of `n` until `min_seconds` of measured time.
+struct Rounds {
+    messages: usize,
+    elapsed: Duration,
+}
+
+impl Rounds {
+    fn new() -> Self {
+        Rounds {
+            messages: 0,
+            elapsed: Duration::ZERO,
+        }
+    }
+
+    fn add(&mut self, messages: usize, elapsed: Duration) {
+        self.messages += messages;
+        self.elapsed += elapsed;
+    }
+
+    fn done(&self, min_seconds: f64) -> bool {
+        self.elapsed.as_secs_f64() >= min_seconds
+    }
+
+    fn rate(&self) -> f64 {
+        self.messages as f64 / self.elapsed.as_secs_f64()
+    }
+}
+
+async fn raw_kafka(bootstrap: &str, n: usize, min_seconds: f64) -> Result<f64> {
     let topic = format!("raw-{}", std::process::id());
     create_topic(bootstrap, &topic).await?;
     let consumer: StreamConsumer = rdkafka::ClientConfig::new()
@@ -100,45 +136,49 @@ async fn raw_kafka(bootstrap: &str, n: usize) -> Result<f64> {
         .set("acks", "all")
         .set("linger.ms", "1")
         .create()?;
-    let started = Instant::now();
-    let produce = async {
-        let sends = (0..n).map(|i| {
-            let producer = producer.clone();
-            let topic = topic.clone();
-            async move {
-                let (key, payload) = payload(i);
-                producer
-                    .send(
-                        FutureRecord::to(&topic).key(&key).payload(&payload),
-                        Duration::from_secs(30),
-                    )
-                    .await
-                    .map(drop)
-                    .map_err(|(e, _)| anyhow::anyhow!("produce: {e}"))
+    let mut rounds = Rounds::new();
+    while !rounds.done(min_seconds) {
+        let started = Instant::now();
+        let produce = async {
+            let sends = (0..n).map(|i| {
+                let producer = producer.clone();
+                let topic = topic.clone();
+                async move {
+                    let (key, payload) = payload(i);
+                    producer
+                        .send(
+                            FutureRecord::to(&topic).key(&key).payload(&payload),
+                            Duration::from_secs(30),
+                        )
+                        .await
+                        .map(drop)
+                        .map_err(|(e, _)| anyhow::anyhow!("produce: {e}"))
+                }
+            });
+            let results: Vec<Result<()>> = futures::stream::iter(sends)
+                .buffer_unordered(10_000)
+                .collect()
+                .await;
+            results.into_iter().collect::<Result<Vec<()>>>()
+        };
+        let consume = async {
+            let mut seen = 0;
+            while seen < n {
+                let message = consumer.recv().await?;
+                consumer.store_offset(message.topic(), message.partition(), message.offset())?;
+                seen += 1;
             }
-        });
-        let results: Vec<Result<()>> = futures::stream::iter(sends)
-            .buffer_unordered(10_000)
-            .collect()
-            .await;
-        results.into_iter().collect::<Result<Vec<()>>>()
-    };
-    let consume = async {
-        let mut seen = 0;
-        while seen < n {
-            let message = consumer.recv().await?;
-            consumer.store_offset(message.topic(), message.partition(), message.offset())?;
-            seen += 1;
-        }
-        anyhow::Ok(())
-    };
-    let (produced, consumed) = tokio::join!(produce, consume);
-    produced?;
-    consumed?;
-    Ok(n as f64 / started.elapsed().as_secs_f64())
+            anyhow::Ok(())
+        };
+        let (produced, consumed) = tokio::join!(produce, consume);
+        produced?;
+        consumed?;
+        rounds.add(n, started.elapsed());
+    }
+    Ok(rounds.rate())
 }
 
-async fn raw_redis(url: &str, n: usize) -> Result<f64> {
+async fn raw_redis(url: &str, n: usize, min_seconds: f64) -> Result<f64> {
     let stream = format!("raw-{}", std::process::id());
     let client = redis::Client::open(url)?;
     let mut producer = client.get_multiplexed_async_connection().await?;
@@ -151,67 +191,71 @@ async fn raw_redis(url: &str, n: usize) -> Result<f64> {
         .arg("MKSTREAM")
         .query_async(&mut producer)
         .await?;
-    let started = Instant::now();
-    let produce = async {
-        for chunk in (0..n).collect::<Vec<_>>().chunks(500) {
-            let mut pipe = redis::pipe();
-            for &i in chunk {
-                let (key, payload) = payload(i);
-                pipe.cmd("XADD")
+    let mut rounds = Rounds::new();
+    while !rounds.done(min_seconds) {
+        let started = Instant::now();
+        let produce = async {
+            for chunk in (0..n).collect::<Vec<_>>().chunks(500) {
+                let mut pipe = redis::pipe();
+                for &i in chunk {
+                    let (key, payload) = payload(i);
+                    pipe.cmd("XADD")
+                        .arg(&stream)
+                        .arg("*")
+                        .arg("payload")
+                        .arg(payload)
+                        .arg("key")
+                        .arg(key)
+                        .ignore();
+                }
+                let _: () = pipe.query_async(&mut producer).await?;
+            }
+            anyhow::Ok(())
+        };
+        let consume = async {
+            let mut seen = 0;
+            while seen < n {
+                let reply: Option<redis::streams::StreamReadReply> = redis::cmd("XREADGROUP")
+                    .arg("GROUP")
+                    .arg("g")
+                    .arg("c")
+                    .arg("COUNT")
+                    .arg(128)
+                    .arg("BLOCK")
+                    .arg(100)
+                    .arg("STREAMS")
                     .arg(&stream)
-                    .arg("*")
-                    .arg("payload")
-                    .arg(payload)
-                    .arg("key")
-                    .arg(key)
-                    .ignore();
+                    .arg(">")
+                    .query_async(&mut reader)
+                    .await?;
+                let ids: Vec<String> = reply
+                    .map(|r| {
+                        r.keys
+                            .into_iter()
+                            .flat_map(|k| k.ids)
+                            .map(|e| e.id)
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                if ids.is_empty() {
+                    continue;
+                }
+                seen += ids.len();
+                let _: i64 = redis::cmd("XACK")
+                    .arg(&stream)
+                    .arg("g")
+                    .arg(&ids)
+                    .query_async(&mut reader)
+                    .await?;
             }
-            let _: () = pipe.query_async(&mut producer).await?;
-        }
-        anyhow::Ok(())
-    };
-    let consume = async {
-        let mut seen = 0;
-        while seen < n {
-            let reply: Option<redis::streams::StreamReadReply> = redis::cmd("XREADGROUP")
-                .arg("GROUP")
-                .arg("g")
-                .arg("c")
-                .arg("COUNT")
-                .arg(128)
-                .arg("BLOCK")
-                .arg(100)
-                .arg("STREAMS")
-                .arg(&stream)
-                .arg(">")
-                .query_async(&mut reader)
-                .await?;
-            let ids: Vec<String> = reply
-                .map(|r| {
-                    r.keys
-                        .into_iter()
-                        .flat_map(|k| k.ids)
-                        .map(|e| e.id)
-                        .collect()
-                })
-                .unwrap_or_default();
-            if ids.is_empty() {
-                continue;
-            }
-            seen += ids.len();
-            let _: i64 = redis::cmd("XACK")
-                .arg(&stream)
-                .arg("g")
-                .arg(&ids)
-                .query_async(&mut reader)
-                .await?;
-        }
-        anyhow::Ok(())
-    };
-    let (produced, consumed) = tokio::join!(produce, consume);
-    produced?;
-    consumed?;
-    Ok(n as f64 / started.elapsed().as_secs_f64())
+            anyhow::Ok(())
+        };
+        let (produced, consumed) = tokio::join!(produce, consume);
+        produced?;
+        consumed?;
+        rounds.add(n, started.elapsed());
+    }
+    Ok(rounds.rate())
 }
 
 struct MoaProcess {
@@ -301,7 +345,8 @@ source = "{}"
     })
 }
 
-async fn handled(client: &reqwest::Client, admin: &str) -> Result<u64> {
+/// Messages moa has committed (offset stored / XACKed), from its own counter.
+async fn committed(client: &reqwest::Client, admin: &str) -> Result<u64> {
     let metrics = client
         .get(format!("{admin}/metrics"))
         .send()
@@ -310,21 +355,21 @@ async fn handled(client: &reqwest::Client, admin: &str) -> Result<u64> {
         .await?;
     Ok(metrics
         .lines()
-        .filter(|l| l.starts_with("moa_events_total{") && l.contains("outcome=\"ok\""))
+        .filter(|l| l.starts_with("moa_event_commits_total{"))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum::<f64>() as u64)
 }
 
-async fn wait_handled(client: &reqwest::Client, admin: &str, target: u64) -> Result<()> {
+async fn wait_committed(client: &reqwest::Client, admin: &str, target: u64) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(600);
-    while handled(client, admin).await? < target {
+    while committed(client, admin).await? < target {
         if Instant::now() > deadline {
             bail!(
-                "moa handled only {} of {target}",
-                handled(client, admin).await?
+                "moa committed only {} of {target}",
+                committed(client, admin).await?
             );
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
     Ok(())
 }
@@ -352,24 +397,30 @@ async fn through_moa(args: &Args, topic: &str, trigger: &str, runtime_config: &s
     // Warm-up: the consumer has joined and the component is compiled before the clock starts.
     let warmup = 200;
     publish(warmup).await?;
-    wait_handled(&client, &moa.admin, warmup as u64).await?;
-    let started = Instant::now();
-    let (published, consumed) = tokio::join!(
-        async {
-            publish(args.messages).await?;
-            anyhow::Ok(started.elapsed())
-        },
-        wait_handled(&client, &moa.admin, (warmup + args.messages) as u64)
-    );
-    let published = published?;
-    consumed?;
-    let elapsed = started.elapsed();
-    eprintln!(
-        "  moa {topic}: published in {:.2} s, all handled in {:.2} s",
-        published.as_secs_f64(),
-        elapsed.as_secs_f64()
-    );
-    Ok(args.messages as f64 / elapsed.as_secs_f64())
+    wait_committed(&client, &moa.admin, warmup as u64).await?;
+    let mut target = warmup as u64;
+    let mut rounds = Rounds::new();
+    while !rounds.done(args.seconds) {
+        target += args.messages as u64;
+        let started = Instant::now();
+        let (published, consumed) = tokio::join!(
+            async {
+                publish(args.messages).await?;
+                anyhow::Ok(started.elapsed())
+            },
+            wait_committed(&client, &moa.admin, target)
+        );
+        let published = published?;
+        consumed?;
+        let elapsed = started.elapsed();
+        eprintln!(
+            "  moa {topic}: published in {:.2} s, all committed in {:.2} s",
+            published.as_secs_f64(),
+            elapsed.as_secs_f64()
+        );
+        rounds.add(args.messages, elapsed);
+    }
+    Ok(rounds.rate())
 }
 
 #[tokio::main]
@@ -378,7 +429,7 @@ async fn main() -> Result<()> {
     let n = args.messages;
     eprintln!("== {n} messages of {PAYLOAD_BYTES} bytes, {KEYS} keys, {PARTITIONS} partitions");
 
-    let kafka_raw = raw_kafka(&args.kafka, n).await?;
+    let kafka_raw = raw_kafka(&args.kafka, n, args.seconds).await?;
     eprintln!("raw rdkafka produce+consume: {kafka_raw:.0} msg/s");
     // moa's default (a fresh instance per delivery) is the RESULT; instance reuse is for information.
     let mut kafka_moa = 0.0;
@@ -404,7 +455,7 @@ async fn main() -> Result<()> {
         }
     }
 
-    let redis_raw = raw_redis(&args.redis, n).await?;
+    let redis_raw = raw_redis(&args.redis, n, args.seconds).await?;
     eprintln!("raw XADD/XREADGROUP/XACK: {redis_raw:.0} msg/s");
     let mut redis_moa = 0.0;
     for (mode, reuse) in [

@@ -15,13 +15,10 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use wasmtime::component::Linker;
+use wasmtime::component::{InstancePre, Linker};
 use wasmtime::{Store, StoreLimitsBuilder, UpdateDeadline};
 use wasmtime_wasi::{FsPerms, WasiCtxBuilder};
 use wasmtime_wasi_http::WasiHttpCtx;
-use wasmtime_wasi_http::handler::ProxyPre;
-
-use crate::triggers::events::EventHandlerPre;
 
 /// Host-wide limits, from the runtime config's `[limits]` (each component may lower or raise
 /// its own memory and timeout in `[component.<id>.moa]`).
@@ -68,37 +65,13 @@ impl Default for HostLimits {
     }
 }
 
-/// Which `wasi:http` world a component exports.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum HttpWorld {
-    /// `wasi:http/incoming-handler@0.2.x` (wit-bindgen, spin-sdk <= 5).
-    P2,
-    /// `wasi:http/handler@0.3.0` (spin-sdk 7).
-    P3,
-}
-
-impl HttpWorld {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            HttpWorld::P2 => "wasi:http@0.2",
-            HttpWorld::P3 => "wasi:http@0.3",
-        }
-    }
-}
-
-/// A component's `wasi:http` export, ready to instantiate.
-pub struct HttpExport {
-    pub pre: ProxyPre<HostState>,
-    pub world: HttpWorld,
-}
-
 /// One component ready to be instantiated per request or per delivered event.
 pub struct AppComponent {
     pub id: String,
-    /// Set when an HTTP trigger names the component.
-    pub http: Option<HttpExport>,
-    /// Set when an event trigger names the component.
-    pub events: Option<EventHandlerPre<HostState>>,
+    /// The wasm file it was loaded from.
+    pub source: PathBuf,
+    /// Compiled and linked; each trigger finds its export in it.
+    pub pre: InstancePre<HostState>,
     pub grants: ComponentGrants,
     pub memory_limit_bytes: usize,
     pub request_timeout: Duration,
@@ -111,18 +84,6 @@ pub struct AppComponent {
 }
 
 impl AppComponent {
-    /// What the component exports that moa calls, for `moa up`'s listing.
-    pub fn exports(&self) -> String {
-        let mut exports = Vec::new();
-        if let Some(http) = &self.http {
-            exports.push(http.world.as_str());
-        }
-        if self.events.is_some() {
-            exports.push("moa:messaging/handler");
-        }
-        exports.join(" + ")
-    }
-
     /// A fresh store for one instance, working on `invocation`: WASI context (guest output
     /// captured as log events), memory limit, and the epoch callback that yields the guest's
     /// thread every tick and interrupts it at the invocation's deadline.
@@ -193,15 +154,21 @@ pub struct App {
 }
 
 impl App {
-    /// Loads every triggered component. `on_loaded` is told about each one (for progress output).
-    /// Capabilities connect their backends here (async); compiling runs on the blocking pool.
+    /// The loaded component `id` (every component a trigger names is loaded).
+    pub fn component(&self, id: &str) -> Result<&Arc<AppComponent>> {
+        self.components
+            .get(id)
+            .ok_or_else(|| anyhow!("component `{id}` is not loaded"))
+    }
+
+    /// Loads every component a trigger names. Capabilities connect their backends here (async);
+    /// compiling runs on the blocking pool.
     pub async fn load(
         engine: &Arc<MoaEngine>,
         manifest: LoadedManifest,
         runtime_config: &RuntimeConfig,
         state_dir: &Path,
         metrics: Arc<Metrics>,
-        mut on_loaded: impl FnMut(&AppComponent),
     ) -> Result<App> {
         runtime_config.check_sections(&state::runtime_config_sections())?;
         let limits: HostLimits = runtime_config.section("limits")?.unwrap_or_default();
@@ -247,7 +214,6 @@ impl App {
                 engine, &linker, &manifest, component, &limits, &metrics, grants,
             )
             .await?;
-            on_loaded(&loaded);
             components.insert(component.id.clone(), Arc::new(loaded));
         }
         Ok(App {
@@ -292,36 +258,6 @@ async fn load_component(
             state::imports().join(", ")
         )
     })?;
-    let http = if app.manifest.has_http_trigger(&component.id) {
-        let (pre, world) = match wasmtime_wasi_http::p3::bindings::ServicePre::new(
-            instance_pre.clone(),
-        ) {
-            Ok(pre) => (ProxyPre::P3(pre), HttpWorld::P3),
-            Err(_) => match wasmtime_wasi_http::p2::bindings::ProxyPre::new(instance_pre.clone()) {
-                Ok(pre) => (ProxyPre::P2(pre), HttpWorld::P2),
-                Err(_) => anyhow::bail!(
-                    "component `{}` ({}) is named by an HTTP trigger but is not an HTTP component: it exports neither wasi:http/handler@0.3.0 nor wasi:http/incoming-handler@0.2.x\n  help: build it with spin-sdk's #[http_service] or wit-bindgen's wasi:http/proxy world",
-                    component.id,
-                    source.display()
-                ),
-            },
-        };
-        Some(HttpExport { pre, world })
-    } else {
-        None
-    };
-    let events = if app.manifest.has_event_trigger(&component.id) {
-        Some(EventHandlerPre::new(instance_pre).map_err(|_| {
-            anyhow!(
-                "component `{}` ({}) is named by an event trigger but does not export moa:messaging/handler@0.1.0\n  help: export the handler (wit-bindgen world moa:host/event-component, see wit/moa-host.wit)",
-                component.id,
-                source.display()
-            )
-        })?)
-    } else {
-        None
-    };
-
     let memory_mb = component
         .limits
         .memory_limit_mb
@@ -332,8 +268,8 @@ async fn load_component(
         .unwrap_or(limits.request_timeout_ms);
     Ok(AppComponent {
         id: component.id.clone(),
-        http,
-        events,
+        source,
+        pre: instance_pre,
         grants,
         memory_limit_bytes: usize::try_from(memory_mb.saturating_mul(1 << 20))
             .unwrap_or(usize::MAX),

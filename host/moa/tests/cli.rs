@@ -52,7 +52,7 @@ source = "x.wasm"
         "spin_manifest_version = 2\n[application]\nname = \"k\"\n[[trigger.kafka]]\ntopic = \"orders\"\ncomponent = \"a\"\n[component.a]\nsource = \"a.wasm\"\n",
     );
     assert!(
-        stderr.contains("unknown field `topic`") && stderr.contains("spin.toml:4:"),
+        stderr.contains("unknown field `topic`") && stderr.contains("spin.toml:5:"),
         "{stderr}"
     );
 

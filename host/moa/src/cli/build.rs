@@ -21,7 +21,13 @@ pub struct BuildArgs {
 /// Builds the components; returns how many were built.
 pub fn run(args: &BuildArgs) -> Result<usize> {
     let path = super::manifest_path(args.from.as_deref())?;
-    let app = moa_manifest::load(&path, &moa::state::manifest_keys())?;
+    let app = moa_manifest::load(
+        &path,
+        moa_manifest::HostKeys {
+            component_keys: &moa::state::manifest_keys(),
+            trigger_kinds: &moa::triggers::trigger_kinds(),
+        },
+    )?;
     for id in &args.component {
         if !app.manifest.components.contains_key(id) {
             let known = app

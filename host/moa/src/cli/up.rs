@@ -7,13 +7,14 @@ use moa::app::App;
 use moa::engine::{EngineSettings, MoaEngine};
 use moa::runtime_config::RuntimeConfig;
 use moa::telemetry::{self, LogFormat, Metrics};
-use moa::triggers::events::EventTriggers;
-use moa::triggers::http::{HttpTrigger, bind};
+use moa::triggers::{self, TriggerConfigs, TriggerContext};
+use moa_manifest::HostKeys;
 use std::io::Write as _;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio_util::sync::CancellationToken;
 
 #[derive(Args, Debug)]
 pub struct UpArgs {
@@ -68,7 +69,15 @@ pub fn run(args: UpArgs) -> Result<()> {
 }
 
 async fn serve(args: UpArgs, manifest_path: PathBuf) -> Result<()> {
-    let manifest = moa_manifest::load(&manifest_path, &moa::state::manifest_keys())?;
+    let manifest = moa_manifest::load(
+        &manifest_path,
+        HostKeys {
+            component_keys: &moa::state::manifest_keys(),
+            trigger_kinds: &triggers::trigger_kinds(),
+        },
+    )?;
+    // Every trigger reads and checks its section before anything compiles.
+    let trigger_configs = TriggerConfigs::from_manifest(&manifest)?;
     let runtime_config = match &args.runtime_config_file {
         Some(path) => RuntimeConfig::load(path)?,
         None => RuntimeConfig::default(),
@@ -85,54 +94,44 @@ async fn serve(args: UpArgs, manifest_path: PathBuf) -> Result<()> {
     let metrics = Arc::new(Metrics::new());
 
     let mut stdout = std::io::stdout();
-    let app = App::load(
-        &engine,
-        manifest,
-        &runtime_config,
-        &state_dir,
-        metrics.clone(),
-        |component| {
-            println!(
-                "Loaded component `{}` ({}, {} in {:.2}s)",
-                component.id,
-                component.exports(),
-                component.origin.as_str(),
-                component.load_time.as_secs_f64()
-            );
-        },
-    )
-    .await?;
+    let app = Arc::new(
+        App::load(
+            &engine,
+            manifest,
+            &runtime_config,
+            &state_dir,
+            metrics.clone(),
+        )
+        .await?,
+    );
+    let prepared = trigger_configs.prepare(&app)?;
+    for component in app.components.values() {
+        println!(
+            "Loaded component `{}` ({}, {} in {:.2}s)",
+            component.id,
+            prepared.exports_of(&component.id),
+            component.origin.as_str(),
+            component.load_time.as_secs_f64()
+        );
+    }
 
     // Old compile cache entries go in the background; this app's stay.
     {
         let engine = engine.clone();
         tokio::task::spawn_blocking(move || engine.prune_cache());
     }
-    let trigger = HttpTrigger::new(&app, engine.clone(), metrics.clone());
     let health = telemetry::Health::new(metrics.clone());
-    let events = EventTriggers::start(&app, engine.clone(), metrics.clone(), health.clone())?;
-    let has_http = !app.manifest.manifest.http_triggers.is_empty();
-    let listener = if has_http {
-        let listener = bind(args.listen).await?;
-        let address = listener.local_addr()?;
-        println!("Serving http://{address}");
-        println!("Available Routes:");
-        for route in trigger.router().routes() {
-            let (path, note) = match route.full.strip_suffix("/...") {
-                Some(prefix) => (prefix.to_string(), " (wildcard)"),
-                None if route.full == "/..." => ("/".to_string(), " (wildcard)"),
-                None => (route.full.clone(), ""),
-            };
-            println!("  {}: http://{address}{path}{note}", route.component);
-        }
-        Some(listener)
-    } else {
-        None
+    let context = TriggerContext {
+        engine: engine.clone(),
+        metrics: metrics.clone(),
+        health: health.clone(),
+        listen: args.listen,
+        drain: Duration::from_secs(args.drain_timeout),
     };
-    if !events.descriptions().is_empty() {
-        println!("Event triggers:");
-        for line in events.descriptions() {
-            println!("  {line}");
+    let running = prepared.start(&app, &context).await?;
+    for trigger in &running {
+        for line in trigger.banner() {
+            println!("{line}");
         }
     }
     if let Some(backend) = app.capabilities.llm.backend() {
@@ -152,12 +151,18 @@ async fn serve(args: UpArgs, manifest_path: PathBuf) -> Result<()> {
     stdout.flush()?;
 
     tracing::info!(app = %app.manifest.manifest.name, "serving");
-    let drain = Duration::from_secs(args.drain_timeout);
-    match listener {
-        Some(listener) => trigger.serve(listener, shutdown_signal(), drain).await?,
-        None => shutdown_signal().await,
-    }
-    events.shutdown(drain).await;
+    let shutdown = CancellationToken::new();
+    tokio::spawn({
+        let shutdown = shutdown.clone();
+        async move {
+            shutdown_signal().await;
+            shutdown.cancel();
+        }
+    });
+    let runs = running
+        .into_iter()
+        .map(|trigger| trigger.run(shutdown.clone()));
+    futures::future::try_join_all(runs).await?;
     Ok(())
 }
 

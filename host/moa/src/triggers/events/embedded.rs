@@ -138,9 +138,12 @@ async fn consume_partition(
                 let (log, group, topic) = (log.clone(), group.clone(), topic.clone());
                 blocking(move || log.commit(&group, &topic, partition, offset + 1)).await
             };
-            if let Err(err) = committed {
+            match committed {
+                Ok(()) => runtime.committed(1),
                 // Not committed: the record is delivered again after a restart (at least once).
-                tracing::error!(topic, partition, offset, error = %err, "cannot commit the group's offset");
+                Err(err) => {
+                    tracing::error!(topic, partition, offset, error = %err, "cannot commit the group's offset")
+                }
             }
             next = offset + 1;
         }

@@ -311,10 +311,13 @@ async fn partition_worker(
             Ok(_permit) => runtime.deliver(&event, 1, &mut lane, &shared.abort).await,
             Err(_) => None,
         };
-        if outcome.is_some()
-            && let Err(err) = consumer.store_offset(&key.0, key.1, event.offset as i64)
-        {
-            tracing::warn!(topic = %key.0, partition = key.1, offset = event.offset, error = %err, "cannot store the offset (partition revoked?)");
+        if outcome.is_some() {
+            match consumer.store_offset(&key.0, key.1, event.offset as i64) {
+                Ok(()) => runtime.committed(1),
+                Err(err) => {
+                    tracing::warn!(topic = %key.0, partition = key.1, offset = event.offset, error = %err, "cannot store the offset (partition revoked?)")
+                }
+            }
         }
         shared.busy.store(false, Ordering::Release);
         if outcome.is_none() {

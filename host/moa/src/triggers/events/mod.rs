@@ -5,17 +5,22 @@
 //! doubling backoff, then the dead-letter topic with the error in headers. A source commits a
 //! message (Kafka offset, XACK, log offset) only after `deliver` says it was handled or dead-lettered.
 
+pub mod config;
 mod embedded;
 mod kafka;
 mod redis_streams;
 
+use super::retry::{DeadLetterFacts, RetryPolicy, slot_waits};
+use super::{RunningTrigger, Trigger, TriggerContext};
 use crate::app::{App, AppComponent};
 use crate::capabilities::messaging::{ConsumerSource, MessagingBrokers, OutgoingMessage};
 use crate::engine::MoaEngine;
 use crate::invocation::Invocation;
 use crate::telemetry::{Health, Metrics};
 use anyhow::{Result, bail};
-use moa_manifest::{EventTrigger, EventTriggerKind};
+use config::{EventTrigger, EventTriggerKind};
+use moa_manifest::{LoadedManifest, ManifestError};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::task::JoinSet;
@@ -36,11 +41,91 @@ use bindings::exports::moa::messaging::handler::Delivery as WitDelivery;
 use bindings::moa::messaging::types::{Header as WitHeader, Message as WitMessage};
 use wasmtime::Store;
 
-/// Longest wait between two retries of one message.
-const MAX_BACKOFF: Duration = Duration::from_secs(30);
-/// First and longest wait for a free instance slot (the pool is full); such waits are not attempts.
-const SLOT_WAIT_FIRST: Duration = Duration::from_millis(20);
-const SLOT_WAIT_MAX: Duration = Duration::from_secs(1);
+/// `[[trigger.kafka]]` and `[[trigger.redis-stream]]`: messages delivered at least once to
+/// `moa:messaging/handler`, from Kafka, Redis Streams or the embedded log.
+pub struct EventTriggers;
+
+/// The event triggers with their consumer sources and the components' handlers.
+pub struct PreparedEvents {
+    triggers: Vec<(EventTrigger, ConsumerSource)>,
+    handlers: BTreeMap<String, Arc<EventHandlerPre<HostState>>>,
+}
+
+impl Trigger for EventTriggers {
+    const KINDS: &'static [&'static str] = &["kafka", "redis-stream"];
+    type Config = Vec<EventTrigger>;
+    type Prepared = PreparedEvents;
+
+    fn configure(app: &LoadedManifest) -> Result<Vec<EventTrigger>, ManifestError> {
+        config::from_manifest(app)
+    }
+
+    fn prepare(triggers: Vec<EventTrigger>, app: &App) -> Result<PreparedEvents> {
+        let mut handlers = BTreeMap::new();
+        let mut sources = Vec::new();
+        for trigger in triggers {
+            let source = source_for(app, &app.capabilities.messaging, &trigger)?;
+            let component = app.component(&trigger.component)?;
+            if !handlers.contains_key(&component.id) {
+                let pre = EventHandlerPre::new(component.pre.clone()).map_err(|_| {
+                    anyhow::anyhow!(
+                        "component `{}` ({}) is named by an event trigger but does not export moa:messaging/handler@0.1.0\n  help: export the handler (wit-bindgen world moa:host/event-component, see wit/moa-host.wit)",
+                        component.id,
+                        component.source.display()
+                    )
+                })?;
+                handlers.insert(component.id.clone(), Arc::new(pre));
+            }
+            sources.push((trigger, source));
+        }
+        Ok(PreparedEvents {
+            triggers: sources,
+            handlers,
+        })
+    }
+
+    fn export_of(prepared: &PreparedEvents, id: &str) -> Option<&'static str> {
+        prepared
+            .handlers
+            .contains_key(id)
+            .then_some("moa:messaging/handler")
+    }
+
+    async fn start(
+        prepared: PreparedEvents,
+        app: &Arc<App>,
+        cx: &TriggerContext,
+    ) -> Result<Option<Box<dyn RunningTrigger>>> {
+        if prepared.triggers.is_empty() {
+            return Ok(None);
+        }
+        let consumers = EventConsumers::start(app, prepared, cx)?;
+        Ok(Some(Box::new(RunningEvents {
+            consumers,
+            drain: cx.drain,
+        })))
+    }
+}
+
+struct RunningEvents {
+    consumers: EventConsumers,
+    drain: Duration,
+}
+
+#[async_trait::async_trait]
+impl RunningTrigger for RunningEvents {
+    fn banner(&self) -> Vec<String> {
+        let mut lines = vec!["Event triggers:".to_string()];
+        lines.extend(self.consumers.descriptions.iter().map(|d| format!("  {d}")));
+        lines
+    }
+
+    async fn run(self: Box<Self>, shutdown: CancellationToken) -> Result<()> {
+        shutdown.cancelled().await;
+        self.consumers.shutdown(self.drain).await;
+        Ok(())
+    }
+}
 
 /// Why one attempt did not handle the event.
 enum AttemptError {
@@ -95,7 +180,9 @@ pub struct TriggerRuntime {
     pub trigger: EventTrigger,
     /// How the trigger is named in logs, metrics and `/readyz`: `<kind>:<topics>:<group>`.
     name: String,
+    policy: RetryPolicy,
     component: Arc<AppComponent>,
+    handler: Arc<EventHandlerPre<HostState>>,
     engine: Arc<MoaEngine>,
     metrics: Arc<Metrics>,
     health: Arc<Health>,
@@ -127,6 +214,11 @@ impl TriggerRuntime {
         self.health.trigger_recovered(&self.name);
     }
 
+    /// `count` messages were committed (offset stored, acknowledged).
+    fn committed(&self, count: u64) {
+        self.metrics.events_committed(&self.name, count);
+    }
+
     /// Runs one attempt under the component's deadline: on the lane's warm instance if it has
     /// one, else a fresh one. A failed attempt always discards its instance.
     async fn attempt(
@@ -147,12 +239,7 @@ impl TriggerRuntime {
                 (warm.store, warm.handler, warm.uses)
             }
             None => {
-                let pre = self.component.events.as_ref().ok_or_else(|| {
-                    AttemptError::Failed(format!(
-                        "component `{}` has no event handler",
-                        self.component.id
-                    ))
-                })?;
+                let pre = &self.handler;
                 let started = Instant::now();
                 let mut store =
                     self.component
@@ -250,7 +337,7 @@ impl TriggerRuntime {
     ) -> Option<Outcome> {
         let mut attempt = first_attempt.max(1);
         let component = self.component.id.as_str();
-        if attempt > self.trigger.max_attempts {
+        if attempt > self.policy.max_attempts {
             // Every earlier delivery ended without an outcome (the host stopped or crashed during
             // each): a message that takes hosts down is dead-lettered without running it again.
             let error = format!(
@@ -262,7 +349,7 @@ impl TriggerRuntime {
             self.dead_letter(event, &error, attempt - 1, abort).await?;
             return Some(Outcome::DeadLettered);
         }
-        let mut slot_wait = SLOT_WAIT_FIRST;
+        let mut slot_wait = slot_waits();
         loop {
             let started = Instant::now();
             let result = tokio::select! {
@@ -273,18 +360,18 @@ impl TriggerRuntime {
                 Err(AttemptError::NoInstanceSlot) => {
                     // A busy host waits for a slot; it never spends the event's attempts on it.
                     self.metrics.event_instance_wait(component);
-                    tracing::debug!(component, topic = %event.topic, id = %event.id, wait_ms = slot_wait.as_millis() as u64, "no free instance slot; waiting");
+                    let wait = slot_wait.next().unwrap_or(Duration::from_secs(1));
+                    tracing::debug!(component, topic = %event.topic, id = %event.id, wait_ms = wait.as_millis() as u64, "no free instance slot; waiting");
                     tokio::select! {
-                        _ = tokio::time::sleep(slot_wait) => {}
+                        _ = tokio::time::sleep(wait) => {}
                         _ = abort.cancelled() => return None,
                     }
-                    slot_wait = (slot_wait * 2).min(SLOT_WAIT_MAX);
                     continue;
                 }
                 Err(AttemptError::Failed(error)) => Err(error),
                 Ok(()) => Ok(()),
             };
-            slot_wait = SLOT_WAIT_FIRST;
+            slot_wait = slot_waits();
             match result {
                 Ok(()) => {
                     self.metrics
@@ -292,7 +379,7 @@ impl TriggerRuntime {
                     tracing::debug!(component, topic = %event.topic, id = %event.id, attempt, "event handled");
                     return Some(Outcome::Handled);
                 }
-                Err(error) if attempt >= self.trigger.max_attempts => {
+                Err(error) if attempt >= self.policy.max_attempts => {
                     self.metrics.event_attempt(
                         component,
                         &event.topic,
@@ -305,13 +392,13 @@ impl TriggerRuntime {
                 Err(error) => {
                     self.metrics
                         .event_attempt(component, &event.topic, "retry", started.elapsed());
-                    let backoff = self.backoff(attempt);
+                    let backoff = self.policy.backoff_after(attempt);
                     tracing::warn!(
                         component,
                         topic = %event.topic,
                         id = %event.id,
                         attempt,
-                        max_attempts = self.trigger.max_attempts,
+                        max_attempts = self.policy.max_attempts,
                         retry_in_ms = backoff.as_millis() as u64,
                         error = %error,
                         "event handler failed; retrying"
@@ -326,13 +413,6 @@ impl TriggerRuntime {
         }
     }
 
-    /// `retry_backoff_ms`, doubled for each earlier retry, at most [`MAX_BACKOFF`].
-    fn backoff(&self, attempt: u32) -> Duration {
-        let base = Duration::from_millis(self.trigger.retry_backoff_ms);
-        base.saturating_mul(1u32 << attempt.saturating_sub(1).min(16))
-            .min(MAX_BACKOFF)
-    }
-
     /// Publishes the failed message to the dead-letter topic with why it failed, retrying until
     /// the broker takes it (a message is never dropped); `None` if aborted first.
     async fn dead_letter(
@@ -344,18 +424,19 @@ impl TriggerRuntime {
     ) -> Option<()> {
         let topic = self.trigger.dead_letter_for(&event.topic);
         let mut headers = event.headers.clone();
-        for (name, value) in [
-            ("moa-error", error.to_string()),
-            ("moa-original-topic", event.topic.clone()),
-            ("moa-original-partition", event.partition.to_string()),
-            ("moa-original-offset", event.offset.to_string()),
-            ("moa-original-id", event.id.clone()),
-            ("moa-attempts", attempts.to_string()),
-            ("moa-component", self.component.id.clone()),
-            ("moa-group", self.trigger.group.clone()),
-        ] {
-            headers.push((name.to_string(), value.into_bytes()));
-        }
+        headers.extend(
+            DeadLetterFacts {
+                error,
+                original_topic: &event.topic,
+                original_partition: event.partition,
+                original_offset: event.offset,
+                original_id: &event.id,
+                attempts,
+                component: &self.component.id,
+                group: &self.trigger.group,
+            }
+            .headers(),
+        );
         let message = OutgoingMessage {
             topic: topic.clone(),
             key: event.key.clone(),
@@ -390,7 +471,7 @@ impl TriggerRuntime {
 }
 
 /// The running event triggers of an app.
-pub struct EventTriggers {
+pub struct EventConsumers {
     tasks: JoinSet<()>,
     /// Stops taking new messages; in-flight deliveries finish and are committed.
     stop: CancellationToken,
@@ -399,27 +480,30 @@ pub struct EventTriggers {
     descriptions: Vec<String>,
 }
 
-impl EventTriggers {
-    /// Starts a consumer for every event trigger of `app`. Must run inside the tokio runtime.
-    pub fn start(
-        app: &App,
-        engine: Arc<MoaEngine>,
-        metrics: Arc<Metrics>,
-        health: Arc<Health>,
-    ) -> Result<Self> {
+impl EventConsumers {
+    /// Starts a consumer for every event trigger. Must run inside the tokio runtime.
+    fn start(app: &App, prepared: PreparedEvents, cx: &TriggerContext) -> Result<Self> {
         let brokers = app.capabilities.messaging.clone();
         let stop = CancellationToken::new();
         let abort = CancellationToken::new();
         let mut tasks = JoinSet::new();
         let mut descriptions = Vec::new();
-        for trigger in &app.manifest.manifest.event_triggers {
-            let component = app
-                .components
+        let (engine, metrics, health) = (&cx.engine, &cx.metrics, &cx.health);
+        for (trigger, source) in prepared.triggers {
+            let component = app.component(&trigger.component)?.clone();
+            let handler = prepared
+                .handlers
                 .get(&trigger.component)
                 .cloned()
-                .ok_or_else(|| anyhow::anyhow!("component `{}` not loaded", trigger.component))?;
-            let source = source_for(app, &brokers, trigger)?;
+                .ok_or_else(|| {
+                    anyhow::anyhow!("component `{}` has no handler", trigger.component)
+                })?;
             let runtime = Arc::new(TriggerRuntime {
+                policy: RetryPolicy::new(
+                    trigger.max_attempts,
+                    Duration::from_millis(trigger.retry_backoff_ms),
+                ),
+                handler,
                 trigger: trigger.clone(),
                 name: format!(
                     "{}:{}:{}",
@@ -459,7 +543,7 @@ impl EventTriggers {
             }
             descriptions.push(description);
         }
-        Ok(EventTriggers {
+        Ok(EventConsumers {
             tasks,
             stop,
             abort,

@@ -120,7 +120,12 @@ pub async fn run(
     };
     let held: Held = Default::default();
     let (ack_sender, ack_receiver) = mpsc::unbounded_channel::<String>();
-    let acker = tokio::spawn(acknowledge(target.clone(), held.clone(), ack_receiver));
+    let acker = tokio::spawn(acknowledge(
+        runtime.clone(),
+        target.clone(),
+        held.clone(),
+        ack_receiver,
+    ));
     let claim_idle = Duration::from_millis(runtime.trigger.claim_idle_ms);
     let refresher = tokio::spawn(refresh_held(
         target.clone(),
@@ -432,7 +437,12 @@ async fn lane(
 
 /// Acknowledges handled entries, all that are waiting in one `XACK` (so lanes never wait for a
 /// round trip), until every lane has stopped; acknowledged entries are no longer held.
-async fn acknowledge(target: Target, held: Held, mut receiver: mpsc::UnboundedReceiver<String>) {
+async fn acknowledge(
+    runtime: Arc<TriggerRuntime>,
+    target: Target,
+    held: Held,
+    mut receiver: mpsc::UnboundedReceiver<String>,
+) {
     let mut ids = Vec::with_capacity(ACK_BATCH);
     while receiver.recv_many(&mut ids, ACK_BATCH).await > 0 {
         let mut connection = target.commands.clone();
@@ -442,9 +452,12 @@ async fn acknowledge(target: Target, held: Held, mut receiver: mpsc::UnboundedRe
             .arg(&ids)
             .query_async(&mut connection)
             .await;
-        if let Err(err) = acked {
+        match acked {
+            Ok(_) => runtime.committed(ids.len() as u64),
             // Not acknowledged: the entries stay pending and are reclaimed later (at least once).
-            tracing::warn!(stream = %target.stream, entries = ids.len(), error = %err, "XACK failed");
+            Err(err) => {
+                tracing::warn!(stream = %target.stream, entries = ids.len(), error = %err, "XACK failed")
+            }
         }
         if let Ok(mut held) = held.lock() {
             for id in &ids {

@@ -1,7 +1,8 @@
 //! Per-component instance management on top of wasmtime-wasi-http's `ProxyHandler`: a fresh
 //! instance per request (or bounded reuse), instantiation metrics and request deadlines.
 
-use crate::app::{AppComponent, HttpWorld};
+use super::{HttpExport, HttpWorld};
+use crate::app::AppComponent;
 use crate::engine::MoaEngine;
 use crate::invocation::Invocation;
 use crate::state::HostState;
@@ -26,6 +27,7 @@ const IDLE_INSTANCE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Creates instances of one component for the `ProxyHandler`.
 pub struct ComponentInstances {
     pub component: Arc<AppComponent>,
+    pub export: Arc<HttpExport>,
     pub engine: Arc<MoaEngine>,
     pub metrics: Arc<Metrics>,
 }
@@ -47,12 +49,7 @@ impl HandlerState for ComponentInstances {
                 Invocation::new("-", self.component.request_timeout),
             )
             .map_err(wasmtime::Error::from_anyhow)?;
-        let http = self.component.http.as_ref().ok_or_else(|| {
-            wasmtime::Error::msg(format!(
-                "component `{}` has no HTTP export",
-                self.component.id
-            ))
-        })?;
+        let http = &self.export;
         let proxy = http.pre.instantiate_async(&mut store).await?;
         self.metrics
             .instantiated(&self.component.id, started.elapsed());

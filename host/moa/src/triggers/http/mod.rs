@@ -2,30 +2,37 @@
 //! headers, runs it in a fresh component instance and turns traps, deadlines and limits into JSON errors.
 
 mod admission;
+pub mod config;
 mod instances;
 mod router;
 
 pub use router::{Route, RouteMatch, Router};
 
+use super::{RunningTrigger, Trigger, TriggerContext};
 use crate::app::App;
 use crate::capabilities::outbound_http::{InternalHttp, InternalTarget};
 use crate::engine::MoaEngine;
 use crate::invocation::Invocation;
+use crate::state::HostState;
 use crate::telemetry::{self, Metrics};
 use admission::{ActivityGuard, Admission, ConnectionActivity, Guarded, IdleTimeoutIo};
 use anyhow::{Context as _, Result};
 use bytes::Bytes;
+use config::HttpConfig;
 use futures::future::BoxFuture;
 use http::{HeaderValue, Request, Response, StatusCode};
 use http_body_util::{BodyExt as _, Full};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use instances::ComponentInstances;
+use moa_manifest::{LoadedManifest, ManifestError};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
+use wasmtime_wasi_http::handler::ProxyPre;
 use wasmtime_wasi_http::handler::{
     ExpirationError, InstantiationError, ProxyHandler, TrapOrPanicError,
 };
@@ -33,11 +40,152 @@ use wasmtime_wasi_http::{Error as HttpError, WasiBody};
 
 type Handler = ProxyHandler<ComponentInstances>;
 
+/// `[[trigger.http]]`: requests routed by Spin's rules to `wasi:http` components.
+pub struct HttpTrigger;
+
+/// Which `wasi:http` world a component exports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HttpWorld {
+    /// `wasi:http/incoming-handler@0.2.x` (wit-bindgen, spin-sdk <= 5).
+    P2,
+    /// `wasi:http/handler@0.3.0` (spin-sdk 7).
+    P3,
+}
+
+impl HttpWorld {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HttpWorld::P2 => "wasi:http@0.2",
+            HttpWorld::P3 => "wasi:http@0.3",
+        }
+    }
+}
+
+/// A component's `wasi:http` export, ready to instantiate.
+pub struct HttpExport {
+    pub pre: ProxyPre<HostState>,
+    pub world: HttpWorld,
+}
+
+/// The HTTP section and the export of every component it routes to.
+pub struct PreparedHttp {
+    config: HttpConfig,
+    exports: BTreeMap<String, Arc<HttpExport>>,
+}
+
+impl Trigger for HttpTrigger {
+    const KINDS: &'static [&'static str] = &["http"];
+    type Config = HttpConfig;
+    type Prepared = PreparedHttp;
+
+    fn configure(app: &LoadedManifest) -> Result<HttpConfig, ManifestError> {
+        HttpConfig::from_manifest(app)
+    }
+
+    fn prepare(config: HttpConfig, app: &App) -> Result<PreparedHttp> {
+        let mut exports = BTreeMap::new();
+        for trigger in &config.triggers {
+            if exports.contains_key(&trigger.component) {
+                continue;
+            }
+            let component = app.component(&trigger.component)?;
+            let export = match wasmtime_wasi_http::p3::bindings::ServicePre::new(
+                component.pre.clone(),
+            ) {
+                Ok(pre) => HttpExport {
+                    pre: ProxyPre::P3(pre),
+                    world: HttpWorld::P3,
+                },
+                Err(_) => {
+                    match wasmtime_wasi_http::p2::bindings::ProxyPre::new(component.pre.clone()) {
+                        Ok(pre) => HttpExport {
+                            pre: ProxyPre::P2(pre),
+                            world: HttpWorld::P2,
+                        },
+                        Err(_) => anyhow::bail!(
+                            "component `{}` ({}) is named by an HTTP trigger but is not an HTTP component: it exports neither wasi:http/handler@0.3.0 nor wasi:http/incoming-handler@0.2.x\n  help: build it with spin-sdk's #[http_service] or wit-bindgen's wasi:http/proxy world",
+                            component.id,
+                            component.source.display()
+                        ),
+                    }
+                }
+            };
+            exports.insert(trigger.component.clone(), Arc::new(export));
+        }
+        Ok(PreparedHttp { config, exports })
+    }
+
+    fn export_of(prepared: &PreparedHttp, id: &str) -> Option<&'static str> {
+        prepared.exports.get(id).map(|export| export.world.as_str())
+    }
+
+    async fn start(
+        prepared: PreparedHttp,
+        app: &Arc<App>,
+        cx: &TriggerContext,
+    ) -> Result<Option<Box<dyn RunningTrigger>>> {
+        if prepared.config.triggers.is_empty() {
+            return Ok(None);
+        }
+        let server = HttpServer::new(app, prepared, cx.engine.clone(), cx.metrics.clone());
+        let listener = bind(cx.listen).await?;
+        let address = listener.local_addr()?;
+        Ok(Some(Box::new(RunningHttp {
+            server,
+            listener,
+            address,
+            drain: cx.drain,
+        })))
+    }
+}
+
+struct RunningHttp {
+    server: Arc<HttpServer>,
+    listener: tokio::net::TcpListener,
+    address: SocketAddr,
+    drain: Duration,
+}
+
+#[async_trait::async_trait]
+impl RunningTrigger for RunningHttp {
+    fn banner(&self) -> Vec<String> {
+        let address = self.address;
+        let mut lines = vec![
+            format!("Serving http://{address}"),
+            "Available Routes:".to_string(),
+        ];
+        for route in self.server.router().routes() {
+            let (path, note) = match route.full.strip_suffix("/...") {
+                Some(prefix) => (prefix.to_string(), " (wildcard)"),
+                None if route.full == "/..." => ("/".to_string(), " (wildcard)"),
+                None => (route.full.clone(), ""),
+            };
+            lines.push(format!(
+                "  {}: http://{address}{path}{note}",
+                route.component
+            ));
+        }
+        lines
+    }
+
+    async fn run(self: Box<Self>, shutdown: CancellationToken) -> Result<()> {
+        let RunningHttp {
+            server,
+            listener,
+            drain,
+            ..
+        } = *self;
+        server
+            .serve(listener, shutdown.cancelled_owned(), drain)
+            .await
+    }
+}
+
 /// How deep in-app calls (`http://self`, `*.spin.internal`) may nest before 508.
 const MAX_IN_APP_DEPTH: u32 = 10;
 
-/// The HTTP trigger of one app.
-pub struct HttpTrigger {
+/// The HTTP server of one app.
+pub struct HttpServer {
     router: Router,
     handlers: BTreeMap<String, Handler>,
     metrics: Arc<Metrics>,
@@ -90,22 +238,27 @@ struct Incoming {
     caller_deadline: Option<std::time::Instant>,
 }
 
-impl HttpTrigger {
-    /// Builds the trigger for `app`, and registers it as the app's in-app HTTP dispatcher.
-    pub fn new(app: &App, engine: Arc<MoaEngine>, metrics: Arc<Metrics>) -> Arc<Self> {
-        let manifest = &app.manifest.manifest;
-        let router = Router::new(&manifest.http_base, &manifest.http_triggers);
-        let handlers = app
-            .components
+impl HttpServer {
+    /// Builds the server for `app`, and registers it as the app's in-app HTTP dispatcher.
+    fn new(
+        app: &App,
+        prepared: PreparedHttp,
+        engine: Arc<MoaEngine>,
+        metrics: Arc<Metrics>,
+    ) -> Arc<Self> {
+        let router = Router::new(&prepared.config.base, &prepared.config.triggers);
+        let handlers = prepared
+            .exports
             .iter()
-            .filter(|(_, component)| component.http.is_some())
-            .map(|(id, component)| {
+            .filter_map(|(id, export)| {
+                let component = app.components.get(id)?.clone();
                 let handler = ProxyHandler::new(ComponentInstances {
-                    component: component.clone(),
+                    component,
+                    export: export.clone(),
                     engine: engine.clone(),
                     metrics: metrics.clone(),
                 });
-                (id.clone(), handler)
+                Some((id.clone(), handler))
             })
             .collect();
         let timeouts = app
@@ -113,11 +266,11 @@ impl HttpTrigger {
             .iter()
             .map(|(id, c)| (id.clone(), c.request_timeout))
             .collect();
-        let trigger = Arc::new(HttpTrigger {
+        let trigger = Arc::new(HttpServer {
             router,
             handlers,
             metrics,
-            base: manifest.http_base.clone(),
+            base: prepared.config.base.clone(),
             max_body_bytes: app.limits.max_request_body_bytes,
             timeouts,
             admission: Admission::new(
@@ -569,7 +722,7 @@ fn request_id(headers: &http::HeaderMap) -> String {
 }
 
 /// In-app requests (`http://self`, `http://<id>.spin.internal`) from components' outbound HTTP.
-struct InternalDispatcher(Weak<HttpTrigger>);
+struct InternalDispatcher(Weak<HttpServer>);
 
 impl InternalHttp for InternalDispatcher {
     fn dispatch(

@@ -1,7 +1,7 @@
 //! Spin's HTTP routing rules: exact routes, `:name` segments, trailing `/...` wildcards; the most
 //! specific match wins; private routes never match outside requests.
 
-use moa_manifest::{HttpRoute, HttpTrigger, normalize_route};
+use super::config::{HttpRoute, HttpTriggerConfig, normalize_route};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Segment {
@@ -49,7 +49,7 @@ fn split(path: &str) -> Vec<&str> {
 
 impl Router {
     /// Builds the table from the manifest's triggers under `base` (`/` if none).
-    pub fn new(base: &str, triggers: &[HttpTrigger]) -> Self {
+    pub fn new(base: &str, triggers: &[HttpTriggerConfig]) -> Self {
         let base = normalize_route(base);
         let mut routes = Vec::new();
         for trigger in triggers {
@@ -151,8 +151,8 @@ mod tests {
     use super::*;
     use moa_manifest::Position;
 
-    fn trigger(route: &str, component: &str) -> HttpTrigger {
-        HttpTrigger {
+    fn trigger(route: &str, component: &str) -> HttpTriggerConfig {
+        HttpTriggerConfig {
             route: HttpRoute::Path(route.into()),
             component: component.into(),
             position: Position { line: 1, column: 1 },
@@ -168,7 +168,7 @@ mod tests {
                 trigger("/hello/world", "exact"),
                 trigger("/users/:id", "user"),
                 trigger("/users/me", "me"),
-                HttpTrigger {
+                HttpTriggerConfig {
                     route: HttpRoute::Private,
                     component: "private".into(),
                     position: Position { line: 1, column: 1 },
