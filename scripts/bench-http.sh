@@ -3,7 +3,10 @@
 # `wasmtime serve` (wasmtime-cli 48.0.8, the wasmtime moa links), plus a bare hyper hello server,
 # all driven by the same wrk settings after a warm-up. Prints a table and one RESULT line.
 #
-#   scripts/bench-http.sh            # DURATION=10 CONNECTIONS=32 WRK_THREADS=1 by default
+#   scripts/bench-http.sh            # DURATION=10 CONNECTIONS=32 WRK_THREADS=1 ROUNDS=3 by default
+#
+# The contenders take turns, ROUNDS times, and each reports its median: on a 2-core machine shared
+# with the load generator one 10 s run of the same server varies by up to ±30%.
 #
 # Both wasm servers run in two modes: a fresh instance per request (moa's default, the isolation
 # guarantee; wasmtime serve --max-instance-reuse-count 1) and instance reuse (moa
@@ -20,6 +23,7 @@ DURATION="${DURATION:-10}"
 CONNECTIONS="${CONNECTIONS:-32}"
 WRK_THREADS="${WRK_THREADS:-1}"
 WARMUP="${WARMUP:-3}"
+ROUNDS="${ROUNDS:-3}"
 TOOLS="$MOA_CACHE_HOME/tools"
 WASMTIME="$TOOLS/bin/wasmtime"
 
@@ -58,7 +62,7 @@ wait_ready() { # url
 # wrk latency figures come as 950.00us / 1.23ms / 1.01s: print them in ms.
 to_ms() { awk '{v=$1; if (v ~ /us$/) {sub(/us$/,"",v); v=v/1000} else if (v ~ /ms$/) {sub(/ms$/,"",v)} else if (v ~ /s$/) {sub(/s$/,"",v); v=v*1000}; printf "%.2f", v}'; }
 
-declare -A RPS P50 P99
+declare -A RPS P50 P99 RUNS
 ORDER=()
 
 measure() { # name url
@@ -71,11 +75,20 @@ measure() { # name url
     echo "error: $name answered non-2xx responses" >&2
     exit 1
   fi
-  RPS[$name]="$(echo "$out" | awk '/^Requests\/sec/ {printf "%.0f", $2}')"
-  P50[$name]="$(echo "$out" | awk '$1=="50%" {print $2}' | to_ms)"
-  P99[$name]="$(echo "$out" | awk '$1=="99%" {print $2}' | to_ms)"
-  ORDER+=("$name")
-  log "$name: ${RPS[$name]} req/s, p50 ${P50[$name]} ms, p99 ${P99[$name]} ms"
+  local rps p50 p99
+  rps="$(echo "$out" | awk '/^Requests\/sec/ {printf "%.0f", $2}')"
+  p50="$(echo "$out" | awk '$1=="50%" {print $2}' | to_ms)"
+  p99="$(echo "$out" | awk '$1=="99%" {print $2}' | to_ms)"
+  # One "rps p50 p99" line per round; the table takes the round with the median req/s.
+  RUNS[$name]+="$rps $p50 $p99"$'\n'
+  [[ " ${ORDER[*]} " == *" $name "* ]] || ORDER+=("$name")
+  log "$name: $rps req/s, p50 $p50 ms, p99 $p99 ms"
+}
+
+median_run() { # name -> sets RPS/P50/P99[name] from the round with the median req/s
+  local line
+  line="$(printf '%s' "${RUNS[$1]}" | sort -n | awk '{a[NR]=$0} END {print a[int((NR+1)/2)]}')"
+  read -r RPS[$1] P50[$1] P99[$1] <<<"$line"
 }
 
 stop_server() {
@@ -113,7 +126,7 @@ instantiate_p50_us() { # metrics-file
 import re, sys
 buckets = []
 for line in open(sys.argv[1]):
-    m = re.match(r'moa_instantiation_duration_seconds_bucket\{.*le="([^"]+)"\} (\S+)', line)
+    m = re.match(r'moa_instantiation_duration_seconds_bucket\{[^}]*le="([^"]+)"[^}]*\} (\S+)', line)
     if m:
         buckets.append((float("inf") if m.group(1) == "+Inf" else float(m.group(1)), float(m.group(2))))
 buckets.sort()
@@ -166,21 +179,25 @@ run_wasmtime() { # name extra-args...
   stop_server
 }
 
-run_moa "moa" 
-run_wasmtime "wasmtime-serve" --max-instance-reuse-count 1
-port="$(free_port)"
-"$CARGO_TARGET_DIR/release/examples/hyper_hello" "127.0.0.1:$port" >"$WORK/hyper.log" 2>&1 &
-SERVER_PID=$!
-measure "hyper" "http://127.0.0.1:$port/hello"
-stop_server
-run_moa "moa-reuse" --runtime-config-file "$WORK/reuse.toml"
-run_wasmtime "wasmtime-serve-reuse"
+for round in $(seq 1 "$ROUNDS"); do
+  log "round $round of $ROUNDS"
+  run_moa "moa"
+  run_wasmtime "wasmtime-serve" --max-instance-reuse-count 1
+  port="$(free_port)"
+  "$CARGO_TARGET_DIR/release/examples/hyper_hello" "127.0.0.1:$port" >"$WORK/hyper.log" 2>&1 &
+  SERVER_PID=$!
+  measure "hyper" "http://127.0.0.1:$port/hello"
+  stop_server
+  run_moa "moa-reuse" --runtime-config-file "$WORK/reuse.toml"
+  run_wasmtime "wasmtime-serve-reuse"
+done
+for name in "${ORDER[@]}"; do median_run "$name"; done
 INSTANTIATE_US="$(instantiate_p50_us "$WORK/moa.metrics")"
 FIRST_MS="$(first_response_ms)"
 log "moa: instantiation p50 ${INSTANTIATE_US} us; first response ${FIRST_MS} ms after start (warm cache)"
 
 echo
-echo "wrk -t$WRK_THREADS -c$CONNECTIONS -d${DURATION}s (after ${WARMUP}s warm-up), $(nproc) cores shared by server and load generator"
+echo "wrk -t$WRK_THREADS -c$CONNECTIONS -d${DURATION}s (after ${WARMUP}s warm-up), median of $ROUNDS rounds, $(nproc) cores shared by server and load generator"
 printf '%-22s %12s %10s %10s\n' server "req/s" "p50 ms" "p99 ms"
 for name in "${ORDER[@]}"; do
   printf '%-22s %12s %10s %10s\n' "$name" "${RPS[$name]}" "${P50[$name]}" "${P99[$name]}"

@@ -43,10 +43,7 @@ impl Backend {
                 "[messaging.brokers.main]\ntype = \"kafka\"\nbrokers = \"{}\"\nproperties = {{ \"session.timeout.ms\" = \"6000\", \"heartbeat.interval.ms\" = \"500\" }}\n",
                 kafka.bootstrap
             ),
-            Backend::Redis(redis) => format!(
-                "[messaging.brokers.main]\ntype = \"redis\"\nurl = \"{}\"\n",
-                redis.url
-            ),
+            Backend::Redis(redis) => redis.broker_config(),
         }
     }
 

@@ -266,13 +266,7 @@ source = "{probe}"
 source = "{relay}"
 "#,
     );
-    let rc = app.write(
-        "runtime-config.toml",
-        &format!(
-            "[messaging.brokers.main]\ntype = \"redis\"\nurl = \"{}\"\n",
-            redis.url
-        ),
-    );
+    let rc = app.write("runtime-config.toml", &redis.broker_config());
     let moa = Moa::start(&app, Options::runtime_config(&rc));
     let readyz = format!("{}/readyz", moa.admin_url);
     let mut reply = request(Method::GET, &readyz, &[], None);

@@ -36,13 +36,7 @@ environment = {{ RELAY_PREFIX = "seen." }}
 "#
     );
     let app = AppDir::new(&manifest);
-    let rc = app.write(
-        "runtime-config.toml",
-        &format!(
-            "[messaging.brokers.main]\ntype = \"redis\"\nurl = \"{}\"\n",
-            redis.url
-        ),
-    );
+    let rc = app.write("runtime-config.toml", &redis.broker_config());
     (app, Options::runtime_config(&rc))
 }
 

@@ -26,9 +26,10 @@ pub enum LogFormat {
     Text,
 }
 
-/// Keeps the OTLP pipeline alive; flushes pending spans when dropped.
+/// Keeps the OTLP pipeline and the log writer alive; flushes pending spans and lines when dropped.
 pub struct TelemetryGuard {
     provider: Option<opentelemetry_sdk::trace::SdkTracerProvider>,
+    _log_writer: tracing_appender::non_blocking::WorkerGuard,
 }
 
 impl Drop for TelemetryGuard {
@@ -48,17 +49,21 @@ pub fn init(format: LogFormat) -> Result<TelemetryGuard> {
     let filter = EnvFilter::try_new(&filter)
         .map_err(|e| anyhow::anyhow!("invalid MOA_LOG filter `{filter}`: {e}"))?;
 
+    // Lines are formatted on the request path but written to stderr by one writer thread, so a
+    // request never waits on a write(2). Not lossy: when the writer falls behind, loggers wait.
+    let (writer, log_writer) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(false)
+        .thread_name("moa-log")
+        .finish(std::io::stderr());
     let fmt_layer = match format {
         LogFormat::Json => tracing_subscriber::fmt::layer()
             .json()
             .flatten_event(true)
             .with_current_span(false)
             .with_span_list(false)
-            .with_writer(std::io::stderr)
+            .with_writer(writer)
             .boxed(),
-        LogFormat::Text => tracing_subscriber::fmt::layer()
-            .with_writer(std::io::stderr)
-            .boxed(),
+        LogFormat::Text => tracing_subscriber::fmt::layer().with_writer(writer).boxed(),
     };
 
     let (otel_layer, provider) = if std::env::var_os("OTEL_EXPORTER_OTLP_ENDPOINT").is_some()
@@ -96,7 +101,10 @@ pub fn init(format: LogFormat) -> Result<TelemetryGuard> {
         .with(otel_layer)
         .try_init()
         .map_err(|e| anyhow::anyhow!("cannot install the logger: {e}"))?;
-    Ok(TelemetryGuard { provider })
+    Ok(TelemetryGuard {
+        provider,
+        _log_writer: log_writer,
+    })
 }
 
 /// Makes the span of an incoming request a child of the caller's W3C `traceparent`, if any.

@@ -449,6 +449,16 @@ impl RedisServer {
     }
 }
 
+impl RedisServer {
+    /// Runtime config that makes this server the app's only message broker.
+    pub fn broker_config(&self) -> String {
+        format!(
+            "[messaging.brokers.main]\ntype = \"redis\"\nurl = \"{}\"\n",
+            self.url
+        )
+    }
+}
+
 /// Waits until the Redis at `url` answers as process `pid`; `false` if `child` exits first.
 fn serves_as(url: &str, pid: u32, child: &mut Child) -> bool {
     let deadline = Instant::now() + Duration::from_secs(10);

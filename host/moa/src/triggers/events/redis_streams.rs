@@ -2,9 +2,9 @@
 //! `XACK` after the handler succeeded (or the entry was dead-lettered), and `XAUTOCLAIM` of entries
 //! another consumer left pending longer than `claim_idle_ms`.
 //!
-//! An entry is processed by one host at a time: this host reads no more entries than its lanes
-//! can work on next (`concurrency` × [`HELD_PER_LANE`]), and every `claim_idle_ms / 4` it resets the
-//! idle time of every entry it holds (`XCLAIM … JUSTID` of the ones still its own), so no other host
+//! An entry is processed by one host at a time: this host holds at most `concurrency` ×
+//! [`HELD_PER_LANE`] entries, and every `claim_idle_ms / 4` it resets the idle time of every entry
+//! it holds (`XCLAIM … JUSTID` of the ones still its own), so no other host
 //! can claim them while it is alive. Entries with the same key go to the same lane and run in order.
 //! The attempt number is Redis's own delivery counter, so an entry that keeps crashing hosts still
 //! reaches `max_deliveries` and is dead-lettered.
@@ -24,8 +24,9 @@ use tokio_util::sync::CancellationToken;
 const BLOCK: Duration = Duration::from_millis(1000);
 /// Most entries read (or claimed) per command.
 const READ_COUNT: usize = 128;
-/// Entries a lane may hold: the one it works on and the next.
-const HELD_PER_LANE: usize = 2;
+/// Entries a lane may hold (the one it works on and those queued behind it). Held entries are kept
+/// fresh, so this bounds memory and the refresh script's work, not safety.
+const HELD_PER_LANE: usize = 32;
 /// Most entries acknowledged by one `XACK`.
 const ACK_BATCH: usize = 512;
 
