@@ -65,10 +65,10 @@ pub fn run(args: UpArgs) -> Result<()> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(serve(args, manifest_path))
+    runtime.block_on(serve(args, manifest_path, _telemetry.traces_exported))
 }
 
-async fn serve(args: UpArgs, manifest_path: PathBuf) -> Result<()> {
+async fn serve(args: UpArgs, manifest_path: PathBuf, traces_exported: bool) -> Result<()> {
     let manifest = moa_manifest::load(
         &manifest_path,
         HostKeys {
@@ -127,6 +127,7 @@ async fn serve(args: UpArgs, manifest_path: PathBuf) -> Result<()> {
         health: health.clone(),
         listen: args.listen,
         drain: Duration::from_secs(args.drain_timeout),
+        traces_exported,
     };
     let running = prepared.start(&app, &context).await?;
     for trigger in &running {

@@ -28,6 +28,8 @@ pub enum LogFormat {
 
 /// Keeps the OTLP pipeline and the log writer alive; flushes pending spans and lines when dropped.
 pub struct TelemetryGuard {
+    /// Whether spans are exported (OTLP): triggers build per-request spans only then.
+    pub traces_exported: bool,
     provider: Option<opentelemetry_sdk::trace::SdkTracerProvider>,
     _log_writer: tracing_appender::non_blocking::WorkerGuard,
 }
@@ -102,6 +104,7 @@ pub fn init(format: LogFormat) -> Result<TelemetryGuard> {
         .try_init()
         .map_err(|e| anyhow::anyhow!("cannot install the logger: {e}"))?;
     Ok(TelemetryGuard {
+        traces_exported: provider.is_some(),
         provider,
         _log_writer: log_writer,
     })

@@ -28,6 +28,8 @@ pub struct TriggerContext {
     pub listen: SocketAddr,
     /// How long in-flight work may finish after a shutdown signal.
     pub drain: Duration,
+    /// Whether spans are exported (OTLP); without it no per-request span is built.
+    pub traces_exported: bool,
 }
 
 /// One trigger kind.

@@ -11,7 +11,6 @@ pub use router::{Route, RouteMatch, Router};
 use super::{RunningTrigger, Trigger, TriggerContext};
 use crate::app::App;
 use crate::capabilities::outbound_http::{InternalHttp, InternalTarget};
-use crate::engine::MoaEngine;
 use crate::invocation::Invocation;
 use crate::state::HostState;
 use crate::telemetry::{self, Metrics};
@@ -127,7 +126,7 @@ impl Trigger for HttpTrigger {
         if prepared.config.triggers.is_empty() {
             return Ok(None);
         }
-        let server = HttpServer::new(app, prepared, cx.engine.clone(), cx.metrics.clone());
+        let server = HttpServer::new(app, prepared, cx);
         let listener = bind(cx.listen).await?;
         let address = listener.local_addr()?;
         Ok(Some(Box::new(RunningHttp {
@@ -193,6 +192,7 @@ pub struct HttpServer {
     max_body_bytes: u64,
     timeouts: BTreeMap<String, Duration>,
     admission: Admission,
+    traces_exported: bool,
     header_timeout: Duration,
     idle_timeout: Duration,
 }
@@ -240,12 +240,8 @@ struct Incoming {
 
 impl HttpServer {
     /// Builds the server for `app`, and registers it as the app's in-app HTTP dispatcher.
-    fn new(
-        app: &App,
-        prepared: PreparedHttp,
-        engine: Arc<MoaEngine>,
-        metrics: Arc<Metrics>,
-    ) -> Arc<Self> {
+    fn new(app: &App, prepared: PreparedHttp, cx: &TriggerContext) -> Arc<Self> {
+        let (engine, metrics) = (cx.engine.clone(), cx.metrics.clone());
         let router = Router::new(&prepared.config.base, &prepared.config.triggers);
         let handlers = prepared
             .exports
@@ -277,6 +273,7 @@ impl HttpServer {
                 app.limits.max_connections,
                 app.limits.max_concurrent_requests,
             ),
+            traces_exported: cx.traces_exported,
             header_timeout: Duration::from_millis(app.limits.http_header_timeout_ms),
             idle_timeout: Duration::from_millis(app.limits.http_idle_timeout_ms),
         });
@@ -379,8 +376,15 @@ impl HttpServer {
     ) -> Response<WasiBody> {
         let started = Instant::now();
         let request_id = request_id(request.headers());
-        let span = tracing::info_span!("http.request", request_id = %request_id, method = %request.method(), path = %request.uri().path());
-        telemetry::link_parent_trace(&span, request.headers());
+        // A span per request only when traces are exported: the log line below carries the same
+        // fields, and building a span costs more than the rest of the host's per-request work.
+        let span = if self.traces_exported {
+            let span = tracing::info_span!("http.request", request_id = %request_id, method = %request.method(), path = %request.uri().path());
+            telemetry::link_parent_trace(&span, request.headers());
+            span
+        } else {
+            tracing::Span::none()
+        };
         let _in_flight = self.metrics.in_flight();
         let method = request.method().clone();
         let path = request.uri().path().to_string();
