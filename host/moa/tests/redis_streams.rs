@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{AppDir, Moa, Options, RedisServer};
+use common::{AppDir, Moa, Options, RedisServer, wait_until};
 use reqwest::Method;
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -98,16 +98,6 @@ fn pending(redis: &RedisServer) -> Vec<(String, usize)> {
         .into_iter()
         .map(|p| (p.consumer, p.times_delivered))
         .collect()
-}
-
-fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
-    for _ in 0..600 {
-        if done() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    panic!("timed out waiting until {what}");
 }
 
 #[test]

@@ -38,6 +38,19 @@ pub struct ComponentContext<'a> {
     pub allowed_hosts: &'a Arc<AllowedHosts>,
 }
 
+impl ComponentContext<'_> {
+    /// The component's setting `key` as a list of strings (its grant, e.g. store labels); a
+    /// setting of the wrong shape is an error naming the manifest line.
+    pub fn strings(&self, key: &str) -> Result<Vec<String>> {
+        Ok(self
+            .component
+            .string_list(&self.app.path, key)?
+            .into_iter()
+            .map(|item| item.value)
+            .collect())
+    }
+}
+
 /// The parts of an instance's store data a capability's host code works with.
 pub struct InstanceParts<'a, S> {
     /// This capability's own per-instance state.

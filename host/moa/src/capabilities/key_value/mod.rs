@@ -46,13 +46,7 @@ impl Capability for KeyValueCapability {
     }
 
     fn component(stores: &KeyValueStores, cx: &ComponentContext<'_>) -> Result<KeyValueGrant> {
-        let labels: Vec<String> = cx
-            .component
-            .string_list(&cx.app.path, "key_value_stores")?
-            .into_iter()
-            .map(|s| s.value)
-            .collect();
-        Ok(stores.grant(&labels))
+        Ok(stores.grant(&cx.strings("key_value_stores")?))
     }
 
     fn instance(grant: &KeyValueGrant) -> KeyValueGrant {

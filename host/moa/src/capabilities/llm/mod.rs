@@ -114,13 +114,7 @@ impl Capability for LlmCapability {
     }
 
     fn component(models: &AiModels, cx: &ComponentContext<'_>) -> Result<AiModelsGrant> {
-        let names: Vec<String> = cx
-            .component
-            .string_list(&cx.app.path, "ai_models")?
-            .into_iter()
-            .map(|m| m.value)
-            .collect();
-        Ok(models.grant(&names))
+        Ok(models.grant(&cx.strings("ai_models")?))
     }
 
     fn instance(grant: &AiModelsGrant) -> AiModelsGrant {

@@ -308,13 +308,7 @@ impl Capability for MessagingCapability {
         brokers: &Arc<MessagingBrokers>,
         cx: &ComponentContext<'_>,
     ) -> Result<MessagingGrant> {
-        Ok(brokers.grant(
-            cx.component
-                .string_list(&cx.app.path, "allowed_publish_topics")?
-                .into_iter()
-                .map(|t| t.value)
-                .collect(),
-        ))
+        Ok(brokers.grant(cx.strings("allowed_publish_topics")?))
     }
 
     fn instance(grant: &MessagingGrant) -> MessagingGrant {
