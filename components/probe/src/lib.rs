@@ -48,7 +48,9 @@ async fn handle(req: Request) -> anyhow::Result<impl IntoResponse> {
             for i in 0..n {
                 println!("probe line {i} of {n} {}", "x".repeat(64));
             }
-            eprintln!(r#"{{"level":"ERROR","target":"moa::http","message":"forged","forged":true}}"#);
+            eprintln!(
+                r#"{{"level":"ERROR","target":"moa::http","message":"forged","forged":true}}"#
+            );
             reply(200, format!("printed {n}\n"))
         }
         ["sleep", ms] => {
@@ -268,13 +270,20 @@ async fn handle(req: Request) -> anyhow::Result<impl IntoResponse> {
                         result.embeddings.first().map_or(0, Vec::len),
                         result.usage.prompt_token_count
                     )];
-                    lines.extend(result.embeddings.iter().map(|v| {
-                        v.iter().map(f32::to_string).collect::<Vec<_>>().join(",")
-                    }));
+                    lines.extend(
+                        result
+                            .embeddings
+                            .iter()
+                            .map(|v| v.iter().map(f32::to_string).collect::<Vec<_>>().join(",")),
+                    );
                     reply(200, lines.join("\n"))
                 }
-                Err(err @ spin_sdk::llm::Error::ModelNotSupported) => reply(404, format!("{err:?}\n")),
-                Err(err @ spin_sdk::llm::Error::InvalidInput(_)) => reply(400, format!("{err:?}\n")),
+                Err(err @ spin_sdk::llm::Error::ModelNotSupported) => {
+                    reply(404, format!("{err:?}\n"))
+                }
+                Err(err @ spin_sdk::llm::Error::InvalidInput(_)) => {
+                    reply(400, format!("{err:?}\n"))
+                }
                 Err(err) => reply(500, format!("{err:?}\n")),
             }
         }

@@ -193,6 +193,7 @@ impl App {
             app: &manifest,
             metrics: &metrics,
             variables: &variables,
+            configured: &Default::default(),
         })
         .await?;
 

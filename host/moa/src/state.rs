@@ -2,7 +2,8 @@
 //! contexts, the resource table, memory limits, the current invocation, one state per capability.
 
 use crate::capabilities::{
-    key_value, llm, messaging, outbound_http, outbound_redis, register_capabilities, variables,
+    documents, key_value, llm, messaging, outbound_http, outbound_redis, register_capabilities,
+    variables,
 };
 use crate::invocation::Invocation;
 use crate::telemetry::guest_output::RequestIdCell;
@@ -21,6 +22,7 @@ register_capabilities! {
     outbound_redis: outbound_redis::OutboundRedisCapability,
     messaging: messaging::MessagingCapability,
     llm: llm::LlmCapability,
+    documents: documents::DocumentsCapability,
 }
 
 /// What every component can import whatever it is granted: WASI and wasi:http, both 0.2 and 0.3.

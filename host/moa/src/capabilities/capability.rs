@@ -25,6 +25,35 @@ pub struct ConfigureContext<'a> {
     pub app: &'a LoadedManifest,
     pub metrics: &'a Arc<Metrics>,
     pub variables: &'a AppVariables,
+    /// The app-wide state of the capabilities registered (and so configured) before this one.
+    pub configured: &'a ConfiguredCapabilities,
+}
+
+impl ConfigureContext<'_> {
+    /// The app-wide state of capability `C`, when `C` is registered before the one configuring
+    /// now (e.g. documents' outbox relay publishes through messaging's brokers).
+    pub fn app_state<C: Capability>(&self) -> Option<Arc<C::AppState>> {
+        self.configured.get::<C>()
+    }
+}
+
+/// The app-wide states configured so far, by capability type.
+#[derive(Default)]
+pub struct ConfiguredCapabilities(
+    std::collections::HashMap<std::any::TypeId, Box<dyn std::any::Any + Send + Sync>>,
+);
+
+impl ConfiguredCapabilities {
+    pub fn insert<C: Capability>(&mut self, state: Arc<C::AppState>) {
+        self.0.insert(std::any::TypeId::of::<C>(), Box::new(state));
+    }
+
+    pub fn get<C: Capability>(&self) -> Option<Arc<C::AppState>> {
+        self.0
+            .get(&std::any::TypeId::of::<C>())
+            .and_then(|state| state.downcast_ref::<Arc<C::AppState>>())
+            .cloned()
+    }
 }
 
 /// What a capability sees of one component when it computes that component's grant.
@@ -113,7 +142,7 @@ macro_rules! register_capabilities {
     ($($field:ident: $capability:ty),* $(,)?) => {
         /// Step 2's result: every capability's app-wide state.
         pub struct AppCapabilities {
-            $(pub $field: <$capability as $crate::capabilities::Capability>::AppState,)*
+            $(pub $field: std::sync::Arc<<$capability as $crate::capabilities::Capability>::AppState>,)*
         }
 
         /// What one component may use, per capability; cloned cheaply into every instance.
@@ -146,13 +175,22 @@ macro_rules! register_capabilities {
                 Ok(())
             }
 
-            /// Step 2: every capability, in registration order.
+            /// Step 2: every capability, in registration order; each sees the states configured
+            /// before it.
             pub async fn configure(
                 cx: &$crate::capabilities::ConfigureContext<'_>,
             ) -> anyhow::Result<Self> {
-                Ok(AppCapabilities {
-                    $($field: <$capability as $crate::capabilities::Capability>::configure(cx).await?,)*
-                })
+                let mut configured = $crate::capabilities::ConfiguredCapabilities::default();
+                $(
+                    let $field = std::sync::Arc::new(
+                        <$capability as $crate::capabilities::Capability>::configure(
+                            &$crate::capabilities::ConfigureContext { configured: &configured, ..*cx },
+                        )
+                        .await?,
+                    );
+                    configured.insert::<$capability>($field.clone());
+                )*
+                Ok(AppCapabilities { $($field,)* })
             }
 
             /// Step 2, per component.

@@ -2,6 +2,7 @@
 //! configure, per-instance state). Which capabilities the host runs is listed once, in [`crate::state`].
 
 mod capability;
+pub mod documents;
 pub mod key_value;
 pub mod llm;
 pub mod messaging;
@@ -11,5 +12,6 @@ pub mod variables;
 
 pub(crate) use capability::register_capabilities;
 pub use capability::{
-    Capability, ComponentContext, ConfigureContext, HasCapability, InstanceParts,
+    Capability, ComponentContext, ConfigureContext, ConfiguredCapabilities, HasCapability,
+    InstanceParts,
 };

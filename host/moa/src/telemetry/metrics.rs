@@ -60,6 +60,8 @@ pub struct Metrics {
     events: Family<EventLabels, Counter>,
     event_duration: Family<ComponentLabels, Histogram, fn() -> Histogram>,
     embedding: std::sync::OnceLock<std::sync::Arc<moa_model_runtime::RuntimeMetrics>>,
+    /// Registries capabilities add (e.g. the documents outbox).
+    sources: std::sync::Mutex<Vec<std::sync::Arc<Registry>>>,
     guest_output_dropped: Family<ComponentLabels, Counter>,
     http_rejected: Family<ReasonLabels, Counter>,
     http_connections: Gauge,
@@ -194,6 +196,7 @@ impl Metrics {
             events,
             event_duration,
             embedding: Default::default(),
+            sources: Default::default(),
         }
     }
 
@@ -313,11 +316,24 @@ impl Metrics {
                 Some(embedding) => embedding.encode(&mut out),
                 None => Ok(()),
             })
+            .and_then(|()| {
+                let sources = self.sources.lock().map(|s| s.clone()).unwrap_or_default();
+                sources.iter().try_for_each(|source| {
+                    prometheus_client::encoding::text::encode_registry(&mut out, source)
+                })
+            })
             .and_then(|()| prometheus_client::encoding::text::encode_eof(&mut out));
         if encoded.is_err() {
             out.clear();
         }
         out
+    }
+
+    /// Adds a capability's own registry (its series appear on /metrics beside the host's).
+    pub fn add_source(&self, registry: std::sync::Arc<Registry>) {
+        if let Ok(mut sources) = self.sources.lock() {
+            sources.push(registry);
+        }
     }
 
     /// Adds the in-process model runtime's series (`moa_embed_*`) to /metrics.

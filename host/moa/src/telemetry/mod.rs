@@ -53,10 +53,15 @@ pub fn init(format: LogFormat) -> Result<TelemetryGuard> {
 
     // Lines are formatted on the request path but written to stderr by one writer thread, so a
     // request never waits on a write(2). Not lossy: when the writer falls behind, loggers wait.
+    // The writer buffers and flushes whenever it has drained the queue: under load one write(2)
+    // carries many lines, when idle each line goes out at once.
     let (writer, log_writer) = tracing_appender::non_blocking::NonBlockingBuilder::default()
         .lossy(false)
         .thread_name("moa-log")
-        .finish(std::io::stderr());
+        .finish(std::io::BufWriter::with_capacity(
+            64 * 1024,
+            std::io::stderr(),
+        ));
     let fmt_layer = match format {
         LogFormat::Json => tracing_subscriber::fmt::layer()
             .json()

@@ -36,7 +36,7 @@ impl AppDir {
     pub fn new(manifest: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let mut text = manifest.to_string();
-        for name in ["probe", "hello", "hello-p2", "counter", "relay"] {
+        for name in ["probe", "hello", "hello-p2", "counter", "relay", "docprobe"] {
             let key = format!("{{{name}}}");
             if text.contains(&key) {
                 text = text.replace(&key, &wasm(name));
@@ -617,6 +617,117 @@ impl KafkaServer {
 }
 
 impl Drop for KafkaServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The Python that runs SecantusDB (scripts/lib.sh `ensure_secantus` installs it).
+pub fn secantus_python() -> PathBuf {
+    if let Some(path) = std::env::var_os("MOA_SECANTUS_PYTHON") {
+        return PathBuf::from(path);
+    }
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_default();
+    let python = home.join(".cache/moa/venv-secantus/bin/python");
+    assert!(
+        python.exists(),
+        "SecantusDB is missing: run scripts/test.sh (it installs it), or set MOA_SECANTUS_PYTHON"
+    );
+    python
+}
+
+/// A private SecantusDB (a MongoDB-compatible one-node replica set) on a free port, stopped when
+/// dropped. With a storage directory its data survives a restart.
+pub struct MongoServer {
+    child: Child,
+    pub port: u16,
+    storage: Option<PathBuf>,
+}
+
+impl MongoServer {
+    /// Starts a server that keeps everything in memory.
+    pub fn start() -> MongoServer {
+        Self::start_with(None)
+    }
+
+    /// Starts a server on `storage` (a directory), or in memory.
+    pub fn start_with(storage: Option<PathBuf>) -> MongoServer {
+        for _ in 0..5 {
+            let port = free_port();
+            if let Some(server) = Self::try_start(port, storage.clone()) {
+                return server;
+            }
+        }
+        panic!("could not start SecantusDB on a free port");
+    }
+
+    fn try_start(port: u16, storage: Option<PathBuf>) -> Option<MongoServer> {
+        let path = storage
+            .as_ref()
+            .map_or(":memory:".to_string(), |p| p.display().to_string());
+        let mut child = Command::new(secantus_python())
+            .args(["-m", "secantus", "--host", "127.0.0.1", "--port"])
+            .arg(port.to_string())
+            .args(["--storage-path", &path])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("SecantusDB must be installed (scripts/test.sh installs it)");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = child.try_wait() {
+                return None;
+            }
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return Some(MongoServer {
+                    child,
+                    port,
+                    storage,
+                });
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        None
+    }
+
+    /// A URL for a client that notices a restarted server quickly.
+    pub fn url(&self) -> String {
+        format!(
+            "mongodb://127.0.0.1:{}/?directConnection=true&heartbeatFrequencyMS=1000&serverSelectionTimeoutMS=10000",
+            self.port
+        )
+    }
+
+    /// Runtime config making this server the app's document store `label` (database `database`).
+    pub fn store_config(&self, label: &str, database: &str) -> String {
+        format!(
+            "[document_store.{label}]\ntype = \"mongodb\"\nurl = \"{}\"\ndatabase = \"{database}\"\n",
+            self.url()
+        )
+    }
+
+    /// Stops the server and starts it again on the same port and storage.
+    pub fn restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let port = self.port;
+        for _ in 0..50 {
+            if let Some(server) = Self::try_start(port, self.storage.clone()) {
+                *self = server;
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("SecantusDB did not come back on port {port}");
+    }
+}
+
+impl Drop for MongoServer {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();

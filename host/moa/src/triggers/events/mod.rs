@@ -483,7 +483,7 @@ pub struct EventConsumers {
 impl EventConsumers {
     /// Starts a consumer for every event trigger. Must run inside the tokio runtime.
     fn start(app: &App, prepared: PreparedEvents, cx: &TriggerContext) -> Result<Self> {
-        let brokers = app.capabilities.messaging.clone();
+        let brokers = (*app.capabilities.messaging).clone();
         let stop = CancellationToken::new();
         let abort = CancellationToken::new();
         let mut tasks = JoinSet::new();

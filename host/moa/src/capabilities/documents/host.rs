@@ -1,0 +1,717 @@
+//! The generated `moa:documents` host traits: `open` checks the grant, a `store` resource runs each
+//! call atomically on its backend, a `transaction` resource holds an open backend transaction.
+
+use super::bindings::moa::documents::documents::{self, Message};
+use super::bindings::moa::documents::types::{
+    self, Error, FindAndModifyOptions, FindOptions, ReturnDocument, UpdateResult,
+};
+use super::ops::{self, DocumentError, FindSpec, Op, Output, Query, UpdateSpec, parse_document};
+use super::{DocumentStore, DocumentTransaction, DocumentsGrant, outbox};
+use crate::capabilities::messaging::{OutgoingMessage, topic_matches};
+use crate::invocation::Invocation;
+use serde_json::Value;
+use std::sync::Arc;
+use wasmtime::component::{HasData, Resource, ResourceTable};
+
+/// The value behind a `store` handle.
+pub struct OpenStore {
+    store: Arc<DocumentStore>,
+}
+
+/// The value behind a `transaction` handle.
+pub struct OpenTransaction {
+    store: Arc<DocumentStore>,
+    /// `None` once committed or aborted.
+    tx: Option<Box<dyn DocumentTransaction>>,
+    staged: usize,
+}
+
+/// Marker type naming this capability in the linker.
+pub struct Documents;
+
+impl HasData for Documents {
+    type Data<'a> = DocumentsView<'a>;
+}
+
+/// What the host traits see of an instance.
+pub struct DocumentsView<'a> {
+    pub(super) grant: &'a DocumentsGrant,
+    pub(super) table: &'a mut ResourceTable,
+    pub(super) invocation: &'a Invocation,
+}
+
+impl From<DocumentError> for Error {
+    fn from(error: DocumentError) -> Self {
+        match error {
+            DocumentError::AccessDenied(m) => Error::AccessDenied(m),
+            DocumentError::InvalidFilter(m) => Error::InvalidFilter(m),
+            DocumentError::InvalidUpdate(m) => Error::InvalidUpdate(m),
+            DocumentError::InvalidArgument(m) => Error::InvalidArgument(m),
+            DocumentError::DuplicateKey(m) => Error::DuplicateKey(m),
+            DocumentError::WriteConflict(m) => Error::WriteConflict(m),
+            DocumentError::TooLarge(m) => Error::TooLarge(m),
+            DocumentError::TransactionClosed(m) => Error::TransactionClosed(m),
+            DocumentError::Unavailable(m) => Error::Unavailable(m),
+            DocumentError::Other(m) => Error::Other(m),
+        }
+    }
+}
+
+/// Where an operation runs: on the store (atomic on its own) or inside an open transaction.
+enum Target<'a> {
+    Store(&'a Arc<DocumentStore>),
+    Transaction(&'a mut OpenTransaction),
+}
+
+impl Target<'_> {
+    async fn run(self, op: Op) -> Result<Output, DocumentError> {
+        match self {
+            Target::Store(store) => store.backend.run(op).await,
+            Target::Transaction(open) => match open.tx.as_mut() {
+                Some(tx) => tx.run(op).await,
+                None => Err(closed()),
+            },
+        }
+    }
+}
+
+fn closed() -> DocumentError {
+    DocumentError::TransactionClosed("the transaction was committed or aborted".into())
+}
+
+fn json_text(value: &Value) -> String {
+    serde_json::to_string(value).unwrap_or_else(|_| "null".into())
+}
+
+fn find_spec(options: &FindOptions) -> Result<FindSpec, DocumentError> {
+    FindSpec::parse(
+        options.sort.as_deref(),
+        options.skip,
+        options.limit,
+        options.projection.as_deref(),
+    )
+}
+
+fn update_result(output: Output) -> UpdateResult {
+    match output {
+        Output::Updated(outcome) => UpdateResult {
+            matched: outcome.matched,
+            modified: outcome.modified,
+            upserted_id: outcome.upserted_id.as_ref().map(json_text),
+        },
+        _ => UpdateResult {
+            matched: 0,
+            modified: 0,
+            upserted_id: None,
+        },
+    }
+}
+
+// One function per operation, shared by `store` and `transaction`.
+
+async fn insert_many(
+    target: Target<'_>,
+    collection: String,
+    documents: Vec<String>,
+) -> Result<Vec<String>, DocumentError> {
+    ops::check_collection(&collection)?;
+    let documents = documents
+        .iter()
+        .map(|text| parse_document(text, true))
+        .collect::<Result<Vec<_>, _>>()?;
+    match target
+        .run(Op::Insert {
+            collection,
+            documents,
+        })
+        .await?
+    {
+        Output::Ids(ids) => Ok(ids.iter().map(json_text).collect()),
+        _ => Ok(Vec::new()),
+    }
+}
+
+async fn find(
+    target: Target<'_>,
+    collection: String,
+    filter: String,
+    options: FindOptions,
+) -> Result<Vec<String>, DocumentError> {
+    ops::check_collection(&collection)?;
+    let op = Op::Find {
+        collection,
+        filter: Query::parse(&filter)?,
+        spec: find_spec(&options)?,
+    };
+    match target.run(op).await? {
+        Output::Documents(documents) => Ok(documents.iter().map(json_text).collect()),
+        _ => Ok(Vec::new()),
+    }
+}
+
+async fn count(
+    target: Target<'_>,
+    collection: String,
+    filter: String,
+) -> Result<u64, DocumentError> {
+    ops::check_collection(&collection)?;
+    let op = Op::Count {
+        collection,
+        filter: Query::parse(&filter)?,
+    };
+    match target.run(op).await? {
+        Output::Count(n) => Ok(n),
+        _ => Ok(0),
+    }
+}
+
+async fn update(
+    target: Target<'_>,
+    collection: String,
+    filter: String,
+    update: String,
+    upsert: bool,
+    many: bool,
+) -> Result<UpdateResult, DocumentError> {
+    ops::check_collection(&collection)?;
+    let op = Op::Update {
+        collection,
+        filter: Query::parse(&filter)?,
+        update: UpdateSpec::parse(&update)?,
+        upsert,
+        many,
+    };
+    Ok(update_result(target.run(op).await?))
+}
+
+async fn replace_one(
+    target: Target<'_>,
+    collection: String,
+    filter: String,
+    replacement: String,
+    upsert: bool,
+) -> Result<UpdateResult, DocumentError> {
+    ops::check_collection(&collection)?;
+    let op = Op::Replace {
+        collection,
+        filter: Query::parse(&filter)?,
+        replacement: parse_document(&replacement, false)?,
+        upsert,
+    };
+    Ok(update_result(target.run(op).await?))
+}
+
+async fn find_one_and_update(
+    target: Target<'_>,
+    collection: String,
+    filter: String,
+    update: String,
+    options: FindAndModifyOptions,
+) -> Result<Option<String>, DocumentError> {
+    ops::check_collection(&collection)?;
+    let spec = FindSpec::parse(
+        options.sort.as_deref(),
+        None,
+        None,
+        options.projection.as_deref(),
+    )?;
+    let op = Op::FindOneAndUpdate {
+        collection,
+        filter: Query::parse(&filter)?,
+        update: UpdateSpec::parse(&update)?,
+        sort: spec.sort,
+        projection: spec.projection,
+        upsert: options.upsert,
+        return_after: matches!(options.return_document, ReturnDocument::After),
+    };
+    match target.run(op).await? {
+        Output::Document(document) => Ok(document.as_ref().map(json_text)),
+        _ => Ok(None),
+    }
+}
+
+async fn delete(
+    target: Target<'_>,
+    collection: String,
+    filter: String,
+    many: bool,
+) -> Result<u64, DocumentError> {
+    ops::check_collection(&collection)?;
+    let op = Op::Delete {
+        collection,
+        filter: Query::parse(&filter)?,
+        many,
+    };
+    match target.run(op).await? {
+        Output::Count(n) => Ok(n),
+        _ => Ok(0),
+    }
+}
+
+impl DocumentsView<'_> {
+    fn store(&self, handle: &Resource<OpenStore>) -> wasmtime::Result<Arc<DocumentStore>> {
+        Ok(self.table.get(handle)?.store.clone())
+    }
+
+    /// Checks an outbox message as `moa:messaging/producer` checks a publish, and adds the
+    /// invocation's trace context.
+    fn outgoing(&self, message: Message) -> Result<OutgoingMessage, DocumentError> {
+        if !moa_eventlog::is_valid_topic(&message.topic) {
+            return Err(DocumentError::InvalidArgument(format!(
+                "`{}`: topics use 1-249 letters, digits, `.`, `_` and `-`",
+                message.topic
+            )));
+        }
+        if !self
+            .grant
+            .topics
+            .iter()
+            .any(|pattern| topic_matches(pattern, &message.topic))
+        {
+            return Err(DocumentError::AccessDenied(format!(
+                "topic `{}` is not in this component's allowed_publish_topics",
+                message.topic
+            )));
+        }
+        let mut headers: Vec<(String, Vec<u8>)> = message
+            .headers
+            .into_iter()
+            .map(|h| (h.name, h.value))
+            .collect();
+        if let Some(traceparent) = &self.invocation.traceparent
+            && !headers
+                .iter()
+                .any(|(name, _)| name.eq_ignore_ascii_case("traceparent"))
+        {
+            headers.push(("traceparent".into(), traceparent.clone().into_bytes()));
+        }
+        Ok(OutgoingMessage {
+            topic: message.topic,
+            key: message.key,
+            payload: message.payload,
+            headers,
+        })
+    }
+}
+
+type Answer<T> = wasmtime::Result<Result<T, Error>>;
+
+fn answer<T>(result: Result<T, DocumentError>) -> Answer<T> {
+    Ok(result.map_err(Error::from))
+}
+
+impl types::Host for DocumentsView<'_> {}
+impl documents::Host for DocumentsView<'_> {}
+
+impl documents::HostStore for DocumentsView<'_> {
+    async fn open(&mut self, label: String) -> Answer<Resource<OpenStore>> {
+        let store = match self.grant.store(&label) {
+            Ok(store) => store,
+            Err(error) => return answer(Err(error)),
+        };
+        Ok(Ok(self.table.push(OpenStore { store })?))
+    }
+
+    async fn insert_one(
+        &mut self,
+        handle: Resource<OpenStore>,
+        collection: String,
+        document: String,
+    ) -> Answer<String> {
+        let store = self.store(&handle)?;
+        let ids = insert_many(Target::Store(&store), collection, vec![document]).await;
+        answer(ids.map(|ids| ids.into_iter().next().unwrap_or_default()))
+    }
+
+    async fn insert_many(
+        &mut self,
+        handle: Resource<OpenStore>,
+        collection: String,
+        documents: Vec<String>,
+    ) -> Answer<Vec<String>> {
+        let store = self.store(&handle)?;
+        answer(insert_many(Target::Store(&store), collection, documents).await)
+    }
+
+    async fn find(
+        &mut self,
+        handle: Resource<OpenStore>,
+        collection: String,
+        filter: String,
+        options: FindOptions,
+    ) -> Answer<Vec<String>> {
+        let store = self.store(&handle)?;
+        answer(find(Target::Store(&store), collection, filter, options).await)
+    }
+
+    async fn find_one(
+        &mut self,
+        handle: Resource<OpenStore>,
+        collection: String,
+        filter: String,
+        mut options: FindOptions,
+    ) -> Answer<Option<String>> {
+        let store = self.store(&handle)?;
+        options.limit = Some(1);
+        answer(
+            find(Target::Store(&store), collection, filter, options)
+                .await
+                .map(|d| d.into_iter().next()),
+        )
+    }
+
+    async fn count(
+        &mut self,
+        handle: Resource<OpenStore>,
+        collection: String,
+        filter: String,
+    ) -> Answer<u64> {
+        let store = self.store(&handle)?;
+        answer(count(Target::Store(&store), collection, filter).await)
+    }
+
+    async fn update_one(
+        &mut self,
+        handle: Resource<OpenStore>,
+        collection: String,
+        filter: String,
+        change: String,
+        upsert: bool,
+    ) -> Answer<UpdateResult> {
+        let store = self.store(&handle)?;
+        answer(
+            update(
+                Target::Store(&store),
+                collection,
+                filter,
+                change,
+                upsert,
+                false,
+            )
+            .await,
+        )
+    }
+
+    async fn update_many(
+        &mut self,
+        handle: Resource<OpenStore>,
+        collection: String,
+        filter: String,
+        change: String,
+        upsert: bool,
+    ) -> Answer<UpdateResult> {
+        let store = self.store(&handle)?;
+        answer(
+            update(
+                Target::Store(&store),
+                collection,
+                filter,
+                change,
+                upsert,
+                true,
+            )
+            .await,
+        )
+    }
+
+    async fn replace_one(
+        &mut self,
+        handle: Resource<OpenStore>,
+        collection: String,
+        filter: String,
+        replacement: String,
+        upsert: bool,
+    ) -> Answer<UpdateResult> {
+        let store = self.store(&handle)?;
+        answer(
+            replace_one(
+                Target::Store(&store),
+                collection,
+                filter,
+                replacement,
+                upsert,
+            )
+            .await,
+        )
+    }
+
+    async fn find_one_and_update(
+        &mut self,
+        handle: Resource<OpenStore>,
+        collection: String,
+        filter: String,
+        change: String,
+        options: FindAndModifyOptions,
+    ) -> Answer<Option<String>> {
+        let store = self.store(&handle)?;
+        answer(
+            find_one_and_update(Target::Store(&store), collection, filter, change, options).await,
+        )
+    }
+
+    async fn delete_one(
+        &mut self,
+        handle: Resource<OpenStore>,
+        collection: String,
+        filter: String,
+    ) -> Answer<u64> {
+        let store = self.store(&handle)?;
+        answer(delete(Target::Store(&store), collection, filter, false).await)
+    }
+
+    async fn delete_many(
+        &mut self,
+        handle: Resource<OpenStore>,
+        collection: String,
+        filter: String,
+    ) -> Answer<u64> {
+        let store = self.store(&handle)?;
+        answer(delete(Target::Store(&store), collection, filter, true).await)
+    }
+
+    async fn begin(&mut self, handle: Resource<OpenStore>) -> Answer<Resource<OpenTransaction>> {
+        let store = self.store(&handle)?;
+        let tx = match store.backend.begin().await {
+            Ok(tx) => tx,
+            Err(error) => return answer(Err(error)),
+        };
+        Ok(Ok(self.table.push(OpenTransaction {
+            store,
+            tx: Some(tx),
+            staged: 0,
+        })?))
+    }
+
+    async fn drop(&mut self, handle: Resource<OpenStore>) -> wasmtime::Result<()> {
+        self.table.delete(handle)?;
+        Ok(())
+    }
+}
+
+impl documents::HostTransaction for DocumentsView<'_> {
+    async fn insert_one(
+        &mut self,
+        handle: Resource<OpenTransaction>,
+        collection: String,
+        document: String,
+    ) -> Answer<String> {
+        let open = self.table.get_mut(&handle)?;
+        let ids = insert_many(Target::Transaction(open), collection, vec![document]).await;
+        answer(ids.map(|ids| ids.into_iter().next().unwrap_or_default()))
+    }
+
+    async fn insert_many(
+        &mut self,
+        handle: Resource<OpenTransaction>,
+        collection: String,
+        documents: Vec<String>,
+    ) -> Answer<Vec<String>> {
+        let open = self.table.get_mut(&handle)?;
+        answer(insert_many(Target::Transaction(open), collection, documents).await)
+    }
+
+    async fn find(
+        &mut self,
+        handle: Resource<OpenTransaction>,
+        collection: String,
+        filter: String,
+        options: FindOptions,
+    ) -> Answer<Vec<String>> {
+        let open = self.table.get_mut(&handle)?;
+        answer(find(Target::Transaction(open), collection, filter, options).await)
+    }
+
+    async fn find_one(
+        &mut self,
+        handle: Resource<OpenTransaction>,
+        collection: String,
+        filter: String,
+        mut options: FindOptions,
+    ) -> Answer<Option<String>> {
+        let open = self.table.get_mut(&handle)?;
+        options.limit = Some(1);
+        answer(
+            find(Target::Transaction(open), collection, filter, options)
+                .await
+                .map(|d| d.into_iter().next()),
+        )
+    }
+
+    async fn count(
+        &mut self,
+        handle: Resource<OpenTransaction>,
+        collection: String,
+        filter: String,
+    ) -> Answer<u64> {
+        let open = self.table.get_mut(&handle)?;
+        answer(count(Target::Transaction(open), collection, filter).await)
+    }
+
+    async fn update_one(
+        &mut self,
+        handle: Resource<OpenTransaction>,
+        collection: String,
+        filter: String,
+        change: String,
+        upsert: bool,
+    ) -> Answer<UpdateResult> {
+        let open = self.table.get_mut(&handle)?;
+        answer(
+            update(
+                Target::Transaction(open),
+                collection,
+                filter,
+                change,
+                upsert,
+                false,
+            )
+            .await,
+        )
+    }
+
+    async fn update_many(
+        &mut self,
+        handle: Resource<OpenTransaction>,
+        collection: String,
+        filter: String,
+        change: String,
+        upsert: bool,
+    ) -> Answer<UpdateResult> {
+        let open = self.table.get_mut(&handle)?;
+        answer(
+            update(
+                Target::Transaction(open),
+                collection,
+                filter,
+                change,
+                upsert,
+                true,
+            )
+            .await,
+        )
+    }
+
+    async fn replace_one(
+        &mut self,
+        handle: Resource<OpenTransaction>,
+        collection: String,
+        filter: String,
+        replacement: String,
+        upsert: bool,
+    ) -> Answer<UpdateResult> {
+        let open = self.table.get_mut(&handle)?;
+        answer(
+            replace_one(
+                Target::Transaction(open),
+                collection,
+                filter,
+                replacement,
+                upsert,
+            )
+            .await,
+        )
+    }
+
+    async fn find_one_and_update(
+        &mut self,
+        handle: Resource<OpenTransaction>,
+        collection: String,
+        filter: String,
+        change: String,
+        options: FindAndModifyOptions,
+    ) -> Answer<Option<String>> {
+        let open = self.table.get_mut(&handle)?;
+        answer(
+            find_one_and_update(
+                Target::Transaction(open),
+                collection,
+                filter,
+                change,
+                options,
+            )
+            .await,
+        )
+    }
+
+    async fn delete_one(
+        &mut self,
+        handle: Resource<OpenTransaction>,
+        collection: String,
+        filter: String,
+    ) -> Answer<u64> {
+        let open = self.table.get_mut(&handle)?;
+        answer(delete(Target::Transaction(open), collection, filter, false).await)
+    }
+
+    async fn delete_many(
+        &mut self,
+        handle: Resource<OpenTransaction>,
+        collection: String,
+        filter: String,
+    ) -> Answer<u64> {
+        let open = self.table.get_mut(&handle)?;
+        answer(delete(Target::Transaction(open), collection, filter, true).await)
+    }
+
+    async fn publish(
+        &mut self,
+        handle: Resource<OpenTransaction>,
+        message: Message,
+    ) -> Answer<String> {
+        let outgoing = match self.outgoing(message) {
+            Ok(outgoing) => outgoing,
+            Err(error) => return answer(Err(error)),
+        };
+        let open = self.table.get_mut(&handle)?;
+        let Some(tx) = open.tx.as_mut() else {
+            return answer(Err(closed()));
+        };
+        let staged = outbox::stage(tx.as_mut(), outgoing).await;
+        if staged.is_ok() {
+            open.staged += 1;
+        }
+        answer(staged)
+    }
+
+    async fn first_time(
+        &mut self,
+        handle: Resource<OpenTransaction>,
+        consumer: String,
+        message_id: String,
+    ) -> Answer<bool> {
+        let open = self.table.get_mut(&handle)?;
+        let Some(tx) = open.tx.as_mut() else {
+            return answer(Err(closed()));
+        };
+        answer(outbox::first_time(tx.as_mut(), &consumer, &message_id).await)
+    }
+
+    async fn commit(&mut self, handle: Resource<OpenTransaction>) -> Answer<()> {
+        let open = self.table.get_mut(&handle)?;
+        let Some(tx) = open.tx.take() else {
+            return answer(Err(closed()));
+        };
+        let result = tx.commit().await;
+        if result.is_ok() && open.staged > 0 {
+            open.store.outbox.committed();
+        }
+        answer(result)
+    }
+
+    async fn abort(&mut self, handle: Resource<OpenTransaction>) -> Answer<()> {
+        let open = self.table.get_mut(&handle)?;
+        let Some(tx) = open.tx.take() else {
+            return answer(Err(closed()));
+        };
+        answer(tx.abort().await)
+    }
+
+    async fn drop(&mut self, handle: Resource<OpenTransaction>) -> wasmtime::Result<()> {
+        let open = self.table.delete(handle)?;
+        if let Some(tx) = open.tx {
+            // Dropped without commit: abort, as the WIT promises.
+            let _ = tx.abort().await;
+        }
+        Ok(())
+    }
+}
