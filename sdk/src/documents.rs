@@ -434,11 +434,14 @@ fn backoff(attempt: u32) {
 }
 
 /// The id a consumer deduplicates a delivery on: the `moa-message-id` header an outbox message
-/// carries, or else the broker's own id of the delivery.
-pub fn message_id(headers: &[(String, Vec<u8>)], broker_id: &str) -> String {
+/// carries, or else the broker's own id of the delivery (`delivery.id`).
+pub fn message_id<'a>(
+    headers: impl IntoIterator<Item = (&'a str, &'a [u8])>,
+    broker_id: &str,
+) -> String {
     headers
-        .iter()
+        .into_iter()
         .find(|(name, _)| name.eq_ignore_ascii_case("moa-message-id"))
-        .and_then(|(_, value)| String::from_utf8(value.clone()).ok())
+        .and_then(|(_, value)| std::str::from_utf8(value).ok().map(str::to_string))
         .unwrap_or_else(|| broker_id.to_string())
 }

@@ -36,7 +36,9 @@ impl AppDir {
     pub fn new(manifest: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let mut text = manifest.to_string();
-        for name in ["probe", "hello", "hello-p2", "counter", "relay", "docprobe"] {
+        for name in [
+            "probe", "hello", "hello-p2", "counter", "relay", "docprobe", "inbox",
+        ] {
             let key = format!("{{{name}}}");
             if text.contains(&key) {
                 text = text.replace(&key, &wasm(name));

@@ -197,7 +197,11 @@ impl DocumentStores {
                 }),
             );
         }
-        for index in declared_indexes(cx)? {
+        let mut indexes = declared_indexes(cx)?;
+        for label in stores.keys() {
+            indexes.extend(outbox::internal_indexes(label));
+        }
+        for index in indexes {
             let Some(store) = stores.get(&index.store) else {
                 continue;
             };

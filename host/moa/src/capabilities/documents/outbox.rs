@@ -72,6 +72,21 @@ impl Outbox {
     }
 }
 
+/// The indexes the relay's queries use, on every store.
+pub fn internal_indexes(store: &str) -> Vec<super::IndexSpec> {
+    let index = |name: &str, keys: &[&str]| super::IndexSpec {
+        store: store.to_string(),
+        collection: OUTBOX.into(),
+        keys: keys.iter().map(|k| (k.to_string(), true)).collect(),
+        unique: false,
+        name: name.to_string(),
+    };
+    vec![
+        index("moa_created", &["created_ms"]),
+        index("moa_key_order", &["okey", "seq"]),
+    ]
+}
+
 /// Stages `message` inside `tx`; returns its message id.
 pub async fn stage(
     tx: &mut dyn DocumentTransaction,

@@ -1,0 +1,305 @@
+//! The outbox and the inbox when hosts die: transactions that insert an order and stage a message
+//! run against `moa up` while it is SIGKILLed at random moments, again and again, on both document
+//! backends with a real Redis broker. Afterwards every committed order's message is on the stream
+//! (none missing, none from a transaction that did not commit, repeats only of the same message id)
+//! and the consumer, which dedupes with the inbox, applied each order's effect exactly once.
+
+mod common;
+
+use common::{AppDir, Moa, MongoServer, Options, RedisServer};
+use reqwest::Method;
+use serde_json::{Value, json};
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+const APP: &str = r#"
+spin_manifest_version = 2
+[application]
+name = "outbox-chaos"
+[[trigger.http]]
+route = "/run"
+component = "docprobe"
+[[trigger.redis-stream]]
+component = "inbox"
+stream = "orders.placed"
+group = "effects"
+claim_idle_ms = 1000
+retry_backoff_ms = 20
+# Every kill can leave entries delivered but unacknowledged; poison-message protection is not
+# what this test is about.
+max_deliveries = 1000
+[component.docprobe]
+source = "{docprobe}"
+document_stores = ["default"]
+allowed_publish_topics = ["orders.placed"]
+[component.inbox]
+source = "{inbox}"
+document_stores = ["default"]
+"#;
+
+/// How many committed transactions the run needs at least.
+const COMMITTED: u64 = 200;
+
+/// A small deterministic-per-run random source (no extra crate): xorshift seeded from the clock.
+struct Random(u64);
+
+impl Random {
+    fn new() -> Self {
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(7)
+            | 1;
+        eprintln!("random seed {seed}");
+        Random(seed)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n
+    }
+}
+
+/// POSTs `script` to `/run`; `None` when the host is down or the connection is cut (plain
+/// HTTP/1.1 over a socket: this client must not panic when the host is killed under it).
+fn run(moa_url: &str, script: Value) -> Option<Value> {
+    use std::io::{Read as _, Write as _};
+    let address = moa_url.strip_prefix("http://")?;
+    let mut socket = std::net::TcpStream::connect(address).ok()?;
+    socket
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .ok()?;
+    let body = script.to_string();
+    let request = format!(
+        "POST /run HTTP/1.1\r\nhost: {address}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    socket.write_all(request.as_bytes()).ok()?;
+    let mut response = String::new();
+    socket.read_to_string(&mut response).ok()?;
+    let (head, body) = response.split_once("\r\n\r\n")?;
+    if !head.starts_with("HTTP/1.1 200") {
+        return None;
+    }
+    // The body may come chunked.
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        let mut out = String::new();
+        let mut rest = body;
+        while let Some((size, tail)) = rest.split_once("\r\n") {
+            let size = usize::from_str_radix(size.trim(), 16).ok()?;
+            if size == 0 {
+                break;
+            }
+            out.push_str(tail.get(..size)?);
+            rest = tail.get(size + 2..)?;
+        }
+        out
+    } else {
+        body.to_string()
+    };
+    serde_json::from_str(&body).ok()
+}
+
+fn find_all(moa: &Moa, collection: &str) -> Vec<Value> {
+    let reply = run(
+        &moa.url,
+        json!({ "ops": [{ "op": "find", "collection": collection, "filter": {} }] }),
+    )
+    .expect("docprobe answers");
+    reply["results"][0]["ok"]
+        .as_array()
+        .cloned()
+        .unwrap_or_else(|| panic!("{reply}"))
+}
+
+/// Payload -> the `moa-message-id` of every entry on the stream.
+fn stream(redis: &RedisServer) -> BTreeMap<String, Vec<String>> {
+    let mut connection = redis::Client::open(redis.url.as_str())
+        .and_then(|c| c.get_connection())
+        .expect("redis");
+    let reply: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+        .arg("orders.placed")
+        .arg("-")
+        .arg("+")
+        .query(&mut connection)
+        .unwrap_or_default();
+    let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for entry in reply.ids {
+        let field = |name: &str| -> String {
+            entry
+                .map
+                .iter()
+                .find(|(k, _)| k.as_str() == name || k.ends_with(&format!(":{name}")))
+                .and_then(|(_, v)| redis::from_redis_value::<String>(v.clone()).ok())
+                .unwrap_or_default()
+        };
+        out.entry(field("payload"))
+            .or_default()
+            .push(field("moa-message-id"));
+    }
+    out
+}
+
+fn dead_letters(redis: &RedisServer) -> u64 {
+    redis::Client::open(redis.url.as_str())
+        .and_then(|c| c.get_connection())
+        .and_then(|mut c| redis::cmd("XLEN").arg("orders.placed.dlq").query(&mut c))
+        .unwrap_or(0)
+}
+
+fn chaos(store_config: &str) {
+    let redis = RedisServer::start();
+    let app = AppDir::new(APP);
+    let config = format!(
+        "{}{store_config}outbox_poll_ms = 100\n",
+        redis.broker_config()
+    );
+    let rc = app.write("runtime-config.toml", &config);
+    let options = Options::runtime_config(&rc);
+    let mut random = Random::new();
+    let next = Arc::new(AtomicU64::new(0));
+    let mut kills = 0;
+
+    loop {
+        let moa = Moa::start(&app, options.clone());
+        let committed = find_all(&moa, "orders").len() as u64;
+        if committed >= COMMITTED && kills >= 5 {
+            break;
+        }
+        let stop = Arc::new(AtomicBool::new(false));
+        let clients: Vec<_> = (0..4)
+            .map(|_| {
+                let (url, next, stop) = (moa.url.clone(), next.clone(), stop.clone());
+                std::thread::spawn(move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        let n = next.fetch_add(1, Ordering::Relaxed);
+                        let order = format!("o-{n}");
+                        // A refused connection (the host is down) is fine: that transaction
+                        // never started. One cut mid-way may or may not have committed.
+                        let _ = run(
+                            &url,
+                            json!({ "transaction": true, "end": "commit", "ops": [
+                                { "op": "insert_one", "collection": "orders", "document": { "_id": order } },
+                                { "op": "publish", "topic": "orders.placed", "key": order, "payload": order }
+                            ]}),
+                        );
+                    }
+                })
+            })
+            .collect();
+        std::thread::sleep(Duration::from_millis(100 + random.below(500)));
+        drop(moa); // SIGKILL, wherever the host is: mid-transaction, between commit and publish, mid-relay
+        kills += 1;
+        stop.store(true, Ordering::Relaxed);
+        for client in clients {
+            let _ = client.join();
+        }
+    }
+
+    // A last host drains the outbox and the consumer catches up.
+    let moa = Moa::start(&app, options);
+    let orders: BTreeSet<String> = find_all(&moa, "orders")
+        .iter()
+        .filter_map(|d| d["_id"].as_str().map(str::to_string))
+        .collect();
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    loop {
+        let effects = find_all(&moa, "effects").len();
+        let backlog = common::metric(&moa, "moa_outbox_backlog", "store=\"default\"");
+        if effects >= orders.len() && backlog == 0.0 {
+            break;
+        }
+        if std::time::Instant::now() > deadline {
+            let stderr = moa.stderr();
+            let tail: Vec<&str> = stderr
+                .lines()
+                .filter(|l| !l.contains("\"message\":\"request\""))
+                .rev()
+                .take(30)
+                .collect();
+            panic!(
+                "after 90 s: {effects} effects of {} orders, outbox backlog {backlog}, {} on the stream, {} dead-lettered; moa's last lines:\n{}",
+                orders.len(),
+                stream(&redis).len(),
+                dead_letters(&redis),
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            );
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let published = stream(&redis);
+    let effects: BTreeMap<String, i64> = find_all(&moa, "effects")
+        .iter()
+        .map(|d| {
+            (
+                d["_id"].as_str().unwrap_or_default().to_string(),
+                d["n"].as_i64().unwrap_or_default(),
+            )
+        })
+        .collect();
+    let seen: i64 = find_all(&moa, "seen")
+        .iter()
+        .map(|d| d["n"].as_i64().unwrap_or_default())
+        .sum();
+
+    let missing: Vec<&String> = orders
+        .iter()
+        .filter(|o| !published.contains_key(*o))
+        .collect();
+    let invented: Vec<&String> = published.keys().filter(|p| !orders.contains(*p)).collect();
+    let repeated: usize = published.values().map(|ids| ids.len() - 1).sum();
+    eprintln!(
+        "{} transactions sent (most while the host was down), {} committed, {kills} kills; {} messages published ({repeated} repeats), {seen} deliveries seen by the consumer",
+        next.load(Ordering::Relaxed),
+        orders.len(),
+        published.values().map(Vec::len).sum::<usize>(),
+    );
+    assert!(
+        orders.len() as u64 >= COMMITTED,
+        "at least {COMMITTED} committed transactions"
+    );
+    assert!(
+        missing.is_empty(),
+        "committed but never published: {missing:?}"
+    );
+    assert!(
+        invented.is_empty(),
+        "published without a committed transaction: {invented:?}"
+    );
+    for (order, ids) in &published {
+        assert!(
+            ids.iter().all(|id| !id.is_empty() && id == &ids[0]),
+            "a repeat of {order} carries the same moa-message-id: {ids:?}"
+        );
+    }
+    let wrong: Vec<(&String, &i64)> = effects.iter().filter(|(_, n)| **n != 1).collect();
+    assert!(
+        wrong.is_empty(),
+        "effects applied more or less than once: {wrong:?}"
+    );
+    assert_eq!(
+        effects.keys().collect::<BTreeSet<_>>(),
+        orders.iter().collect::<BTreeSet<_>>(),
+        "one effect per committed order"
+    );
+    assert!(seen as usize >= orders.len());
+    assert_eq!(dead_letters(&redis), 0, "no delivery was dead-lettered");
+}
+
+#[test]
+fn embedded_store_outbox_survives_kills() {
+    chaos("[document_store.default]\ntype = \"embedded\"\n");
+}
+
+#[test]
+fn mongodb_outbox_survives_kills() {
+    let mongo = MongoServer::start();
+    chaos(&mongo.store_config("default", "chaos"));
+}

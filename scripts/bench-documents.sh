@@ -1,0 +1,145 @@
+#!/usr/bin/env bash
+# Documents benchmark (not a test), in one run on one SecantusDB and one Redis started here:
+#   raw:      examples/mongo_raw.rs, the mongodb driver from a native loop: WORKERS tasks, each
+#             ROUNDS rounds of insert + find-one-and-update ($inc) + find by an indexed field;
+#   mongo:    the same rounds done by the docbench component through moa:documents on MongoDB
+#             (WORKERS concurrent requests, one worker's ROUNDS each);
+#   embedded: the same component on the embedded store;
+#   outbox:   docbench commits WORKERS x OUTBOX_TX transactions on MongoDB, each inserting a document
+#             and staging one outbox message, timed until the last message is on the Redis stream.
+# Each of raw / mongo / embedded runs ROUNDS_OF times, taking turns; each reports its median.
+#
+#   scripts/bench-documents.sh        # WORKERS=4 ROUNDS=200 OUTBOX_TX=100 ROUNDS_OF=3 by default
+#
+# Ends with: RESULT documents mongo_ops_s=... raw_mongo_ops_s=... mongo_ratio=... embedded_ops_s=... outbox_tx_s=...
+set -euo pipefail
+source "$(dirname "$0")/lib.sh"
+
+unset RUST_BACKTRACE RUST_LIB_BACKTRACE
+WORKERS="${WORKERS:-4}"
+ROUNDS="${ROUNDS:-200}"
+OUTBOX_TX="${OUTBOX_TX:-100}"
+ROUNDS_OF="${ROUNDS_OF:-3}"
+
+ensure_toolchain
+ensure_redis
+ensure_secantus
+log "building moa and the raw driver loop (release)"
+(cd "$MOA_ROOT" && cargo build --release -p moa --bin moa --example mongo_raw)
+build_components
+
+WORK="$(mktemp -d)"
+PIDS=()
+MOA_PID=""
+cleanup() {
+  [ -n "$MOA_PID" ] && kill "$MOA_PID" 2>/dev/null || true
+  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+MONGO_PORT="$(free_port)"
+"$MOA_SECANTUS_PYTHON" -m secantus --host 127.0.0.1 --port "$MONGO_PORT" --storage-path "$WORK/mongo" \
+  >"$WORK/secantus.log" 2>&1 &
+PIDS+=($!)
+REDIS_PORT="$(free_port)"
+redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly no >"$WORK/redis.log" 2>&1 &
+PIDS+=($!)
+wait_port "$REDIS_PORT"
+for _ in $(seq 1 300); do (exec 3<>"/dev/tcp/127.0.0.1/$MONGO_PORT") 2>/dev/null && break; sleep 0.1; done
+MONGO_URL="mongodb://127.0.0.1:$MONGO_PORT/?directConnection=true"
+log "SecantusDB $("$MOA_SECANTUS_PYTHON" -m pip show secantusdb 2>/dev/null | awk '/^Version/ {print $2}') on 127.0.0.1:$MONGO_PORT (WiredTiger on disk), redis-server on 127.0.0.1:$REDIS_PORT"
+
+APP="$WORK/app"
+mkdir -p "$APP"
+cat >"$APP/spin.toml" <<TOML
+spin_manifest_version = 2
+[application]
+name = "docbench"
+[[trigger.http]]
+route = "/..."
+component = "docbench"
+[component.docbench]
+source = "$MOA_ROOT/components/target/wasm32-wasip2/release/docbench.wasm"
+document_stores = ["default"]
+allowed_publish_topics = ["bench.outbox"]
+[[component.docbench.document_indexes]]
+collection = "bench"
+keys = ["owner", "sku"]
+TOML
+cat >"$WORK/mongo.toml" <<TOML
+[messaging.brokers.main]
+type = "redis"
+url = "redis://127.0.0.1:$REDIS_PORT"
+[document_store.default]
+type = "mongodb"
+url = "$MONGO_URL"
+database = "moa"
+TOML
+cat >"$WORK/embedded.toml" <<TOML
+[messaging.brokers.main]
+type = "redis"
+url = "redis://127.0.0.1:$REDIS_PORT"
+[document_store.default]
+type = "embedded"
+TOML
+
+start_moa() { # runtime-config
+  local port; port="$(free_port)"
+  MOA_LOG=warn "$MOA_BIN" up -f "$APP/spin.toml" --listen "127.0.0.1:$port" --admin-listen "127.0.0.1:$(free_port)" \
+    --state-dir "$WORK/state" --runtime-config-file "$1" >"$WORK/moa.log" 2>&1 &
+  MOA_PID=$!
+  wait_port "$port"
+  MOA_URL="http://127.0.0.1:$port"
+  curl -fsS "$MOA_URL/ops?n=5&w=999&run=warm$RANDOM" >/dev/null
+}
+stop_moa() { kill "$MOA_PID" 2>/dev/null || true; wait "$MOA_PID" 2>/dev/null || true; MOA_PID=""; }
+
+now() { date +%s.%N; }
+
+# WORKERS concurrent requests of one worker's ROUNDS each; prints ops/s.
+moa_ops() { # run-id
+  local start end
+  start="$(now)"
+  seq 0 $((WORKERS - 1)) | xargs -P "$WORKERS" -I{} curl -fsS -o /dev/null "$MOA_URL/ops?n=$ROUNDS&w={}&run=$1"
+  end="$(now)"
+  awk -v n=$((WORKERS * ROUNDS * 3)) -v s="$start" -v e="$end" 'BEGIN {printf "%.1f", n / (e - s)}'
+}
+
+raw_ops() {
+  "$CARGO_TARGET_DIR/release/examples/mongo_raw" "$MONGO_URL" moa "$WORKERS" "$ROUNDS" | sed 's/.*ops_s=//'
+}
+
+median() { printf '%s\n' "$@" | sort -g | awk '{v[NR]=$1} END {print v[int((NR + 1) / 2)]}'; }
+
+RAW=(); MONGO=(); EMBEDDED=()
+for round in $(seq 1 "$ROUNDS_OF"); do
+  RAW+=("$(raw_ops)")
+  start_moa "$WORK/mongo.toml"; MONGO+=("$(moa_ops "m$round")"); stop_moa
+  start_moa "$WORK/embedded.toml"; EMBEDDED+=("$(moa_ops "e$round")"); stop_moa
+  log "round $round: raw ${RAW[-1]} ops/s, moa on MongoDB ${MONGO[-1]} ops/s, moa embedded ${EMBEDDED[-1]} ops/s"
+done
+
+# Outbox: committed transactions per second, until the last message is on the stream.
+start_moa "$WORK/mongo.toml"
+before="$(redis-cli -p "$REDIS_PORT" XLEN bench.outbox)"
+want=$((before + WORKERS * OUTBOX_TX))
+start="$(now)"
+seq 0 $((WORKERS - 1)) | xargs -P "$WORKERS" -I{} curl -fsS -o /dev/null "$MOA_URL/outbox?n=$OUTBOX_TX&w={}&run=o$RANDOM"
+for _ in $(seq 1 6000); do
+  [ "$(redis-cli -p "$REDIS_PORT" XLEN bench.outbox)" -ge "$want" ] && break
+  sleep 0.01
+done
+end="$(now)"
+stop_moa
+got="$(redis-cli -p "$REDIS_PORT" XLEN bench.outbox)"
+[ "$got" -ge "$want" ] || { echo "error: only $((got - before)) of $((want - before)) outbox messages arrived" >&2; exit 1; }
+OUTBOX_S="$(awk -v n=$((WORKERS * OUTBOX_TX)) -v s="$start" -v e="$end" 'BEGIN {printf "%.1f", n / (e - s)}')"
+
+RAW_M="$(median "${RAW[@]}")"; MONGO_M="$(median "${MONGO[@]}")"; EMB_M="$(median "${EMBEDDED[@]}")"
+RATIO="$(awk -v a="$MONGO_M" -v b="$RAW_M" 'BEGIN {printf "%.2f", a / b}')"
+printf '\n%-34s %12s\n' "contender" "ops/s (median of $ROUNDS_OF)"
+printf '%-34s %12s\n' "raw mongodb driver (native loop)" "$RAW_M" "moa docbench on MongoDB" "$MONGO_M" "moa docbench on the embedded store" "$EMB_M"
+printf '%-34s %12s\n' "outbox transactions/s (to Redis)" "$OUTBOX_S"
+echo "RESULT documents mongo_ops_s=$MONGO_M raw_mongo_ops_s=$RAW_M mongo_ratio=$RATIO embedded_ops_s=$EMB_M outbox_tx_s=$OUTBOX_S"
