@@ -7,7 +7,6 @@
 mod common;
 
 use common::{AppDir, Moa, MongoServer, Options, RedisServer};
-use reqwest::Method;
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
