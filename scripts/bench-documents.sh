@@ -7,9 +7,10 @@
 #   embedded: the same component on the embedded store;
 #   outbox:   docbench commits WORKERS x OUTBOX_TX transactions on MongoDB, each inserting a document
 #             and staging one outbox message, timed until the last message is on the Redis stream.
-# Each of raw / mongo / embedded runs ROUNDS_OF times, taking turns; each reports its median.
+# Each of raw / mongo / embedded runs ROUNDS_OF times, taking turns, each on an empty database; each
+# reports its median, and mongo_ratio is the median of the per-round moa/raw ratios.
 #
-#   scripts/bench-documents.sh        # WORKERS=4 ROUNDS=200 OUTBOX_TX=100 ROUNDS_OF=3 by default
+#   scripts/bench-documents.sh        # WORKERS=4 ROUNDS=200 OUTBOX_TX=100 ROUNDS_OF=5 by default
 #
 # Ends with: RESULT documents mongo_ops_s=... raw_mongo_ops_s=... mongo_ratio=... embedded_ops_s=... outbox_tx_s=...
 set -euo pipefail
@@ -19,7 +20,7 @@ unset RUST_BACKTRACE RUST_LIB_BACKTRACE
 WORKERS="${WORKERS:-4}"
 ROUNDS="${ROUNDS:-200}"
 OUTBOX_TX="${OUTBOX_TX:-100}"
-ROUNDS_OF="${ROUNDS_OF:-3}"
+ROUNDS_OF="${ROUNDS_OF:-5}"
 
 ensure_toolchain
 ensure_redis
@@ -64,26 +65,37 @@ component = "docbench"
 source = "$MOA_ROOT/components/target/wasm32-wasip2/release/docbench.wasm"
 document_stores = ["default"]
 allowed_publish_topics = ["bench.outbox"]
+[component.docbench.moa]
+request_timeout_ms = 600000
 [[component.docbench.document_indexes]]
 collection = "bench"
 keys = ["owner", "sku"]
 TOML
-cat >"$WORK/mongo.toml" <<TOML
+# Every contender run starts on an empty database (SecantusDB slows down as a collection grows, so a
+# shared one would favour whoever runs first).
+mongo_config() { # database
+  cat >"$WORK/mongo-$1.toml" <<TOML
 [messaging.brokers.main]
 type = "redis"
 url = "redis://127.0.0.1:$REDIS_PORT"
 [document_store.default]
 type = "mongodb"
 url = "$MONGO_URL"
-database = "moa"
+database = "$1"
 TOML
-cat >"$WORK/embedded.toml" <<TOML
+  echo "$WORK/mongo-$1.toml"
+}
+embedded_config() { # file
+  cat >"$WORK/embedded-$1.toml" <<TOML
 [messaging.brokers.main]
 type = "redis"
 url = "redis://127.0.0.1:$REDIS_PORT"
 [document_store.default]
 type = "embedded"
+path = "$WORK/embedded-$1.db"
 TOML
+  echo "$WORK/embedded-$1.toml"
+}
 
 start_moa() { # runtime-config
   local port; port="$(free_port)"
@@ -107,22 +119,28 @@ moa_ops() { # run-id
   awk -v n=$((WORKERS * ROUNDS * 3)) -v s="$start" -v e="$end" 'BEGIN {printf "%.1f", n / (e - s)}'
 }
 
-raw_ops() {
-  "$CARGO_TARGET_DIR/release/examples/mongo_raw" "$MONGO_URL" moa "$WORKERS" "$ROUNDS" | sed 's/.*ops_s=//'
+raw_ops() { # database
+  "$CARGO_TARGET_DIR/release/examples/mongo_raw" "$MONGO_URL" "$1" "$WORKERS" "$ROUNDS" | sed 's/.*ops_s=//'
 }
 
 median() { printf '%s\n' "$@" | sort -g | awk '{v[NR]=$1} END {print v[int((NR + 1) / 2)]}'; }
 
-RAW=(); MONGO=(); EMBEDDED=()
+drop_db() { "$CARGO_TARGET_DIR/release/examples/mongo_raw" "$MONGO_URL" "$1" drop; }
+run_raw() { RAW+=("$(raw_ops "raw$1")"); drop_db "raw$1"; }
+run_moa() { start_moa "$(mongo_config "moa$1")"; MONGO+=("$(moa_ops "m$1")"); stop_moa; drop_db "moa$1"; }
+
+# SecantusDB's speed drifts during a run, so the mongo ratio is the median of per-round ratios, and
+# raw and moa take turns going first.
+RAW=(); MONGO=(); EMBEDDED=(); RATIOS=()
 for round in $(seq 1 "$ROUNDS_OF"); do
-  RAW+=("$(raw_ops)")
-  start_moa "$WORK/mongo.toml"; MONGO+=("$(moa_ops "m$round")"); stop_moa
-  start_moa "$WORK/embedded.toml"; EMBEDDED+=("$(moa_ops "e$round")"); stop_moa
-  log "round $round: raw ${RAW[-1]} ops/s, moa on MongoDB ${MONGO[-1]} ops/s, moa embedded ${EMBEDDED[-1]} ops/s"
+  if [ $((round % 2)) -eq 1 ]; then run_raw "$round"; run_moa "$round"; else run_moa "$round"; run_raw "$round"; fi
+  start_moa "$(embedded_config "e$round")"; EMBEDDED+=("$(moa_ops "e$round")"); stop_moa
+  RATIOS+=("$(awk -v a="${MONGO[-1]}" -v b="${RAW[-1]}" 'BEGIN {printf "%.3f", a / b}')")
+  log "round $round: raw ${RAW[-1]} ops/s, moa on MongoDB ${MONGO[-1]} ops/s (ratio ${RATIOS[-1]}), moa embedded ${EMBEDDED[-1]} ops/s"
 done
 
 # Outbox: committed transactions per second, until the last message is on the stream.
-start_moa "$WORK/mongo.toml"
+start_moa "$(mongo_config outbox)"
 before="$(redis-cli -p "$REDIS_PORT" XLEN bench.outbox)"
 want=$((before + WORKERS * OUTBOX_TX))
 start="$(now)"
@@ -138,7 +156,7 @@ got="$(redis-cli -p "$REDIS_PORT" XLEN bench.outbox)"
 OUTBOX_S="$(awk -v n=$((WORKERS * OUTBOX_TX)) -v s="$start" -v e="$end" 'BEGIN {printf "%.1f", n / (e - s)}')"
 
 RAW_M="$(median "${RAW[@]}")"; MONGO_M="$(median "${MONGO[@]}")"; EMB_M="$(median "${EMBEDDED[@]}")"
-RATIO="$(awk -v a="$MONGO_M" -v b="$RAW_M" 'BEGIN {printf "%.2f", a / b}')"
+RATIO="$(median "${RATIOS[@]}" | awk '{printf "%.2f", $1}')"
 printf '\n%-34s %12s\n' "contender" "ops/s (median of $ROUNDS_OF)"
 printf '%-34s %12s\n' "raw mongodb driver (native loop)" "$RAW_M" "moa docbench on MongoDB" "$MONGO_M" "moa docbench on the embedded store" "$EMB_M"
 printf '%-34s %12s\n' "outbox transactions/s (to Redis)" "$OUTBOX_S"

@@ -3,8 +3,10 @@
 //! find-one-and-update (`$inc`, returning the new document) + find by an indexed field (limit 10).
 //!
 //!   cargo run --release --example mongo_raw -- <url> <database> <workers> <rounds per worker>
+//!   cargo run --release --example mongo_raw -- <url> <database> drop
 //!
-//! Prints `ops=<count> seconds=<elapsed> ops_s=<rate>`.
+//! Prints `ops=<count> seconds=<elapsed> ops_s=<rate>`; `drop` drops the database (between runs, so
+//! that every run starts on an empty one).
 
 use futures::TryStreamExt as _;
 use mongodb::bson::{Document, doc};
@@ -15,8 +17,14 @@ use std::time::Instant;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
+    if let [_, url, database, drop] = args.as_slice()
+        && drop == "drop"
+    {
+        Client::with_uri_str(url).await?.database(database).drop().await?;
+        return Ok(());
+    }
     let [_, url, database, workers, rounds] = args.as_slice() else {
-        anyhow::bail!("usage: mongo_raw <url> <database> <workers> <rounds per worker>");
+        anyhow::bail!("usage: mongo_raw <url> <database> <workers> <rounds per worker> | mongo_raw <url> <database> drop");
     };
     let (workers, rounds): (u64, u64) = (workers.parse()?, rounds.parse()?);
     let client = Client::with_uri_str(url).await?;

@@ -184,7 +184,7 @@ impl DocumentStores {
             let outbox = outbox::Outbox::new(&label, backend.clone(), (*brokers).clone());
             outbox::spawn_relay(
                 outbox.clone(),
-                Duration::from_millis(poll.unwrap_or(250).max(10)),
+                Duration::from_millis(poll.unwrap_or(1000).max(10)),
                 relay_metrics.clone(),
                 cancel.child_token(),
             );

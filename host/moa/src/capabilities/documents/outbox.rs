@@ -326,9 +326,6 @@ async fn relay_round(
     metrics: &RelayMetrics,
     labels: &StoreLabels,
 ) -> Result<usize, anyhow::Error> {
-    if !hold_lease(outbox).await? {
-        return Ok(0);
-    }
     let backend = &outbox.backend;
     let mut spec = FindSpec::sorted(json!({ "created_ms": 1, "_id": 1 }))?;
     spec.limit = Some(BATCH);
@@ -343,6 +340,11 @@ async fn relay_round(
     );
     if pending.is_empty() {
         metrics.backlog.get_or_create(labels).set(0);
+        return Ok(0);
+    }
+    // The lease only when there is work: an idle relay costs the store one read per poll. What
+    // was read before the lease is published now; later commits wait for the next round.
+    if !hold_lease(outbox).await? {
         return Ok(0);
     }
     // Key-less messages in commit-time order; keyed ones all of their key's backlog, in sequence.
