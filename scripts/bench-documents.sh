@@ -41,7 +41,7 @@ cleanup() {
 trap cleanup EXIT
 
 MONGO_PORT="$(free_port)"
-"$MOA_SECANTUS_PYTHON" -m secantus --host 127.0.0.1 --port "$MONGO_PORT" --storage-path "$WORK/mongo" \
+"$MOA_SECANTUS_PYTHON" -m secantus --host 127.0.0.1 --port "$MONGO_PORT" --storage-path "${MONGO_STORAGE:-$WORK/mongo}" \
   >"$WORK/secantus.log" 2>&1 &
 PIDS+=($!)
 REDIS_PORT="$(free_port)"

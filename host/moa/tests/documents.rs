@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{AppDir, Moa, MongoServer, Options, RedisServer, wait_until};
+use common::{AppDir, KafkaServer, Moa, MongoServer, Options, RedisServer, wait_until};
 use reqwest::Method;
 use serde_json::{Value, json};
 
@@ -579,4 +579,62 @@ fn the_embedded_store_runs_the_whole_suite() {
 #[test]
 fn mongodb_runs_the_whole_suite() {
     suite(Backend::Mongo);
+}
+
+#[test]
+fn the_outbox_publishes_to_kafka_in_commit_order_per_key() {
+    let kafka = KafkaServer::start();
+    kafka.create_topic("orders.steps", 3);
+    let app = AppDir::new(APP);
+    let rc = app.write(
+        "runtime-config.toml",
+        &format!(
+            "[messaging.brokers.main]\ntype = \"kafka\"\nbrokers = \"{}\"\n",
+            kafka.bootstrap
+        ),
+    );
+    let moa = Moa::start(&app, Options::runtime_config(&rc));
+    // One transaction per step, each committed before the next begins: the broker must show each
+    // key's steps in commit order.
+    let mut ids = Vec::new();
+    for step in ["created", "paid", "shipped"] {
+        for order in ["o-1", "o-2"] {
+            let reply = script(
+                &moa,
+                "/run",
+                json!({ "transaction": true, "ops": [
+                    { "op": "publish", "topic": "orders.steps", "key": order, "payload": format!("{order}:{step}") }
+                ]}),
+            );
+            ok(&reply["end"]);
+            ids.push(ok(&reply["results"][0]).as_str().unwrap_or_default().to_string());
+        }
+    }
+    use rdkafka::message::{Headers as _, Message as _};
+    let messages = kafka.consume("orders.steps", "outbox-check", 6);
+    for order in ["o-1", "o-2"] {
+        let steps: Vec<String> = messages
+            .iter()
+            .filter(|m| m.key() == Some(order.as_bytes()))
+            .map(|m| String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned())
+            .collect();
+        assert_eq!(
+            steps,
+            ["created", "paid", "shipped"].map(|s| format!("{order}:{s}")),
+            "{order}'s messages in commit order"
+        );
+    }
+    let mut seen: Vec<String> = messages
+        .iter()
+        .filter_map(|m| {
+            m.headers()?
+                .iter()
+                .find(|h| h.key == "moa-message-id")
+                .and_then(|h| h.value)
+                .map(|v| String::from_utf8_lossy(v).into_owned())
+        })
+        .collect();
+    seen.sort();
+    ids.sort();
+    assert_eq!(seen, ids, "each message carries the id publish returned");
 }
