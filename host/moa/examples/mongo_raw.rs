@@ -20,11 +20,17 @@ async fn main() -> anyhow::Result<()> {
     if let [_, url, database, drop] = args.as_slice()
         && drop == "drop"
     {
-        Client::with_uri_str(url).await?.database(database).drop().await?;
+        Client::with_uri_str(url)
+            .await?
+            .database(database)
+            .drop()
+            .await?;
         return Ok(());
     }
     let [_, url, database, workers, rounds] = args.as_slice() else {
-        anyhow::bail!("usage: mongo_raw <url> <database> <workers> <rounds per worker> | mongo_raw <url> <database> drop");
+        anyhow::bail!(
+            "usage: mongo_raw <url> <database> <workers> <rounds per worker> | mongo_raw <url> <database> drop"
+        );
     };
     let (workers, rounds): (u64, u64) = (workers.parse()?, rounds.parse()?);
     let client = Client::with_uri_str(url).await?;

@@ -607,7 +607,12 @@ fn the_outbox_publishes_to_kafka_in_commit_order_per_key() {
                 ]}),
             );
             ok(&reply["end"]);
-            ids.push(ok(&reply["results"][0]).as_str().unwrap_or_default().to_string());
+            ids.push(
+                ok(&reply["results"][0])
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
+            );
         }
     }
     use rdkafka::message::{Headers as _, Message as _};
