@@ -562,6 +562,28 @@ fn grants_and_bad_input(moa: &Moa) {
     );
 }
 
+/// A find that would bring more than 64 MiB into the host is refused (a guest cannot make the host
+/// hold a whole collection); counting and limited finds still work.
+fn results_are_bounded(moa: &Moa) {
+    let inserts: Vec<Value> = (0..66)
+        .map(|_| json!({ "op": "insert_big", "collection": "blobs", "bytes": 1024 * 1024 }))
+        .collect();
+    for result in ops(moa, json!(inserts)) {
+        ok(&result);
+    }
+    let results = ops(
+        moa,
+        json!([
+            { "op": "find", "collection": "blobs", "filter": {} },
+            { "op": "count", "collection": "blobs", "filter": {} },
+            { "op": "find", "collection": "blobs", "filter": {}, "limit": 2, "projection": { "_id": 1 } }
+        ]),
+    );
+    assert_eq!(error_kind(&results[0]), "too-large");
+    assert_eq!(ok(&results[1]), &json!(66));
+    assert_eq!(ok(&results[2]).as_array().map(Vec::len), Some(2));
+}
+
 fn suite(backend: Backend) {
     let fixture = start(backend);
     operations_and_filters(&fixture.moa);
@@ -569,6 +591,7 @@ fn suite(backend: Backend) {
     transactions(&fixture.moa);
     outbox_and_inbox(&fixture);
     grants_and_bad_input(&fixture.moa);
+    results_are_bounded(&fixture.moa);
 }
 
 #[test]

@@ -358,14 +358,24 @@ fn execute(
             filter,
             spec,
         } => {
-            let rows =
-                matching(connection, indexes, &collection, &filter.parsed).map_err(sqlite)?;
+            let keep = match (&spec.sort, spec.limit) {
+                (None, Some(limit)) => Keep::Upto(
+                    usize::try_from(spec.skip.saturating_add(limit)).unwrap_or(usize::MAX),
+                ),
+                _ => Keep::All,
+            };
+            let (rows, _) = matching(connection, indexes, &collection, &filter.parsed, keep)?;
             Ok(Output::Documents(shape(rows, &spec)))
         }
         Op::Count { collection, filter } => {
-            let rows =
-                matching(connection, indexes, &collection, &filter.parsed).map_err(sqlite)?;
-            Ok(Output::Count(rows.len() as u64))
+            let (_, count) = matching(
+                connection,
+                indexes,
+                &collection,
+                &filter.parsed,
+                Keep::Count,
+            )?;
+            Ok(Output::Count(count))
         }
         Op::Update {
             collection,
@@ -374,11 +384,8 @@ fn execute(
             upsert,
             many,
         } => {
-            let mut rows =
-                matching(connection, indexes, &collection, &filter.parsed).map_err(sqlite)?;
-            if !many {
-                rows.truncate(1);
-            }
+            let keep = if many { Keep::All } else { Keep::Upto(1) };
+            let (rows, _) = matching(connection, indexes, &collection, &filter.parsed, keep)?;
             let mut outcome = UpdateOutcome {
                 matched: rows.len() as u64,
                 ..UpdateOutcome::default()
@@ -412,9 +419,13 @@ fn execute(
             mut replacement,
             upsert,
         } => {
-            let mut rows =
-                matching(connection, indexes, &collection, &filter.parsed).map_err(sqlite)?;
-            rows.truncate(1);
+            let (mut rows, _) = matching(
+                connection,
+                indexes,
+                &collection,
+                &filter.parsed,
+                Keep::Upto(1),
+            )?;
             if let Some(row) = rows.pop() {
                 let id = row.document.get("_id").cloned().unwrap_or(Value::Null);
                 match replacement.get("_id") {
@@ -472,8 +483,12 @@ fn execute(
             upsert,
             return_after,
         } => {
-            let mut rows =
-                matching(connection, indexes, &collection, &filter.parsed).map_err(sqlite)?;
+            let keep = if sort.is_some() {
+                Keep::All
+            } else {
+                Keep::Upto(1)
+            };
+            let (mut rows, _) = matching(connection, indexes, &collection, &filter.parsed, keep)?;
             if let Some((_, sort)) = &sort {
                 rows.sort_by(|a, b| {
                     sort.order(
@@ -519,11 +534,8 @@ fn execute(
             filter,
             many,
         } => {
-            let mut rows =
-                matching(connection, indexes, &collection, &filter.parsed).map_err(sqlite)?;
-            if !many {
-                rows.truncate(1);
-            }
+            let keep = if many { Keep::All } else { Keep::Upto(1) };
+            let (rows, _) = matching(connection, indexes, &collection, &filter.parsed, keep)?;
             let mut statement = connection
                 .prepare_cached("DELETE FROM documents WHERE seq = ?1")
                 .map_err(sqlite)?;
@@ -641,19 +653,34 @@ fn rewrite(connection: &Connection, indexes: &[IndexSpec], row: &Row) -> Result<
     Ok(())
 }
 
-/// The collection's documents that match, in insertion order. An `_id` equality or an equality on
-/// an index's first key narrows the scan in SQL; the filter itself always decides.
+/// How much of the matching documents an operation needs.
+#[derive(Clone, Copy)]
+enum Keep {
+    /// Every match (sorted finds, `*-many`).
+    All,
+    /// The first `n` matches in insertion order (unsorted finds with a limit, `*-one`).
+    Upto(usize),
+    /// Only how many match.
+    Count,
+}
+
+/// The largest total size of matching documents one operation holds in memory: a filter that
+/// matches more (for a sort, or a find without a limit) is `too-large`, not a host out of memory.
+const MAX_MATCHED_BYTES: usize = 64 * 1024 * 1024;
+
+/// The collection's documents that match, in insertion order, and how many matched. An `_id`
+/// equality or an equality on an index's first key narrows the scan in SQL; the filter itself
+/// always decides.
 fn matching(
     connection: &Connection,
     indexes: &[IndexSpec],
     collection: &str,
     filter: &super::query::Filter,
-) -> rusqlite::Result<Vec<Row>> {
-    if super::ops::check_collection_name(collection).is_err() {
-        return Err(rusqlite::Error::InvalidParameterName(
-            collection.to_string(),
-        ));
-    }
+    keep: Keep,
+) -> Result<(Vec<Row>, u64), DocumentError> {
+    let path = connection.path().map(PathBuf::from).unwrap_or_default();
+    let sqlite = |e| map_sqlite(&path, e);
+    super::ops::check_collection_name(collection)?;
     // The collection as a literal (names are checked: letters, digits, `_`, `-`, `.`), so SQLite
     // can use the collection's partial indexes.
     let mut sql = format!("SELECT seq, body FROM documents WHERE collection = '{collection}'");
@@ -681,20 +708,38 @@ fn matching(
         });
     }
     sql.push_str(" ORDER BY seq");
-    let mut statement = connection.prepare_cached(&sql)?;
-    let mut rows = statement.query(params_from_iter(args))?;
+    let mut statement = connection.prepare_cached(&sql).map_err(sqlite)?;
+    let mut rows = statement.query(params_from_iter(args)).map_err(sqlite)?;
     let mut out = Vec::new();
-    while let Some(row) = rows.next()? {
-        let seq: i64 = row.get(0)?;
-        let body: String = row.get(1)?;
+    let (mut count, mut bytes) = (0u64, 0usize);
+    while let Some(row) = rows.next().map_err(sqlite)? {
+        if let Keep::Upto(n) = keep
+            && out.len() >= n
+        {
+            break;
+        }
+        let seq: i64 = row.get(0).map_err(sqlite)?;
+        let body: String = row.get(1).map_err(sqlite)?;
         let Ok(value) = serde_json::from_str::<Value>(&body) else {
             continue;
         };
-        if filter.matches(&value)
-            && let Value::Object(document) = value
-        {
+        if !filter.matches(&value) {
+            continue;
+        }
+        count += 1;
+        if matches!(keep, Keep::Count) {
+            continue;
+        }
+        bytes += body.len();
+        if bytes > MAX_MATCHED_BYTES {
+            return Err(DocumentError::TooLarge(format!(
+                "the documents this operation must hold are over {} MiB: narrow the filter, or add a limit",
+                MAX_MATCHED_BYTES >> 20
+            )));
+        }
+        if let Value::Object(document) = value {
             out.push(Row { seq, document });
         }
     }
-    Ok(out)
+    Ok((out, count))
 }

@@ -6,12 +6,15 @@ use super::ops::{DocumentError, Op, Output, UpdateOutcome};
 use super::{DocumentBackend, DocumentTransaction, IndexSpec};
 use async_trait::async_trait;
 use futures::TryStreamExt as _;
-use mongodb::bson::{Bson, Document};
+use mongodb::bson::{Bson, Document, RawDocumentBuf};
 use mongodb::error::{Error as MongoError, ErrorKind, WriteFailure};
 use mongodb::options::{ClientOptions, IndexOptions, ReturnDocument};
 use mongodb::{Client, ClientSession, Collection, Database, IndexModel};
 use serde_json::{Map, Value};
 use std::time::Duration;
+
+/// The most a find brings into the host (the embedded store holds the same bound).
+const MAX_RESULT_BYTES: usize = 64 * 1024 * 1024;
 
 /// How to reach one MongoDB database.
 pub struct MongoSettings {
@@ -188,7 +191,10 @@ async fn execute(
             Ok(Output::Ids(ids))
         }
         Op::Find { filter, spec, .. } => {
-            let mut find = collection.find(value_document(&filter.raw));
+            // Raw documents, so that the result's size is known as it arrives: a find that would
+            // hold more than MAX_RESULT_BYTES in the host stops with `too-large`.
+            let raw: Collection<RawDocumentBuf> = collection.clone_with_type();
+            let mut find = raw.find(value_document(&filter.raw));
             if let Some((raw, _)) = &spec.sort {
                 find = find.sort(value_document(raw));
             }
@@ -201,21 +207,39 @@ async fn execute(
             if let Some((raw, _)) = &spec.projection {
                 find = find.projection(value_document(raw));
             }
-            let documents: Vec<Document> = match session.as_deref_mut() {
+            let mut documents = Vec::new();
+            let mut bytes = 0usize;
+            let mut take = |document: RawDocumentBuf| -> Result<(), DocumentError> {
+                bytes += document.as_bytes().len();
+                if bytes > MAX_RESULT_BYTES {
+                    return Err(DocumentError::TooLarge(format!(
+                        "the result is over {} MiB: narrow the filter, add a limit or a projection",
+                        MAX_RESULT_BYTES >> 20
+                    )));
+                }
+                let document = document
+                    .to_document()
+                    .map_err(|e| DocumentError::Other(format!("cannot read a document: {e}")))?;
+                documents.push(to_json(document));
+                Ok(())
+            };
+            match session.as_deref_mut() {
                 Some(s) => {
                     let mut cursor = find.session(&mut *s).await.map_err(map_error)?;
-                    cursor.stream(s).try_collect().await.map_err(map_error)?
+                    while let Some(document) =
+                        cursor.next(s).await.transpose().map_err(map_error)?
+                    {
+                        take(document)?;
+                    }
                 }
-                None => find
-                    .await
-                    .map_err(map_error)?
-                    .try_collect()
-                    .await
-                    .map_err(map_error)?,
-            };
-            Ok(Output::Documents(
-                documents.into_iter().map(to_json).collect(),
-            ))
+                None => {
+                    let mut cursor = find.await.map_err(map_error)?;
+                    while let Some(document) = cursor.try_next().await.map_err(map_error)? {
+                        take(document)?;
+                    }
+                }
+            }
+            Ok(Output::Documents(documents))
         }
         Op::Count { filter, .. } => {
             let count = collection.count_documents(value_document(&filter.raw));
