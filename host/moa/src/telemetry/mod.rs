@@ -4,6 +4,7 @@
 mod admin;
 pub mod guest_output;
 mod health;
+mod log_writer;
 mod metrics;
 
 pub use admin::serve_admin;
@@ -31,7 +32,7 @@ pub struct TelemetryGuard {
     /// Whether spans are exported (OTLP): triggers build per-request spans only then.
     pub traces_exported: bool,
     provider: Option<opentelemetry_sdk::trace::SdkTracerProvider>,
-    _log_writer: tracing_appender::non_blocking::WorkerGuard,
+    _log_writer: log_writer::FlushGuard,
 }
 
 impl Drop for TelemetryGuard {
@@ -51,17 +52,9 @@ pub fn init(format: LogFormat) -> Result<TelemetryGuard> {
     let filter = EnvFilter::try_new(&filter)
         .map_err(|e| anyhow::anyhow!("invalid MOA_LOG filter `{filter}`: {e}"))?;
 
-    // Lines are formatted on the request path but written to stderr by one writer thread, so a
-    // request never waits on a write(2). Not lossy: when the writer falls behind, loggers wait.
-    // The writer buffers and flushes whenever it has drained the queue: under load one write(2)
-    // carries many lines, when idle each line goes out at once.
-    let (writer, log_writer) = tracing_appender::non_blocking::NonBlockingBuilder::default()
-        .lossy(false)
-        .thread_name("moa-log")
-        .finish(std::io::BufWriter::with_capacity(
-            64 * 1024,
-            std::io::stderr(),
-        ));
+    // Lines are formatted on the request path and appended to one buffer that a flusher thread
+    // writes to stderr in batches (log_writer.rs): no request waits on a write(2), nothing is lost.
+    let (writer, log_writer) = log_writer::batched_stderr();
     let fmt_layer = match format {
         LogFormat::Json => tracing_subscriber::fmt::layer()
             .json()
