@@ -163,7 +163,6 @@ impl Drop for FlushGuard {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::Write as _;
 
     #[test]
     fn lines_from_many_threads_are_kept_whole_and_a_full_buffer_makes_loggers_wait() {
