@@ -7,7 +7,7 @@ use super::bindings::moa::documents::types::{
 };
 use super::ops::{self, DocumentError, FindSpec, Op, Output, Query, UpdateSpec, parse_document};
 use super::{DocumentStore, DocumentTransaction, DocumentsGrant, outbox};
-use crate::capabilities::messaging::{OutgoingMessage, topic_matches};
+use crate::capabilities::messaging::{OutgoingMessage, Refusal, check_outgoing};
 use crate::invocation::Invocation;
 use serde_json::Value;
 use std::sync::Arc;
@@ -256,40 +256,21 @@ impl DocumentsView<'_> {
     /// Checks an outbox message as `moa:messaging/producer` checks a publish, and adds the
     /// invocation's trace context.
     fn outgoing(&self, message: Message) -> Result<OutgoingMessage, DocumentError> {
-        if !moa_eventlog::is_valid_topic(&message.topic) {
-            return Err(DocumentError::InvalidArgument(format!(
-                "`{}`: topics use 1-249 letters, digits, `.`, `_` and `-`",
-                message.topic
-            )));
-        }
-        if !self
-            .grant
-            .topics
-            .iter()
-            .any(|pattern| topic_matches(pattern, &message.topic))
-        {
-            return Err(DocumentError::AccessDenied(format!(
-                "topic `{}` is not in this component's allowed_publish_topics",
-                message.topic
-            )));
-        }
-        let mut headers: Vec<(String, Vec<u8>)> = message
-            .headers
-            .into_iter()
-            .map(|h| (h.name, h.value))
-            .collect();
-        if let Some(traceparent) = &self.invocation.traceparent
-            && !headers
-                .iter()
-                .any(|(name, _)| name.eq_ignore_ascii_case("traceparent"))
-        {
-            headers.push(("traceparent".into(), traceparent.clone().into_bytes()));
-        }
-        Ok(OutgoingMessage {
+        let outgoing = OutgoingMessage {
             topic: message.topic,
             key: message.key,
             payload: message.payload,
-            headers,
+            headers: message
+                .headers
+                .into_iter()
+                .map(|h| (h.name, h.value))
+                .collect(),
+        };
+        check_outgoing(&self.grant.topics, self.invocation, outgoing).map_err(|refusal| {
+            match refusal {
+                Refusal::InvalidTopic(m) => DocumentError::InvalidArgument(m),
+                Refusal::AccessDenied(m) => DocumentError::AccessDenied(m),
+            }
         })
     }
 }

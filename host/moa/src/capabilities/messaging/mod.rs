@@ -338,43 +338,68 @@ impl HasData for Messaging {
 
 impl bindings::moa::messaging::types::Host for MessagingView<'_> {}
 
+/// Why a component may not publish a message.
+#[derive(Debug)]
+pub enum Refusal {
+    InvalidTopic(String),
+    AccessDenied(String),
+}
+
+/// Checks a message a component publishes (the topic's name, the component's
+/// `allowed_publish_topics`) and adds the invocation's trace context. The documents outbox checks
+/// its messages with the same function.
+pub fn check_outgoing(
+    allowed: &[String],
+    invocation: &Invocation,
+    message: OutgoingMessage,
+) -> Result<OutgoingMessage, Refusal> {
+    if !moa_eventlog::is_valid_topic(&message.topic) {
+        return Err(Refusal::InvalidTopic(format!(
+            "`{}`: topics use 1-249 letters, digits, `.`, `_` and `-`",
+            message.topic
+        )));
+    }
+    if !allowed
+        .iter()
+        .any(|pattern| topic_matches(pattern, &message.topic))
+    {
+        return Err(Refusal::AccessDenied(format!(
+            "topic `{}` is not in this component's allowed_publish_topics",
+            message.topic
+        )));
+    }
+    let mut message = message;
+    if let Some(traceparent) = &invocation.traceparent
+        && !message
+            .headers
+            .iter()
+            .any(|(name, _)| name.eq_ignore_ascii_case("traceparent"))
+    {
+        message
+            .headers
+            .push(("traceparent".into(), traceparent.clone().into_bytes()));
+    }
+    Ok(message)
+}
+
 impl MessagingView<'_> {
     /// Checks the topic and the grant, and adds the trace context.
     fn prepare(&self, message: Message) -> Result<OutgoingMessage, Error> {
-        if !moa_eventlog::is_valid_topic(&message.topic) {
-            return Err(Error::InvalidTopic(format!(
-                "`{}`: topics use 1-249 letters, digits, `.`, `_` and `-`",
-                message.topic
-            )));
-        }
-        if !self
-            .grant
-            .allowed
-            .iter()
-            .any(|pattern| topic_matches(pattern, &message.topic))
-        {
-            return Err(Error::AccessDenied(format!(
-                "topic `{}` is not in this component's allowed_publish_topics",
-                message.topic
-            )));
-        }
-        let mut headers: Vec<(String, Vec<u8>)> = message
-            .headers
-            .into_iter()
-            .map(|h| (h.name, h.value))
-            .collect();
-        if let Some(traceparent) = &self.invocation.traceparent
-            && !headers
-                .iter()
-                .any(|(name, _)| name.eq_ignore_ascii_case("traceparent"))
-        {
-            headers.push(("traceparent".into(), traceparent.clone().into_bytes()));
-        }
-        Ok(OutgoingMessage {
+        let outgoing = OutgoingMessage {
             topic: message.topic,
             key: message.key,
             payload: message.payload,
-            headers,
+            headers: message
+                .headers
+                .into_iter()
+                .map(|h| (h.name, h.value))
+                .collect(),
+        };
+        check_outgoing(&self.grant.allowed, self.invocation, outgoing).map_err(|refusal| {
+            match refusal {
+                Refusal::InvalidTopic(m) => Error::InvalidTopic(m),
+                Refusal::AccessDenied(m) => Error::AccessDenied(m),
+            }
         })
     }
 }
