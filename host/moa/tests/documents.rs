@@ -366,6 +366,42 @@ fn transactions(moa: &Moa) {
         ]
     );
 
+    // An error from the store ends the transaction on both backends (MongoDB's rule): the write
+    // before it is dropped, later calls and the commit get transaction-closed. An error moa finds
+    // itself (an unsupported operator) leaves the transaction open.
+    let failed = script(
+        moa,
+        "/run",
+        json!({ "transaction": true, "end": "commit", "ops": [
+            { "op": "find", "collection": "ledger", "filter": { "n": { "$regex": "x" } } },
+            { "op": "insert_one", "collection": "ledger", "document": { "_id": "c", "n": 3 } },
+            { "op": "insert_one", "collection": "ledger", "document": { "_id": "a", "n": 0 } },
+            { "op": "insert_one", "collection": "ledger", "document": { "_id": "d", "n": 4 } }
+        ]}),
+    );
+    assert_eq!(error_kind(&failed["results"][0]), "invalid-filter");
+    ok(&failed["results"][1]);
+    assert_eq!(
+        error_kind(&failed["results"][2]),
+        "duplicate-key",
+        "{failed}"
+    );
+    assert_eq!(
+        error_kind(&failed["results"][3]),
+        "transaction-closed",
+        "{failed}"
+    );
+    assert_eq!(error_kind(&failed["end"]), "transaction-closed", "{failed}");
+    assert!(
+        find(
+            moa,
+            "ledger",
+            json!({ "_id": { "$in": ["c", "d"] } }),
+            json!({})
+        )
+        .is_empty()
+    );
+
     // A transaction left open (neither committed nor aborted) is aborted when dropped.
     script(
         moa,

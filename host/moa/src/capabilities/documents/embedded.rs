@@ -160,7 +160,7 @@ impl DocumentBackend for EmbeddedStore {
         Ok(Box::new(EmbeddedTransaction {
             inner: self.inner.clone(),
             connection: Some(connection),
-            _turn: turn,
+            turn: Some(turn),
         }))
     }
 
@@ -214,7 +214,7 @@ struct EmbeddedTransaction {
     /// `None` while an operation runs on the blocking pool, or after the end.
     connection: Option<Connection>,
     /// This process's write turn, held until the transaction ends.
-    _turn: tokio::sync::OwnedMutexGuard<()>,
+    turn: Option<tokio::sync::OwnedMutexGuard<()>>,
 }
 
 impl EmbeddedTransaction {
@@ -241,26 +241,26 @@ impl EmbeddedTransaction {
 #[async_trait]
 impl DocumentTransaction for EmbeddedTransaction {
     async fn run(&mut self, op: Op) -> Result<Output, DocumentError> {
-        self.with_connection(move |inner, connection| {
-            // A failed statement inside the transaction changes nothing: a savepoint undoes its
-            // partial writes (insert-many stops at the first failure but keeps those before it).
-            let indexes = inner.indexes_of(op.collection());
-            let partial_ok = matches!(op, Op::Insert { .. });
-            connection
-                .execute_batch("SAVEPOINT op")
-                .map_err(|e| map_sqlite(&inner.path, e))?;
-            let result = execute(connection, &indexes, op);
-            let end = if result.is_ok() || partial_ok {
-                "RELEASE op"
-            } else {
-                "ROLLBACK TO op; RELEASE op"
-            };
-            connection
-                .execute_batch(end)
-                .map_err(|e| map_sqlite(&inner.path, e))?;
-            result
-        })
-        .await
+        let result = self
+            .with_connection(move |inner, connection| {
+                let indexes = inner.indexes_of(op.collection());
+                execute(connection, &indexes, op)
+            })
+            .await;
+        // As on MongoDB, an error from the store ends the transaction: its writes are dropped
+        // and later calls get `transaction-closed`.
+        if result.is_err() && self.connection.is_some() {
+            let _ = self
+                .with_connection(|inner, connection| finish(connection, &inner.path, false))
+                .await;
+            if let Some(connection) = self.connection.take()
+                && connection.is_autocommit()
+            {
+                self.inner.give_back(connection);
+            }
+            self.turn = None;
+        }
+        result
     }
 
     async fn commit(mut self: Box<Self>) -> Result<(), DocumentError> {
