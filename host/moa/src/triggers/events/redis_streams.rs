@@ -446,6 +446,13 @@ async fn acknowledge(
 ) {
     let mut ids = Vec::with_capacity(ACK_BATCH);
     while receiver.recv_many(&mut ids, ACK_BATCH).await > 0 {
+        // No longer held from here: the refresher must not see an entry acknowledged a moment
+        // ago as taken by another consumer. (A failed XACK leaves it pending; it is reclaimed.)
+        if let Ok(mut held) = held.lock() {
+            for id in &ids {
+                held.remove(id);
+            }
+        }
         let mut connection = target.commands.clone();
         let acked: redis::RedisResult<i64> = redis::cmd("XACK")
             .arg(&target.stream)
@@ -458,11 +465,6 @@ async fn acknowledge(
             // Not acknowledged: the entries stay pending and are reclaimed later (at least once).
             Err(err) => {
                 tracing::warn!(stream = %target.stream, entries = ids.len(), error = %err, "XACK failed")
-            }
-        }
-        if let Ok(mut held) = held.lock() {
-            for id in &ids {
-                held.remove(id);
             }
         }
         ids.clear();
