@@ -250,40 +250,33 @@ impl DocumentTransaction for EmbeddedTransaction {
         // As on MongoDB, an error from the store ends the transaction: its writes are dropped
         // and later calls get `transaction-closed`.
         if result.is_err() && self.connection.is_some() {
-            let _ = self
-                .with_connection(|inner, connection| finish(connection, &inner.path, false))
-                .await;
-            if let Some(connection) = self.connection.take()
-                && connection.is_autocommit()
-            {
-                self.inner.give_back(connection);
-            }
-            self.turn = None;
+            let _ = self.end(false).await;
         }
         result
     }
 
     async fn commit(mut self: Box<Self>) -> Result<(), DocumentError> {
-        let result = self
-            .with_connection(|inner, connection| finish(connection, &inner.path, true))
-            .await;
-        if let Some(connection) = self.connection.take()
-            && connection.is_autocommit()
-        {
-            self.inner.give_back(connection);
-        }
-        result
+        self.end(true).await
     }
 
     async fn abort(mut self: Box<Self>) -> Result<(), DocumentError> {
+        self.end(false).await
+    }
+}
+
+impl EmbeddedTransaction {
+    /// Commits or rolls back, returns the connection to the pool and gives up the write turn;
+    /// later calls get `transaction-closed`.
+    async fn end(&mut self, commit: bool) -> Result<(), DocumentError> {
         let result = self
-            .with_connection(|inner, connection| finish(connection, &inner.path, false))
+            .with_connection(move |inner, connection| finish(connection, &inner.path, commit))
             .await;
         if let Some(connection) = self.connection.take()
             && connection.is_autocommit()
         {
             self.inner.give_back(connection);
         }
+        self.turn = None;
         result
     }
 }
