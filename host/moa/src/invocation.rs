@@ -2,6 +2,7 @@
 //! context, in-app nesting depth and deadline, carried the same way by every trigger.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 /// What the host knows about the work an instance is doing right now. Set by the trigger at the
@@ -17,6 +18,31 @@ pub struct Invocation {
     pub depth: u32,
     /// When the guest's CPU time runs out: past it, the next epoch tick interrupts the guest.
     pub deadline: Instant,
+    /// Transient conditions a capability reported to the guest during this invocation.
+    pub transient: TransientFailures,
+}
+
+/// How many transient failures a capability returned to the guest in one invocation: a write
+/// conflict with another transaction (one a killed host left open holds its documents until the
+/// store aborts it), a backend briefly unavailable. An event delivery that fails after one is
+/// retried without spending an attempt, so a healthy message is not dead-lettered for them.
+#[derive(Debug, Default)]
+pub struct TransientFailures(AtomicU32);
+
+impl TransientFailures {
+    pub fn record(&self) {
+        self.0.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn count(&self) -> u32 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+impl Clone for TransientFailures {
+    fn clone(&self) -> Self {
+        TransientFailures(AtomicU32::new(self.count()))
+    }
 }
 
 impl Invocation {
@@ -27,6 +53,7 @@ impl Invocation {
             traceparent: None,
             depth: 0,
             deadline: deadline_after(timeout),
+            transient: TransientFailures::default(),
         }
     }
 

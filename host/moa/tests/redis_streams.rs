@@ -1,6 +1,7 @@
 //! Redis Streams triggers with several hosts on one group, against a real Redis: an entry a host
-//! holds is never taken by another while that host is alive, and an entry that takes hosts down
-//! reaches the dead-letter stream on Redis's own delivery count.
+//! holds is never taken by another while that host is alive, a host finishes what killed consumers
+//! left pending, and an entry that takes hosts down reaches the dead-letter stream on Redis's own
+//! delivery count.
 
 mod common;
 
@@ -10,6 +11,10 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 fn app(redis: &RedisServer, max_deliveries: u32) -> (AppDir, Options) {
+    app_with(redis, max_deliveries, 1)
+}
+
+fn app_with(redis: &RedisServer, max_deliveries: u32, concurrency: u32) -> (AppDir, Options) {
     let manifest = format!(
         r#"
 spin_manifest_version = 2
@@ -25,7 +30,7 @@ group = "relay"
 claim_idle_ms = 1000
 max_deliveries = {max_deliveries}
 retry_backoff_ms = 50
-concurrency = 1
+concurrency = {concurrency}
 [component.front]
 source = "{{probe}}"
 allowed_publish_topics = ["orders"]
@@ -185,4 +190,53 @@ fn an_entry_that_takes_hosts_down_is_dead_lettered_on_its_delivery_count() {
     );
     assert!(relayed(&redis, "seen.orders").is_empty());
     drop(third);
+}
+
+#[test]
+fn a_survivor_finishes_what_killed_consumers_left_pending() {
+    let redis = RedisServer::start();
+    let (app, options) = app_with(&redis, 50, 4);
+    const ENTRIES: usize = 1500;
+    {
+        // The whole backlog first (XADD as the messaging capability writes entries), so every
+        // consumer host below finds entries to take.
+        let mut connection = connection(&redis);
+        for i in 0..ENTRIES {
+            let _: String = redis::cmd("XADD")
+                .arg("orders")
+                .arg("*")
+                .arg("key")
+                .arg(format!("k{}", i % 37))
+                .arg("payload")
+                .arg(format!("sleep:25/{i}"))
+                .query(&mut connection)
+                .unwrap();
+        }
+    }
+    // Consumers that are killed while they hold entries, one after another and overlapping.
+    for round in 0..6 {
+        let a = host(&app, &options, &format!("doomed-{round}-a"));
+        let b = host(&app, &options, &format!("doomed-{round}-b"));
+        std::thread::sleep(Duration::from_millis(300 + 150 * round));
+        drop(a);
+        std::thread::sleep(Duration::from_millis(100));
+        drop(b);
+    }
+    let survivor = host(&app, &options, "survivor");
+    let all = |seen: &BTreeMap<String, Vec<String>>| seen.len() == ENTRIES;
+    for _ in 0..900 {
+        if all(&relayed(&redis, "seen.orders")) && pending(&redis).is_empty() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let seen = relayed(&redis, "seen.orders");
+    assert!(
+        all(&seen) && pending(&redis).is_empty(),
+        "{} of {ENTRIES} handled, {} pending\n{}",
+        seen.len(),
+        pending(&redis).len(),
+        survivor.stderr()
+    );
+    assert!(relayed(&redis, "orders.dlq").is_empty(), "dead letters");
 }

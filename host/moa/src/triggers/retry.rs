@@ -44,6 +44,12 @@ pub fn slot_waits() -> impl Iterator<Item = Duration> {
     exponential(Duration::from_millis(20), Duration::from_secs(1))
 }
 
+/// Waits after a failure on a transient condition: 50 ms doubling to 2 s. Such waits are not
+/// attempts (within the trigger's transient window).
+pub fn transient_waits() -> impl Iterator<Item = Duration> {
+    exponential(Duration::from_millis(50), Duration::from_secs(2))
+}
+
 fn exponential(first: Duration, max: Duration) -> impl Iterator<Item = Duration> + use<> {
     ExponentialBuilder::new()
         .with_min_delay(first)

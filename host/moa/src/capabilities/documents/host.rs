@@ -277,7 +277,12 @@ impl DocumentsView<'_> {
 
 type Answer<T> = wasmtime::Result<Result<T, Error>>;
 
-fn answer<T>(result: Result<T, DocumentError>) -> Answer<T> {
+/// The guest's answer; a transient failure (write conflict, store unavailable) is noted on the
+/// invocation, so an event delivery that fails because of it does not spend an attempt.
+fn answer<T>(invocation: &Invocation, result: Result<T, DocumentError>) -> Answer<T> {
+    if let Err(DocumentError::WriteConflict(_) | DocumentError::Unavailable(_)) = &result {
+        invocation.transient.record();
+    }
     Ok(result.map_err(Error::from))
 }
 
@@ -288,7 +293,7 @@ impl documents::HostStore for DocumentsView<'_> {
     async fn open(&mut self, label: String) -> Answer<Resource<OpenStore>> {
         let store = match self.grant.store(&label) {
             Ok(store) => store,
-            Err(error) => return answer(Err(error)),
+            Err(error) => return answer(self.invocation, Err(error)),
         };
         Ok(Ok(self.table.push(OpenStore { store })?))
     }
@@ -301,7 +306,10 @@ impl documents::HostStore for DocumentsView<'_> {
     ) -> Answer<String> {
         let store = self.store(&handle)?;
         let ids = insert_many(Target::Store(&store), collection, vec![document]).await;
-        answer(ids.map(|ids| ids.into_iter().next().unwrap_or_default()))
+        answer(
+            self.invocation,
+            ids.map(|ids| ids.into_iter().next().unwrap_or_default()),
+        )
     }
 
     async fn insert_many(
@@ -311,7 +319,10 @@ impl documents::HostStore for DocumentsView<'_> {
         documents: Vec<String>,
     ) -> Answer<Vec<String>> {
         let store = self.store(&handle)?;
-        answer(insert_many(Target::Store(&store), collection, documents).await)
+        answer(
+            self.invocation,
+            insert_many(Target::Store(&store), collection, documents).await,
+        )
     }
 
     async fn find(
@@ -322,7 +333,10 @@ impl documents::HostStore for DocumentsView<'_> {
         options: FindOptions,
     ) -> Answer<Vec<String>> {
         let store = self.store(&handle)?;
-        answer(find(Target::Store(&store), collection, filter, options).await)
+        answer(
+            self.invocation,
+            find(Target::Store(&store), collection, filter, options).await,
+        )
     }
 
     async fn find_one(
@@ -335,6 +349,7 @@ impl documents::HostStore for DocumentsView<'_> {
         let store = self.store(&handle)?;
         options.limit = Some(1);
         answer(
+            self.invocation,
             find(Target::Store(&store), collection, filter, options)
                 .await
                 .map(|d| d.into_iter().next()),
@@ -348,7 +363,10 @@ impl documents::HostStore for DocumentsView<'_> {
         filter: String,
     ) -> Answer<u64> {
         let store = self.store(&handle)?;
-        answer(count(Target::Store(&store), collection, filter).await)
+        answer(
+            self.invocation,
+            count(Target::Store(&store), collection, filter).await,
+        )
     }
 
     async fn update_one(
@@ -361,6 +379,7 @@ impl documents::HostStore for DocumentsView<'_> {
     ) -> Answer<UpdateResult> {
         let store = self.store(&handle)?;
         answer(
+            self.invocation,
             update(
                 Target::Store(&store),
                 collection,
@@ -383,6 +402,7 @@ impl documents::HostStore for DocumentsView<'_> {
     ) -> Answer<UpdateResult> {
         let store = self.store(&handle)?;
         answer(
+            self.invocation,
             update(
                 Target::Store(&store),
                 collection,
@@ -405,6 +425,7 @@ impl documents::HostStore for DocumentsView<'_> {
     ) -> Answer<UpdateResult> {
         let store = self.store(&handle)?;
         answer(
+            self.invocation,
             replace_one(
                 Target::Store(&store),
                 collection,
@@ -426,6 +447,7 @@ impl documents::HostStore for DocumentsView<'_> {
     ) -> Answer<Option<String>> {
         let store = self.store(&handle)?;
         answer(
+            self.invocation,
             find_one_and_update(Target::Store(&store), collection, filter, change, options).await,
         )
     }
@@ -437,7 +459,10 @@ impl documents::HostStore for DocumentsView<'_> {
         filter: String,
     ) -> Answer<u64> {
         let store = self.store(&handle)?;
-        answer(delete(Target::Store(&store), collection, filter, false).await)
+        answer(
+            self.invocation,
+            delete(Target::Store(&store), collection, filter, false).await,
+        )
     }
 
     async fn delete_many(
@@ -447,14 +472,17 @@ impl documents::HostStore for DocumentsView<'_> {
         filter: String,
     ) -> Answer<u64> {
         let store = self.store(&handle)?;
-        answer(delete(Target::Store(&store), collection, filter, true).await)
+        answer(
+            self.invocation,
+            delete(Target::Store(&store), collection, filter, true).await,
+        )
     }
 
     async fn begin(&mut self, handle: Resource<OpenStore>) -> Answer<Resource<OpenTransaction>> {
         let store = self.store(&handle)?;
         let tx = match store.backend.begin().await {
             Ok(tx) => tx,
-            Err(error) => return answer(Err(error)),
+            Err(error) => return answer(self.invocation, Err(error)),
         };
         Ok(Ok(self.table.push(OpenTransaction {
             store,
@@ -478,7 +506,10 @@ impl documents::HostTransaction for DocumentsView<'_> {
     ) -> Answer<String> {
         let open = self.table.get_mut(&handle)?;
         let ids = insert_many(Target::Transaction(open), collection, vec![document]).await;
-        answer(ids.map(|ids| ids.into_iter().next().unwrap_or_default()))
+        answer(
+            self.invocation,
+            ids.map(|ids| ids.into_iter().next().unwrap_or_default()),
+        )
     }
 
     async fn insert_many(
@@ -488,7 +519,10 @@ impl documents::HostTransaction for DocumentsView<'_> {
         documents: Vec<String>,
     ) -> Answer<Vec<String>> {
         let open = self.table.get_mut(&handle)?;
-        answer(insert_many(Target::Transaction(open), collection, documents).await)
+        answer(
+            self.invocation,
+            insert_many(Target::Transaction(open), collection, documents).await,
+        )
     }
 
     async fn find(
@@ -499,7 +533,10 @@ impl documents::HostTransaction for DocumentsView<'_> {
         options: FindOptions,
     ) -> Answer<Vec<String>> {
         let open = self.table.get_mut(&handle)?;
-        answer(find(Target::Transaction(open), collection, filter, options).await)
+        answer(
+            self.invocation,
+            find(Target::Transaction(open), collection, filter, options).await,
+        )
     }
 
     async fn find_one(
@@ -512,6 +549,7 @@ impl documents::HostTransaction for DocumentsView<'_> {
         let open = self.table.get_mut(&handle)?;
         options.limit = Some(1);
         answer(
+            self.invocation,
             find(Target::Transaction(open), collection, filter, options)
                 .await
                 .map(|d| d.into_iter().next()),
@@ -525,7 +563,10 @@ impl documents::HostTransaction for DocumentsView<'_> {
         filter: String,
     ) -> Answer<u64> {
         let open = self.table.get_mut(&handle)?;
-        answer(count(Target::Transaction(open), collection, filter).await)
+        answer(
+            self.invocation,
+            count(Target::Transaction(open), collection, filter).await,
+        )
     }
 
     async fn update_one(
@@ -538,6 +579,7 @@ impl documents::HostTransaction for DocumentsView<'_> {
     ) -> Answer<UpdateResult> {
         let open = self.table.get_mut(&handle)?;
         answer(
+            self.invocation,
             update(
                 Target::Transaction(open),
                 collection,
@@ -560,6 +602,7 @@ impl documents::HostTransaction for DocumentsView<'_> {
     ) -> Answer<UpdateResult> {
         let open = self.table.get_mut(&handle)?;
         answer(
+            self.invocation,
             update(
                 Target::Transaction(open),
                 collection,
@@ -582,6 +625,7 @@ impl documents::HostTransaction for DocumentsView<'_> {
     ) -> Answer<UpdateResult> {
         let open = self.table.get_mut(&handle)?;
         answer(
+            self.invocation,
             replace_one(
                 Target::Transaction(open),
                 collection,
@@ -603,6 +647,7 @@ impl documents::HostTransaction for DocumentsView<'_> {
     ) -> Answer<Option<String>> {
         let open = self.table.get_mut(&handle)?;
         answer(
+            self.invocation,
             find_one_and_update(
                 Target::Transaction(open),
                 collection,
@@ -621,7 +666,10 @@ impl documents::HostTransaction for DocumentsView<'_> {
         filter: String,
     ) -> Answer<u64> {
         let open = self.table.get_mut(&handle)?;
-        answer(delete(Target::Transaction(open), collection, filter, false).await)
+        answer(
+            self.invocation,
+            delete(Target::Transaction(open), collection, filter, false).await,
+        )
     }
 
     async fn delete_many(
@@ -631,7 +679,10 @@ impl documents::HostTransaction for DocumentsView<'_> {
         filter: String,
     ) -> Answer<u64> {
         let open = self.table.get_mut(&handle)?;
-        answer(delete(Target::Transaction(open), collection, filter, true).await)
+        answer(
+            self.invocation,
+            delete(Target::Transaction(open), collection, filter, true).await,
+        )
     }
 
     async fn publish(
@@ -641,17 +692,17 @@ impl documents::HostTransaction for DocumentsView<'_> {
     ) -> Answer<String> {
         let outgoing = match self.outgoing(message) {
             Ok(outgoing) => outgoing,
-            Err(error) => return answer(Err(error)),
+            Err(error) => return answer(self.invocation, Err(error)),
         };
         let open = self.table.get_mut(&handle)?;
         let Some(tx) = open.tx.as_mut() else {
-            return answer(Err(closed()));
+            return answer(self.invocation, Err(closed()));
         };
         let staged = outbox::stage(tx.as_mut(), outgoing).await;
         if staged.is_ok() {
             open.staged += 1;
         }
-        answer(staged)
+        answer(self.invocation, staged)
     }
 
     async fn first_time(
@@ -662,29 +713,32 @@ impl documents::HostTransaction for DocumentsView<'_> {
     ) -> Answer<bool> {
         let open = self.table.get_mut(&handle)?;
         let Some(tx) = open.tx.as_mut() else {
-            return answer(Err(closed()));
+            return answer(self.invocation, Err(closed()));
         };
-        answer(outbox::first_time(tx.as_mut(), &consumer, &message_id).await)
+        answer(
+            self.invocation,
+            outbox::first_time(tx.as_mut(), &consumer, &message_id).await,
+        )
     }
 
     async fn commit(&mut self, handle: Resource<OpenTransaction>) -> Answer<()> {
         let open = self.table.get_mut(&handle)?;
         let Some(tx) = open.tx.take() else {
-            return answer(Err(closed()));
+            return answer(self.invocation, Err(closed()));
         };
         let result = tx.commit().await;
         if result.is_ok() && open.staged > 0 {
             open.store.outbox.committed();
         }
-        answer(result)
+        answer(self.invocation, result)
     }
 
     async fn abort(&mut self, handle: Resource<OpenTransaction>) -> Answer<()> {
         let open = self.table.get_mut(&handle)?;
         let Some(tx) = open.tx.take() else {
-            return answer(Err(closed()));
+            return answer(self.invocation, Err(closed()));
         };
-        answer(tx.abort().await)
+        answer(self.invocation, tx.abort().await)
     }
 
     async fn drop(&mut self, handle: Resource<OpenTransaction>) -> wasmtime::Result<()> {

@@ -10,7 +10,7 @@ mod embedded;
 mod kafka;
 mod redis_streams;
 
-use super::retry::{DeadLetterFacts, RetryPolicy, slot_waits};
+use super::retry::{DeadLetterFacts, RetryPolicy, slot_waits, transient_waits};
 use super::{RunningTrigger, Trigger, TriggerContext};
 use crate::app::{App, AppComponent};
 use crate::capabilities::messaging::{ConsumerSource, MessagingBrokers, OutgoingMessage};
@@ -133,7 +133,15 @@ enum AttemptError {
     Failed(String),
     /// No instance slot was free: the component never ran, so it is not an attempt.
     NoInstanceSlot,
+    /// The component failed after a capability told it of a transient condition (a write
+    /// conflict, a store briefly unavailable): retried without spending an attempt, for a while.
+    Transient(String),
 }
+
+/// How long a delivery may keep failing on transient conditions before those failures count as
+/// attempts again. Longer than MongoDB's `transactionLifetimeLimitSeconds` (60 s), after which a
+/// transaction a killed host left open is aborted and stops conflicting.
+const TRANSIENT_WINDOW: Duration = Duration::from_secs(180);
 
 /// A message taken from a broker, to be delivered to a component.
 #[derive(Debug, Clone)]
@@ -295,6 +303,9 @@ impl TriggerRuntime {
                 )))
             }
             Ok((_, _, Err(trap))) => Err(AttemptError::Failed(self.classify_trap(trap))),
+            Ok((store, _, Ok(Err(error)))) if store.data().invocation.transient.count() > 0 => {
+                Err(AttemptError::Transient(error))
+            }
             Ok((store, handler, Ok(result))) => {
                 if result.is_ok() && uses + 1 < self.component.max_instance_reuse {
                     lane.warm = Some(WarmInstance {
@@ -350,6 +361,8 @@ impl TriggerRuntime {
             return Some(Outcome::DeadLettered);
         }
         let mut slot_wait = slot_waits();
+        let mut transient_waits = transient_waits();
+        let transient_until = Instant::now() + TRANSIENT_WINDOW;
         loop {
             let started = Instant::now();
             let result = tokio::select! {
@@ -368,7 +381,30 @@ impl TriggerRuntime {
                     }
                     continue;
                 }
-                Err(AttemptError::Failed(error)) => Err(error),
+                Err(AttemptError::Transient(error)) if Instant::now() < transient_until => {
+                    self.metrics.event_attempt(
+                        component,
+                        &event.topic,
+                        "transient",
+                        started.elapsed(),
+                    );
+                    let wait = transient_waits.next().unwrap_or(Duration::from_secs(2));
+                    tracing::warn!(
+                        component,
+                        topic = %event.topic,
+                        id = %event.id,
+                        attempt,
+                        retry_in_ms = wait.as_millis() as u64,
+                        error = %error,
+                        "event handler failed on a transient condition (write conflict or store unavailable); retrying without spending an attempt"
+                    );
+                    tokio::select! {
+                        _ = tokio::time::sleep(wait) => {}
+                        _ = abort.cancelled() => return None,
+                    }
+                    continue;
+                }
+                Err(AttemptError::Failed(error) | AttemptError::Transient(error)) => Err(error),
                 Ok(()) => Ok(()),
             };
             slot_wait = slot_waits();
