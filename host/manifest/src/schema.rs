@@ -169,11 +169,14 @@ pub struct ComponentLimits {
 }
 
 impl AppManifest {
-    /// The components named by at least one trigger, in id order.
+    /// The components named by at least one trigger, as its component or as one of its trigger
+    /// dependencies (`dependencies.middleware = [{ component = "auth" }]`), in id order.
     pub fn triggered_components(&self) -> impl Iterator<Item = &Component> {
-        self.components
-            .values()
-            .filter(|c| self.triggers.iter().any(|t| t.component == c.id))
+        self.components.values().filter(|c| {
+            self.triggers
+                .iter()
+                .any(|t| t.component == c.id || t.dependency_components().any(|d| d == c.id))
+        })
     }
 
     /// The entries of `[[trigger.<kind>]]`, in file order.
@@ -212,6 +215,19 @@ impl TriggerEntry {
     }
 
     /// Rejects keys not in `allowed`; `hint` may give a better help for a given unknown key.
+    /// The app components named in this trigger's `dependencies` table (`{ component = "id" }`
+    /// entries of any list in it); the trigger kind checks the table itself.
+    pub fn dependency_components(&self) -> impl Iterator<Item = &str> {
+        self.settings
+            .get("dependencies")
+            .and_then(|d| d.value.as_table())
+            .into_iter()
+            .flat_map(|table| table.values())
+            .filter_map(|list| list.as_array())
+            .flatten()
+            .filter_map(|entry| entry.get("component")?.as_str())
+    }
+
     pub fn check_fields(
         &self,
         manifest: &std::path::Path,

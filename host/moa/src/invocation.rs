@@ -20,6 +20,9 @@ pub struct Invocation {
     pub deadline: Instant,
     /// Transient conditions a capability reported to the guest during this invocation.
     pub transient: TransientFailures,
+    /// Where a middleware's `wasi:http/handler` call goes next (set by the HTTP trigger for the
+    /// middleware in a chain; opaque here).
+    pub next: Option<Arc<dyn std::any::Any + Send + Sync>>,
 }
 
 /// How many transient failures a capability returned to the guest in one invocation: a write
@@ -54,6 +57,7 @@ impl Invocation {
             depth: 0,
             deadline: deadline_after(timeout),
             transient: TransientFailures::default(),
+            next: None,
         }
     }
 

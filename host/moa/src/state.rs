@@ -38,6 +38,7 @@ pub fn link(linker: &mut Linker<HostState>) -> Result<()> {
     wasmtime_wasi_http::p2::add_only_http_to_linker_async(linker)?;
     wasmtime_wasi::p3::add_to_linker(linker)?;
     wasmtime_wasi_http::p3::add_to_linker(linker)?;
+    crate::capabilities::outbound_http::link_middleware_next(linker)?;
     AppCapabilities::link(linker)
 }
 

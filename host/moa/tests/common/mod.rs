@@ -32,12 +32,12 @@ pub struct AppDir {
 }
 
 impl AppDir {
-    /// Writes `manifest` as spin.toml; `{probe}`, `{hello}`, `{hello-p2}`, `{counter}`, `{relay}` become wasm paths.
+    /// Writes `manifest` as spin.toml; `{probe}`, `{hello}`, `{auth}`, ... become wasm paths.
     pub fn new(manifest: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let mut text = manifest.to_string();
         for name in [
-            "probe", "hello", "hello-p2", "counter", "relay", "docprobe", "inbox",
+            "probe", "hello", "hello-p2", "counter", "relay", "docprobe", "inbox", "auth",
         ] {
             let key = format!("{{{name}}}");
             if text.contains(&key) {

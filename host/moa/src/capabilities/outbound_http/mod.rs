@@ -27,6 +27,8 @@ pub enum InternalTarget {
     App,
     /// `http://<id>.spin.internal/...`: straight to component `<id>`, private or not.
     Component(String),
+    /// A middleware's `wasi:http/handler` call: the next component in its chain.
+    Next,
 }
 
 /// Serves in-app requests; implemented by the HTTP trigger.
@@ -78,6 +80,7 @@ impl Capability for OutboundHttpCapability {
             internal: internal.clone(),
             metrics: cx.metrics.clone(),
             caller: Invocation::new("-", std::time::Duration::ZERO),
+            next_pending: false,
         })
     }
 
@@ -88,6 +91,7 @@ impl Capability for OutboundHttpCapability {
             internal: hooks.internal.clone(),
             metrics: hooks.metrics.clone(),
             caller: hooks.caller.clone(),
+            next_pending: false,
         }
     }
 
@@ -130,6 +134,9 @@ pub struct OutboundHttpHooks {
     pub metrics: Arc<crate::telemetry::Metrics>,
     /// The invocation this instance serves (set per request by [`crate::state::HostState::begin`]).
     pub caller: Invocation,
+    /// Set by the `wasi:http/handler` import just before it sends: that request goes to the next
+    /// component of the middleware chain, not out.
+    pub next_pending: bool,
 }
 
 type SendResult = Result<
@@ -175,7 +182,11 @@ impl WasiHttpHooks for OutboundHttpHooks {
             tracing::warn!(component, %uri, "outbound request denied: not in allowed_outbound_hosts");
             metrics.outbound_denied(component);
         };
-        match self.internal_target(&uri) {
+        let target = match std::mem::take(&mut self.next_pending) {
+            true => Some(Ok(InternalTarget::Next)),
+            false => self.internal_target(&uri),
+        };
+        match target {
             Some(Ok(target)) => {
                 let caller = self.caller.clone();
                 let Some(internal) = self.internal.get().cloned() else {
@@ -212,4 +223,40 @@ impl WasiHttpHooks for OutboundHttpHooks {
             ))
         })
     }
+}
+
+/// Links `wasi:http/handler@0.3.0` as an import, which middleware components (spin-sdk's
+/// `http-middleware`, Spin's `wasi:http/middleware` world) call to pass a request on: it is
+/// `wasi:http/client`'s `send`, routed to the next component of the caller's chain.
+pub fn link_middleware_next(linker: &mut Linker<crate::state::HostState>) -> Result<()> {
+    use crate::state::HostState;
+    use wasmtime::component::{Accessor, Resource};
+    use wasmtime_wasi_http::p3::bindings::http::client::HostWithStore;
+    use wasmtime_wasi_http::p3::{Request, Response};
+    use wasmtime_wasi_http::{WasiHttp, WasiHttpView};
+    linker
+        .instance("wasi:http/handler@0.3.0")?
+        .func_wrap_concurrent(
+            "handle",
+            |accessor: &Accessor<HostState>, (request,): (Resource<Request>,)| {
+                Box::pin(async move {
+                    // `send` hands the request to the hooks before its first await, so no other
+                    // request of this instance can take the flag.
+                    accessor.with(|mut store| {
+                        store.get().capabilities.outbound_http.next_pending = true
+                    });
+                    let http = accessor.with_getter::<WasiHttp>(<HostState as WasiHttpView>::http);
+                    let result = <WasiHttp as HostWithStore<HostState>>::send(&http, request).await;
+                    accessor.with(|mut store| {
+                        store.get().capabilities.outbound_http.next_pending = false
+                    });
+                    let result: Result<Resource<Response>, _> = match result {
+                        Ok(response) => Ok(response),
+                        Err(error) => Err(error.downcast()?),
+                    };
+                    Ok((result,))
+                })
+            },
+        )?;
+    Ok(())
 }

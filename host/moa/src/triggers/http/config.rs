@@ -1,5 +1,6 @@
-//! The HTTP trigger's part of spin.toml: `[[trigger.http]]` entries (`route`, `executor`) and
-//! `[application.trigger.http] base`, checked at load with errors that name the line and the fix.
+//! The HTTP trigger's part of spin.toml: `[[trigger.http]]` entries (`route`, `executor`,
+//! `dependencies.middleware`) and `[application.trigger.http] base`, checked at load with errors
+//! that name the line and the fix.
 
 use moa_manifest::{LoadedManifest, ManifestError, Position, TriggerEntry};
 use std::collections::BTreeSet;
@@ -18,6 +19,9 @@ pub enum HttpRoute {
 pub struct HttpTriggerConfig {
     pub route: HttpRoute,
     pub component: String,
+    /// Middleware components in front of `component`, outermost first (Spin's
+    /// `dependencies.middleware = [{ component = "auth" }]`).
+    pub middleware: Vec<String>,
     pub position: Position,
 }
 
@@ -53,7 +57,7 @@ fn entry_config(
     entry: &TriggerEntry,
 ) -> Result<HttpTriggerConfig, ManifestError> {
     let path = &app.path;
-    entry.check_fields(path, &["route", "executor"], |_| None)?;
+    entry.check_fields(path, &["route", "executor", "dependencies"], |_| None)?;
     let component = entry.component.clone();
     let Some(route) = entry.get::<toml::Value>(path, "route")? else {
         return Err(entry.error(
@@ -107,11 +111,79 @@ fn entry_config(
             }
         }
     }
+    let middleware = middleware(app, entry)?;
     Ok(HttpTriggerConfig {
         route,
         component,
+        middleware,
         position: entry.position,
     })
+}
+
+/// `dependencies.middleware = [{ component = "auth" }, ...]`: app components that each get the
+/// request first and pass it on with `wasi:http/handler` (spin-sdk's `http::next`).
+fn middleware(app: &LoadedManifest, entry: &TriggerEntry) -> Result<Vec<String>, ManifestError> {
+    let path = &app.path;
+    let Some(dependencies) = entry.get::<toml::Table>(path, "dependencies")? else {
+        return Ok(Vec::new());
+    };
+    let position = dependencies.position;
+    let fail = |message: String, help: &str| Err(entry.error(path, position, message, help));
+    let mut chain = Vec::new();
+    for (key, value) in &dependencies.value {
+        if key != "middleware" {
+            return fail(
+                format!("unknown trigger dependency `{key}`"),
+                "the HTTP trigger's only trigger dependency is `middleware`",
+            );
+        }
+        let Some(list) = value.as_array() else {
+            return fail(
+                "`dependencies.middleware` must be a list".into(),
+                "write `dependencies.middleware = [{ component = \"auth\" }]`",
+            );
+        };
+        for item in list {
+            let Some(table) = item.as_table() else {
+                return fail(
+                    "each middleware entry must be a table".into(),
+                    "write `{ component = \"auth\" }`",
+                );
+            };
+            if table.contains_key("inherit_configuration") {
+                return fail(
+                    "`inherit_configuration` is not supported: in moa a middleware component runs as its own instance with its own grants".into(),
+                    "remove it and grant what the middleware needs (allowed_outbound_hosts, variables, ...) in its own [component.<id>]",
+                );
+            }
+            let Some(component) = table.get("component").and_then(|c| c.as_str()) else {
+                let kind = ["path", "url", "package"]
+                    .into_iter()
+                    .find(|k| table.contains_key(*k))
+                    .unwrap_or("this");
+                return fail(
+                    format!(
+                        "a `{kind}` middleware entry is not supported; only app components are"
+                    ),
+                    "declare the middleware as a component ([component.auth] source = \"...\") and write `{ component = \"auth\" }`",
+                );
+            };
+            if !app.manifest.components.contains_key(component) {
+                return fail(
+                    format!("middleware component `{component}` is not declared"),
+                    "add a [component.<id>] section for it, or fix the name",
+                );
+            }
+            if component == entry.component || chain.iter().any(|c| c == component) {
+                return fail(
+                    format!("component `{component}` appears twice in this trigger's chain"),
+                    "list each middleware once, and not the trigger's own component",
+                );
+            }
+            chain.push(component.to_string());
+        }
+    }
+    Ok(chain)
 }
 
 fn check_route(

@@ -83,11 +83,18 @@ impl Trigger for HttpTrigger {
 
     fn prepare(config: HttpConfig, app: &App) -> Result<PreparedHttp> {
         let mut exports = BTreeMap::new();
-        for trigger in &config.triggers {
-            if exports.contains_key(&trigger.component) {
+        let named = config.triggers.iter().flat_map(|trigger| {
+            trigger
+                .middleware
+                .iter()
+                .map(|id| (id, true))
+                .chain([(&trigger.component, false)])
+        });
+        for (id, is_middleware) in named {
+            if exports.contains_key(id) {
                 continue;
             }
-            let component = app.component(&trigger.component)?;
+            let component = app.component(id)?;
             let export = match wasmtime_wasi_http::p3::bindings::ServicePre::new(
                 component.pre.clone(),
             ) {
@@ -109,7 +116,14 @@ impl Trigger for HttpTrigger {
                     }
                 }
             };
-            exports.insert(trigger.component.clone(), Arc::new(export));
+            if is_middleware && export.world != HttpWorld::P3 {
+                anyhow::bail!(
+                    "component `{}` ({}) is used as HTTP middleware but exports wasi:http/incoming-handler@0.2: middleware must export and import wasi:http/handler@0.3.0\n  help: build it with spin-sdk 7's `http-middleware` feature (#[http_service], spin_sdk::http::next)",
+                    component.id,
+                    component.source.display()
+                );
+            }
+            exports.insert(id.clone(), Arc::new(export));
         }
         Ok(PreparedHttp { config, exports })
     }
@@ -186,6 +200,8 @@ const MAX_IN_APP_DEPTH: u32 = 10;
 /// The HTTP server of one app.
 pub struct HttpServer {
     router: Router,
+    /// The middleware of the first trigger naming each component, for `<id>.spin.internal` calls.
+    component_middleware: BTreeMap<String, Vec<String>>,
     handlers: BTreeMap<String, Handler>,
     metrics: Arc<Metrics>,
     base: String,
@@ -236,6 +252,64 @@ struct Incoming {
     depth: u32,
     /// An in-app call ends no later than the request that made it.
     caller_deadline: Option<std::time::Instant>,
+    /// Position in the route's middleware chain: 0 is the outermost middleware (or the component
+    /// when there is none).
+    hop: usize,
+}
+
+/// Where a middleware's `next` goes: the same route, one hop further in (carried on the
+/// middleware's invocation, see [`Invocation::next`]).
+struct NextHop {
+    component: String,
+    middleware: Vec<String>,
+    matched_route: String,
+    raw_route: String,
+    component_route: String,
+    path_info: String,
+    params: Vec<(String, String)>,
+    hop: usize,
+}
+
+impl NextHop {
+    fn new(matched: &RouteMatch<'_>, hop: usize) -> Self {
+        NextHop {
+            component: matched.component.to_string(),
+            middleware: matched.middleware.to_vec(),
+            matched_route: matched.matched_route.to_string(),
+            raw_route: matched.raw_route.to_string(),
+            component_route: matched.component_route.clone(),
+            path_info: matched.path_info.clone(),
+            params: matched.params.clone(),
+            hop,
+        }
+    }
+
+    fn route(&self) -> RouteMatch<'_> {
+        RouteMatch {
+            component: &self.component,
+            middleware: &self.middleware,
+            matched_route: &self.matched_route,
+            raw_route: &self.raw_route,
+            component_route: self.component_route.clone(),
+            path_info: self.path_info.clone(),
+            params: self.params.clone(),
+        }
+    }
+}
+
+/// Headers only middleware may set (`x-moa-auth-subject`, ...): removed from every request that
+/// comes from outside or from another component's in-app call, so no client can forge them.
+const MIDDLEWARE_HEADER_PREFIX: &str = "x-moa-auth-";
+
+fn strip_middleware_headers(headers: &mut http::HeaderMap) {
+    let forged: Vec<http::HeaderName> = headers
+        .keys()
+        .filter(|name| name.as_str().starts_with(MIDDLEWARE_HEADER_PREFIX))
+        .cloned()
+        .collect();
+    for name in forged {
+        headers.remove(name);
+    }
 }
 
 impl HttpServer {
@@ -262,8 +336,15 @@ impl HttpServer {
             .iter()
             .map(|(id, c)| (id.clone(), c.request_timeout))
             .collect();
+        let mut component_middleware = BTreeMap::new();
+        for trigger in &prepared.config.triggers {
+            component_middleware
+                .entry(trigger.component.clone())
+                .or_insert_with(|| trigger.middleware.clone());
+        }
         let trigger = Arc::new(HttpServer {
             router,
+            component_middleware,
             handlers,
             metrics,
             base: prepared.config.base.clone(),
@@ -396,7 +477,10 @@ impl HttpServer {
             traceparent: telemetry::traceparent(&span, request.headers()),
             depth: 0,
             caller_deadline: None,
+            hop: 0,
         };
+        let mut request = request;
+        strip_middleware_headers(request.headers_mut());
         let permit = self.admission.request();
         let forged_internal = request
             .headers()
@@ -515,18 +599,19 @@ impl HttpServer {
         mut request: Request<WasiBody>,
         incoming: &Incoming,
     ) -> Result<Response<WasiBody>, Failure> {
-        let Some(handler) = self.handlers.get(matched.component) else {
+        // The hop's middleware, or the route's component after the last one.
+        let component = matched
+            .middleware
+            .get(incoming.hop)
+            .map(String::as_str)
+            .unwrap_or(matched.component);
+        let Some(handler) = self.handlers.get(component) else {
             return Err(Failure::Unavailable(format!(
-                "component `{}` is not loaded",
-                matched.component
+                "component `{component}` is not loaded"
             )));
         };
         self.set_spin_headers(&mut request, matched, incoming.client);
-        let timeout = self
-            .timeouts
-            .get(matched.component)
-            .copied()
-            .unwrap_or_default();
+        let timeout = self.timeouts.get(component).copied().unwrap_or_default();
         let (listener, outcome) = tokio::sync::oneshot::channel();
         if incoming.depth > MAX_IN_APP_DEPTH {
             return Err(Failure::LoopDetected);
@@ -536,6 +621,9 @@ impl HttpServer {
             .with_depth(incoming.depth);
         if let Some(caller_deadline) = incoming.caller_deadline {
             invocation.deadline = invocation.deadline.min(caller_deadline);
+        }
+        if incoming.hop < matched.middleware.len() {
+            invocation.next = Some(Arc::new(NextHop::new(matched, incoming.hop + 1)));
         }
         let context = instances::RequestContext {
             outcome: listener,
@@ -748,6 +836,24 @@ impl InternalHttp for InternalDispatcher {
             };
             let traceparent = telemetry::traceparent(&tracing::Span::none(), request.headers())
                 .or(caller.traceparent.clone());
+            let mut request = request;
+            let next = match &target {
+                InternalTarget::Next => {
+                    let next = caller
+                        .next
+                        .clone()
+                        .and_then(|next| next.downcast::<NextHop>().ok());
+                    if next.is_none() {
+                        // A component that imports wasi:http/handler but is not in a chain.
+                        return Err(HttpError::DestinationNotFound);
+                    }
+                    next
+                }
+                _ => {
+                    strip_middleware_headers(request.headers_mut());
+                    None
+                }
+            };
             let incoming = Incoming {
                 request_id,
                 client: None,
@@ -755,6 +861,7 @@ impl InternalHttp for InternalDispatcher {
                 traceparent,
                 depth: caller.depth + 1,
                 caller_deadline: Some(caller.deadline),
+                hop: next.as_ref().map_or(0, |next| next.hop),
             };
             let request = match trigger.limit_body(request, &incoming.body_overflow) {
                 Ok(request) => request,
@@ -763,10 +870,33 @@ impl InternalHttp for InternalDispatcher {
                 }
             };
             let route = match &target {
+                InternalTarget::Next => {
+                    let Some(next) = &next else {
+                        return Err(HttpError::DestinationNotFound);
+                    };
+                    let route = next.route();
+                    let component = route
+                        .middleware
+                        .get(next.hop)
+                        .map_or(route.component, String::as_str)
+                        .to_string();
+                    return trigger.call(&route, request, &incoming).await.or_else(|f| {
+                        Ok(error_response(
+                            &f,
+                            &incoming.request_id,
+                            Some(&component),
+                            &path,
+                        ))
+                    });
+                }
                 InternalTarget::App => trigger.router.route(&path),
                 InternalTarget::Component(id) => {
                     let route = RouteMatch {
                         component: id,
+                        middleware: trigger
+                            .component_middleware
+                            .get(id.as_str())
+                            .map_or(&[], Vec::as_slice),
                         matched_route: "/...",
                         raw_route: "/...",
                         component_route: String::new(),

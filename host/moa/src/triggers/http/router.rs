@@ -17,6 +17,8 @@ pub struct Route {
     /// The base path plus the route (`/api/hello/...`).
     pub full: String,
     pub component: String,
+    /// Middleware in front of `component`, outermost first.
+    pub middleware: Vec<String>,
     segments: Vec<Segment>,
     wildcard: bool,
 }
@@ -25,6 +27,8 @@ pub struct Route {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RouteMatch<'a> {
     pub component: &'a str,
+    /// Middleware in front of `component`, outermost first.
+    pub middleware: &'a [String],
     /// The full matched route pattern (`/api/hello/...`).
     pub matched_route: &'a str,
     /// The route as written in the manifest.
@@ -77,6 +81,7 @@ impl Router {
                 raw: raw.clone(),
                 full,
                 component: trigger.component.clone(),
+                middleware: trigger.middleware.clone(),
                 segments,
                 wildcard,
             });
@@ -135,6 +140,7 @@ impl Router {
                 .to_string();
             return Some(RouteMatch {
                 component: &route.component,
+                middleware: &route.middleware,
                 matched_route: &route.full,
                 raw_route: &route.raw,
                 component_route,
@@ -155,6 +161,7 @@ mod tests {
         HttpTriggerConfig {
             route: HttpRoute::Path(route.into()),
             component: component.into(),
+            middleware: Vec::new(),
             position: Position { line: 1, column: 1 },
         }
     }
@@ -171,6 +178,7 @@ mod tests {
                 HttpTriggerConfig {
                     route: HttpRoute::Private,
                     component: "private".into(),
+                    middleware: Vec::new(),
                     position: Position { line: 1, column: 1 },
                 },
             ],
