@@ -303,4 +303,36 @@ mod tests {
         let err = load(&twice).unwrap_err();
         assert!(err.to_string().contains("more than one trigger"), "{err}");
     }
+
+    #[test]
+    fn middleware_chains_are_read_and_bad_ones_refused() {
+        let app = format!("{APP}[component.auth]\nsource = \"auth.wasm\"\n[component.log]\nsource = \"log.wasm\"\n");
+        let with_chain = |chain: &str| {
+            format!("{app}[[trigger.http]]\nroute = \"/a/...\"\ncomponent = \"a\"\ndependencies.middleware = {chain}\n")
+        };
+        let config = load(&with_chain(
+            "[{ component = \"log\" }, { component = \"auth\" }]",
+        ))
+        .unwrap();
+        assert_eq!(config.triggers[0].middleware, ["log", "auth"]);
+        let refused = [
+            ("[{ component = \"nope\" }]", "`nope` is not declared"),
+            ("[{ component = \"a\" }]", "appears twice"),
+            ("[{ path = \"m.wasm\" }]", "`path` middleware entry is not supported"),
+            (
+                "[{ component = \"auth\", inherit_configuration = true }]",
+                "`inherit_configuration` is not supported",
+            ),
+            ("{ component = \"auth\" }", "must be a list"),
+        ];
+        for (chain, message) in refused {
+            let err = load(&with_chain(chain)).unwrap_err();
+            assert!(err.to_string().contains(message), "{chain}: {err}");
+        }
+        let other = format!(
+            "{app}[[trigger.http]]\nroute = \"/a/...\"\ncomponent = \"a\"\ndependencies.tracing = []\n"
+        );
+        let err = load(&other).unwrap_err();
+        assert!(err.to_string().contains("only trigger dependency is `middleware`"), "{err}");
+    }
 }
