@@ -306,9 +306,13 @@ mod tests {
 
     #[test]
     fn middleware_chains_are_read_and_bad_ones_refused() {
-        let app = format!("{APP}[component.auth]\nsource = \"auth.wasm\"\n[component.log]\nsource = \"log.wasm\"\n");
+        let app = format!(
+            "{APP}[component.auth]\nsource = \"auth.wasm\"\n[component.log]\nsource = \"log.wasm\"\n"
+        );
         let with_chain = |chain: &str| {
-            format!("{app}[[trigger.http]]\nroute = \"/a/...\"\ncomponent = \"a\"\ndependencies.middleware = {chain}\n")
+            format!(
+                "{app}[[trigger.http]]\nroute = \"/a/...\"\ncomponent = \"a\"\ndependencies.middleware = {chain}\n"
+            )
         };
         let config = load(&with_chain(
             "[{ component = \"log\" }, { component = \"auth\" }]",
@@ -318,7 +322,10 @@ mod tests {
         let refused = [
             ("[{ component = \"nope\" }]", "`nope` is not declared"),
             ("[{ component = \"a\" }]", "appears twice"),
-            ("[{ path = \"m.wasm\" }]", "`path` middleware entry is not supported"),
+            (
+                "[{ path = \"m.wasm\" }]",
+                "`path` middleware entry is not supported",
+            ),
             (
                 "[{ component = \"auth\", inherit_configuration = true }]",
                 "`inherit_configuration` is not supported",
@@ -333,6 +340,10 @@ mod tests {
             "{app}[[trigger.http]]\nroute = \"/a/...\"\ncomponent = \"a\"\ndependencies.tracing = []\n"
         );
         let err = load(&other).unwrap_err();
-        assert!(err.to_string().contains("only trigger dependency is `middleware`"), "{err}");
+        assert!(
+            err.to_string()
+                .contains("only trigger dependency is `middleware`"),
+            "{err}"
+        );
     }
 }
