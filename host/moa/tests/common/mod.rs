@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod issuer;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -37,7 +39,7 @@ impl AppDir {
         let dir = tempfile::tempdir().unwrap();
         let mut text = manifest.to_string();
         for name in [
-            "probe", "hello", "hello-p2", "counter", "relay", "docprobe", "inbox", "auth",
+            "probe", "hello", "hello-p2", "counter", "relay", "docprobe", "inbox", "auth", "store",
         ] {
             let key = format!("{{{name}}}");
             if text.contains(&key) {
