@@ -1,5 +1,6 @@
-//! Variables capability: `spin:variables/variables@3.0.0`. Application variables resolve once at
-//! load from env (`MOA_VARIABLE_*`, `SPIN_VARIABLE_*`), the runtime config `[variables]`, then defaults.
+//! Variables capability: `spin:variables/variables@3.0.0` and Spin 2's synchronous
+//! `fermyon:spin/variables@2.0.0`. Application variables resolve once at load from env
+//! (`MOA_VARIABLE_*`, `SPIN_VARIABLE_*`), the runtime config `[variables]`, then defaults.
 
 use crate::capabilities::{
     Capability, ComponentContext, ConfigureContext, HasCapability, InstanceParts,
@@ -20,6 +21,16 @@ mod bindings {
         imports: { default: trappable },
     });
 }
+
+mod bindings_v2 {
+    wasmtime::component::bindgen!({
+        path: "../../wit",
+        world: "moa:host/variables-v2",
+        imports: { default: trappable },
+    });
+}
+
+use bindings_v2::fermyon::spin::variables as variables_v2;
 
 /// The application's variables with their values resolved.
 #[derive(Debug, Clone, Default)]
@@ -106,7 +117,8 @@ pub struct VariablesCapability;
 impl Capability for VariablesCapability {
     const NAME: &'static str = "variables";
     const RUNTIME_CONFIG_SECTIONS: &'static [&'static str] = &["variables"];
-    const IMPORTS: &'static [&'static str] = &["spin:variables@3.0.0"];
+    const IMPORTS: &'static [&'static str] =
+        &["spin:variables@3.0.0", "fermyon:spin/variables@2.0.0"];
 
     type AppState = ();
     type ComponentState = ComponentVariables;
@@ -115,6 +127,7 @@ impl Capability for VariablesCapability {
 
     fn link<T: HasCapability<Self> + Send + 'static>(linker: &mut Linker<T>) -> Result<()> {
         variables::add_to_linker::<T, Variables>(linker, T::capability_view)?;
+        variables_v2::add_to_linker::<T, Variables>(linker, T::capability_view)?;
         Ok(())
     }
 
@@ -137,23 +150,36 @@ impl Capability for VariablesCapability {
 
 impl variables::Host for &ComponentVariables {}
 
+impl ComponentVariables {
+    fn lookup(&self, name: &str) -> Result<String, Error> {
+        if !is_valid_variable_name(name) {
+            return Err(Error::InvalidName(format!(
+                "`{name}`: variable names use lowercase letters, digits and `_`"
+            )));
+        }
+        self.values
+            .get(name)
+            .cloned()
+            .ok_or_else(|| Error::Undefined(format!("no variable `{name}` for this component")))
+    }
+}
+
+impl variables_v2::Host for &ComponentVariables {
+    fn get(&mut self, name: String) -> wasmtime::Result<Result<String, variables_v2::Error>> {
+        Ok(self.lookup(&name).map_err(|error| match error {
+            Error::InvalidName(m) => variables_v2::Error::InvalidName(m),
+            Error::Undefined(m) => variables_v2::Error::Undefined(m),
+            Error::Provider(m) => variables_v2::Error::Provider(m),
+            Error::Other(m) => variables_v2::Error::Other(m),
+        }))
+    }
+}
+
 impl<T: Send> variables::HostWithStore<T> for Variables {
     async fn get(
         accessor: &Accessor<T, Self>,
         name: String,
     ) -> wasmtime::Result<Result<String, Error>> {
-        if !is_valid_variable_name(&name) {
-            return Ok(Err(Error::InvalidName(format!(
-                "`{name}`: variable names use lowercase letters, digits and `_`"
-            ))));
-        }
-        Ok(accessor.with(|mut access| {
-            access
-                .get()
-                .values
-                .get(&name)
-                .cloned()
-                .ok_or_else(|| Error::Undefined(format!("no variable `{name}` for this component")))
-        }))
+        Ok(accessor.with(|mut access| access.get().lookup(&name)))
     }
 }

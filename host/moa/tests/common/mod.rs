@@ -39,7 +39,19 @@ impl AppDir {
         let dir = tempfile::tempdir().unwrap();
         let mut text = manifest.to_string();
         for name in [
-            "probe", "hello", "hello-p2", "counter", "relay", "docprobe", "inbox", "auth", "store",
+            "probe",
+            "hello",
+            "hello-p2",
+            "counter",
+            "relay",
+            "docprobe",
+            "inbox",
+            "auth",
+            "store",
+            "inventory",
+            "order",
+            "payment",
+            "saga",
         ] {
             let key = format!("{{{name}}}");
             if text.contains(&key) {

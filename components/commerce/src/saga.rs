@@ -1,0 +1,124 @@
+//! The order saga's messages: the events, commands and replies the order, saga, inventory and
+//! payment components exchange over the broker, JSON with a `type` tag, keyed by order id.
+//!
+//! OrderCreated → Reserve → Reserved → Confirm → Confirmed → Commit → Committed: COMPLETED.
+//! Rejected → REJECTED_OUT_OF_STOCK; Declined → Release → PAYMENT_DECLINED.
+
+use serde::{Deserialize, Serialize};
+
+pub const ORDER_EVENTS: &str = "orders.events";
+pub const INVENTORY_COMMANDS: &str = "inventory.commands";
+pub const INVENTORY_REPLIES: &str = "inventory.replies";
+pub const PAYMENT_COMMANDS: &str = "payment.commands";
+pub const PAYMENT_REPLIES: &str = "payment.replies";
+
+/// One order line, priced by the server from the store's menu.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Line {
+    pub item_id: String,
+    pub name: String,
+    pub quantity: u32,
+    /// KRW.
+    pub unit_price: i64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "type")]
+pub enum OrderEvent {
+    OrderCreated {
+        order_id: String,
+        store_id: String,
+        lines: Vec<Line>,
+        amount: i64,
+        payment_key: String,
+    },
+    CancelRequested {
+        order_id: String,
+    },
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "type")]
+pub enum InventoryCommand {
+    Reserve {
+        order_id: String,
+        store_id: String,
+        lines: Vec<Line>,
+    },
+    Release {
+        order_id: String,
+    },
+    Commit {
+        order_id: String,
+    },
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "type")]
+pub enum InventoryReply {
+    Reserved { order_id: String },
+    Rejected { order_id: String, reason: String },
+    Released { order_id: String },
+    Committed { order_id: String },
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "type")]
+pub enum PaymentCommand {
+    Confirm {
+        order_id: String,
+        payment_key: String,
+        amount: i64,
+    },
+    Cancel {
+        order_id: String,
+        payment_key: String,
+        reason: String,
+    },
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "type")]
+pub enum PaymentReply {
+    Confirmed {
+        order_id: String,
+    },
+    Declined {
+        order_id: String,
+        code: String,
+        message: String,
+    },
+    /// The payment was refunded (or nothing had been charged: `charged` false).
+    Canceled {
+        order_id: String,
+        charged: bool,
+    },
+}
+
+/// Any message the saga reads.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum SagaInput {
+    Order(OrderEvent),
+    Inventory(InventoryReply),
+    Payment(PaymentReply),
+}
+
+impl OrderEvent {
+    pub fn order_id(&self) -> &str {
+        match self {
+            OrderEvent::OrderCreated { order_id, .. }
+            | OrderEvent::CancelRequested { order_id } => order_id,
+        }
+    }
+}
+
+/// The message to publish: `value` as JSON on `topic`, keyed by `order_id`.
+pub fn message<T: Serialize>(
+    topic: &str,
+    order_id: &str,
+    value: &T,
+) -> moa_sdk::messaging::Message {
+    moa_sdk::messaging::Message::new(topic, serde_json::to_vec(value).unwrap_or_default())
+        .with_key(order_id.as_bytes().to_vec())
+}

@@ -1,0 +1,501 @@
+//! The order saga end to end on `moa up` with the embedded defaults (documents on SQLite, the
+//! embedded event log): auth in front, store / inventory / order / payment components, the saga
+//! orchestrator, and the Toss Payments emulator as the payment provider. Each test drives orders
+//! through HTTP and checks the orders, the stock and the emulator's ledger.
+
+mod common;
+
+use common::issuer::{CLIENT, Issuer};
+use common::{AppDir, Moa, Options, Reply, request};
+use reqwest::Method;
+use serde_json::{Value, json};
+use std::time::{Duration, Instant};
+
+const RULES: &str = r#"[
+  {"method": "GET", "path": "/stores/...", "public": true},
+  {"method": "GET", "path": "/stores", "public": true},
+  {"method": "POST", "path": "/stores", "groups": ["OWNER", "ADMIN"]},
+  {"method": "PUT", "path": "/stores/:id/menu", "groups": ["OWNER", "ADMIN"]},
+  {"method": ["GET", "PUT"], "path": "/inventory/...", "groups": ["OWNER", "ADMIN"]},
+  {"method": ["GET", "POST"], "path": "/orders/...", "groups": ["CUSTOMER", "ADMIN"]},
+  {"method": ["GET", "POST"], "path": "/orders", "groups": ["CUSTOMER", "ADMIN"]},
+  {"method": "GET", "path": "/payments/...", "groups": ["CUSTOMER", "ADMIN"]}
+]"#;
+
+/// The Toss emulator, in this process on its own runtime.
+struct Toss {
+    url: String,
+    _runtime: tokio::runtime::Runtime,
+}
+
+impl Toss {
+    fn start(late_ms: u64) -> Toss {
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        let listener = runtime
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let emulator = moa_toss_emulator::Emulator::new(moa_toss_emulator::Settings {
+            late_ms,
+            ..Default::default()
+        });
+        runtime.spawn(emulator.serve(listener));
+        Toss {
+            url,
+            _runtime: runtime,
+        }
+    }
+
+    fn ledger(&self) -> Value {
+        let reply = request(
+            Method::GET,
+            &format!("{}/__emulator/ledger", self.url),
+            &[],
+            None,
+        );
+        serde_json::from_str(&reply.body).unwrap()
+    }
+}
+
+struct Shop {
+    issuer: Issuer,
+    toss: Toss,
+    moa: Moa,
+    _app: AppDir,
+}
+
+fn shop() -> Shop {
+    let issuer = Issuer::start();
+    let toss = Toss::start(2500);
+    let port = |url: &str| url.rsplit(':').next().unwrap().to_string();
+    let manifest = format!(
+        r#"
+spin_manifest_version = 2
+[application]
+name = "shop"
+[variables]
+issuer = {{ default = "{issuer}" }}
+client_ids = {{ default = "{CLIENT}" }}
+rules = {{ default = '{rules}' }}
+toss_base_url = {{ default = "{toss}" }}
+toss_secret_key = {{ default = "test_sk_moa", secret = true }}
+
+[[trigger.http]]
+route = "/stores/..."
+component = "store"
+dependencies.middleware = [{{ component = "auth" }}]
+[[trigger.http]]
+route = "/stores"
+component = "store"
+dependencies.middleware = [{{ component = "auth" }}]
+[[trigger.http]]
+route = "/inventory/..."
+component = "inventory"
+dependencies.middleware = [{{ component = "auth" }}]
+[[trigger.http]]
+route = "/orders/..."
+component = "order"
+dependencies.middleware = [{{ component = "auth" }}]
+[[trigger.http]]
+route = "/orders"
+component = "order"
+dependencies.middleware = [{{ component = "auth" }}]
+[[trigger.http]]
+route = "/payments/..."
+component = "payment"
+dependencies.middleware = [{{ component = "auth" }}]
+
+[[trigger.kafka]]
+component = "saga"
+topics = ["orders.events", "inventory.replies", "payment.replies"]
+group = "saga"
+retry_backoff_ms = 50
+[[trigger.kafka]]
+component = "inventory"
+topics = ["inventory.commands"]
+group = "inventory"
+retry_backoff_ms = 50
+[[trigger.kafka]]
+component = "payment"
+topics = ["payment.commands"]
+group = "payment"
+max_attempts = 30
+retry_backoff_ms = 200
+
+[component.auth]
+source = "{{auth}}"
+key_value_stores = ["default"]
+allowed_outbound_hosts = ["http://127.0.0.1:{issuer_port}"]
+[component.auth.variables]
+auth_issuer = "{{{{ issuer }}}}"
+auth_client_ids = "{{{{ client_ids }}}}"
+auth_rules = "{{{{ rules }}}}"
+[component.store]
+source = "{{store}}"
+document_stores = ["default"]
+[component.inventory]
+source = "{{inventory}}"
+document_stores = ["default"]
+allowed_publish_topics = ["inventory.replies"]
+allowed_outbound_hosts = ["http://store.spin.internal"]
+[component.order]
+source = "{{order}}"
+document_stores = ["default"]
+allowed_publish_topics = ["orders.events"]
+allowed_outbound_hosts = ["http://store.spin.internal"]
+[[component.order.document_indexes]]
+collection = "orders"
+keys = ["payment_key"]
+unique = true
+[component.payment]
+source = "{{payment}}"
+document_stores = ["default"]
+allowed_publish_topics = ["payment.replies"]
+allowed_outbound_hosts = ["http://127.0.0.1:{toss_port}"]
+[component.payment.variables]
+toss_base_url = "{{{{ toss_base_url }}}}"
+toss_secret_key = "{{{{ toss_secret_key }}}}"
+toss_timeout_ms = "1000"
+[component.saga]
+source = "{{saga}}"
+document_stores = ["default"]
+allowed_publish_topics = ["inventory.commands", "payment.commands"]
+"#,
+        issuer = issuer.url,
+        issuer_port = port(&issuer.url),
+        toss = toss.url,
+        toss_port = port(&toss.url),
+        rules = RULES.replace('\n', " "),
+    );
+    let app = AppDir::new(&manifest);
+    let moa = Moa::start(&app, Options::default());
+    Shop {
+        issuer,
+        toss,
+        moa,
+        _app: app,
+    }
+}
+
+impl Shop {
+    fn call(&self, method: Method, path: &str, token: &str, body: Option<Value>) -> (u16, Value) {
+        let bearer = format!("Bearer {token}");
+        let headers = [
+            ("authorization", bearer.as_str()),
+            ("content-type", "application/json"),
+        ];
+        let reply: Reply = request(
+            method,
+            &format!("{}{path}", self.moa.url),
+            &headers,
+            body.map(|b| b.to_string().into_bytes()),
+        );
+        let value = serde_json::from_str(&reply.body)
+            .unwrap_or_else(|_| panic!("{path}: not JSON: {}", reply.body));
+        (reply.status, value)
+    }
+
+    /// A store with kimbap (3,500 KRW, 5 in stock) and ramyeon (4,500 KRW, 1 in stock).
+    fn store(&self) -> (String, String) {
+        let owner = self.issuer.token_for("owner-kim", &["OWNER"]);
+        let (status, store) = self.call(
+            Method::POST,
+            "/stores",
+            &owner,
+            Some(json!({ "name": "김밥천국" })),
+        );
+        assert_eq!(status, 201, "{store}");
+        let id = store["id"].as_str().unwrap().to_string();
+        let menu = json!({ "items": [
+            { "id": "kimbap", "name": "김밥", "price": 3500 },
+            { "id": "ramyeon", "name": "라면", "price": 4500 }
+        ]});
+        let (status, body) = self.call(
+            Method::PUT,
+            &format!("/stores/{id}/menu"),
+            &owner,
+            Some(menu),
+        );
+        assert_eq!(status, 200, "{body}");
+        for (item, quantity) in [("kimbap", 5), ("ramyeon", 1)] {
+            let (status, body) = self.call(
+                Method::PUT,
+                &format!("/inventory/{id}/{item}"),
+                &owner,
+                Some(json!({ "quantity": quantity })),
+            );
+            assert_eq!(status, 200, "{body}");
+        }
+        (id, owner)
+    }
+
+    fn order(&self, customer: &str, store: &str, items: Value, payment_key: &str) -> String {
+        let (status, order) = self.call(
+            Method::POST,
+            "/orders",
+            customer,
+            Some(json!({ "store_id": store, "items": items, "payment_key": payment_key })),
+        );
+        assert_eq!(status, 202, "{order}");
+        assert_eq!(order["state"], "PENDING");
+        order["id"].as_str().unwrap().to_string()
+    }
+
+    /// Waits (up to 60 s) until the order is in `state`; returns it.
+    fn wait_for(&self, customer: &str, id: &str, state: &str) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let (_, order) = self.call(Method::GET, &format!("/orders/{id}"), customer, None);
+            if order["state"] == state {
+                return order;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "order {id} is {} after 60 s, not {state}: {order}\n{}",
+                order["state"],
+                self.moa.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// (available, reserved, sold) of each item.
+    fn stock(&self, owner: &str, store: &str) -> Vec<(String, i64, i64, i64)> {
+        let (status, body) = self.call(Method::GET, &format!("/inventory/{store}"), owner, None);
+        assert_eq!(status, 200, "{body}");
+        body["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| {
+                (
+                    i["item"].as_str().unwrap().to_string(),
+                    i["available"].as_i64().unwrap(),
+                    i["reserved"].as_i64().unwrap(),
+                    i["sold"].as_i64().unwrap(),
+                )
+            })
+            .collect()
+    }
+}
+
+fn stock(item: &str, available: i64, reserved: i64, sold: i64) -> (String, i64, i64, i64) {
+    (item.to_string(), available, reserved, sold)
+}
+
+#[test]
+fn orders_complete_decline_run_short_and_survive_a_late_payment_answer() {
+    let shop = shop();
+    let (store, owner) = shop.store();
+    let customer = shop.issuer.token_for("customer-park", &["CUSTOMER"]);
+
+    // Happy path: priced from the menu, charged once, stock sold.
+    let paid = shop.order(
+        &customer,
+        &store,
+        json!([{ "item_id": "kimbap", "quantity": 2 }]),
+        "pk-ok-1",
+    );
+    let order = shop.wait_for(&customer, &paid, "COMPLETED");
+    assert_eq!(order["amount"], 7000);
+    assert_eq!(
+        shop.stock(&owner, &store),
+        [stock("kimbap", 3, 0, 2), stock("ramyeon", 1, 0, 0)]
+    );
+
+    // Declined: nothing charged, the reservation released.
+    let declined = shop.order(
+        &customer,
+        &store,
+        json!([{ "item_id": "kimbap", "quantity": 1 }]),
+        "pk-decline-1",
+    );
+    let order = shop.wait_for(&customer, &declined, "PAYMENT_DECLINED");
+    assert_eq!(order["reason"], "PAYMENT_DECLINED");
+    assert_eq!(
+        shop.stock(&owner, &store),
+        [stock("kimbap", 3, 0, 2), stock("ramyeon", 1, 0, 0)]
+    );
+
+    // Short of stock: rejected before payment, so Toss never hears of it.
+    let short = shop.order(
+        &customer,
+        &store,
+        json!([{ "item_id": "kimbap", "quantity": 1 }, { "item_id": "ramyeon", "quantity": 2 }]),
+        "pk-short-1",
+    );
+    let order = shop.wait_for(&customer, &short, "REJECTED_OUT_OF_STOCK");
+    assert!(
+        order["reason"].as_str().unwrap().contains("ramyeon"),
+        "{order}"
+    );
+    assert_eq!(
+        shop.stock(&owner, &store),
+        [stock("kimbap", 3, 0, 2), stock("ramyeon", 1, 0, 0)]
+    );
+
+    // The payment provider answers after the adapter's 1 s timeout: the retry with the same
+    // idempotency key gets the first answer, and the customer is charged once.
+    let late = shop.order(
+        &customer,
+        &store,
+        json!([{ "item_id": "ramyeon", "quantity": 1 }]),
+        "pk-late-1",
+    );
+    shop.wait_for(&customer, &late, "COMPLETED");
+    assert_eq!(
+        shop.stock(&owner, &store),
+        [stock("kimbap", 3, 0, 2), stock("ramyeon", 0, 0, 1)]
+    );
+
+    let ledger = shop.toss.ledger();
+    assert_eq!(
+        ledger["orders"][&paid],
+        json!({ "charges": 1, "charged": 7000, "refunded": 0, "declined": 0 })
+    );
+    assert_eq!(
+        ledger["orders"][&late],
+        json!({ "charges": 1, "charged": 4500, "refunded": 0, "declined": 0 })
+    );
+    assert_eq!(
+        ledger["orders"][&declined]["charges"],
+        Value::Null,
+        "{ledger}"
+    );
+    assert_eq!(
+        ledger["orders"][&short],
+        Value::Null,
+        "the payment was never called: {ledger}"
+    );
+    assert_eq!(ledger["net"], 11500);
+
+    // Someone else's order is not visible; the payment record is.
+    let other = shop.issuer.token_for("customer-choi", &["CUSTOMER"]);
+    assert_eq!(
+        shop.call(Method::GET, &format!("/orders/{paid}"), &other, None)
+            .0,
+        404
+    );
+    let (status, payment) = shop.call(Method::GET, &format!("/payments/{paid}"), &customer, None);
+    assert_eq!(
+        (status, payment["state"].as_str()),
+        (200, Some("CONFIRMED")),
+        "{payment}"
+    );
+}
+
+#[test]
+fn a_completed_order_cancelled_is_refunded_once_and_restocked() {
+    let shop = shop();
+    let (store, owner) = shop.store();
+    let customer = shop.issuer.token_for("customer-park", &["CUSTOMER"]);
+    let id = shop.order(
+        &customer,
+        &store,
+        json!([{ "item_id": "kimbap", "quantity": 3 }]),
+        "pk-cancel-1",
+    );
+    shop.wait_for(&customer, &id, "COMPLETED");
+    // Asked twice: one cancellation.
+    for _ in 0..2 {
+        let (status, body) = shop.call(
+            Method::POST,
+            &format!("/orders/{id}/cancel"),
+            &customer,
+            None,
+        );
+        assert_eq!(status, 202, "{body}");
+    }
+    let order = shop.wait_for(&customer, &id, "CANCELLED_BY_CUSTOMER");
+    assert_eq!(order["state"], "CANCELLED_BY_CUSTOMER");
+    let ledger = shop.toss.ledger();
+    assert_eq!(
+        ledger["orders"][&id],
+        json!({ "charges": 1, "charged": 10500, "refunded": 10500, "declined": 0 })
+    );
+    assert_eq!(
+        shop.stock(&owner, &store),
+        [stock("kimbap", 5, 0, 0), stock("ramyeon", 1, 0, 0)]
+    );
+    // A cancelled order cannot be cancelled again.
+    let (status, body) = shop.call(
+        Method::POST,
+        &format!("/orders/{id}/cancel"),
+        &customer,
+        None,
+    );
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (409, Some("not_cancellable"))
+    );
+}
+
+#[test]
+fn bad_orders_are_refused_before_anything_happens() {
+    let shop = shop();
+    let (store, _) = shop.store();
+    let customer = shop.issuer.token_for("customer-park", &["CUSTOMER"]);
+    let owner = shop.issuer.token_for("owner-kim", &["OWNER"]);
+    let cases = [
+        (
+            json!({ "store_id": store, "items": [], "payment_key": "pk-1" }),
+            400,
+            "invalid_items",
+        ),
+        (
+            json!({ "store_id": store, "items": [{ "item_id": "pizza", "quantity": 1 }], "payment_key": "pk-1" }),
+            400,
+            "unknown_item",
+        ),
+        (
+            json!({ "store_id": store, "items": [{ "item_id": "kimbap", "quantity": 0 }], "payment_key": "pk-1" }),
+            400,
+            "invalid_quantity",
+        ),
+        (
+            json!({ "store_id": store, "items": [{ "item_id": "kimbap", "quantity": 1 }], "payment_key": "" }),
+            400,
+            "invalid_payment_key",
+        ),
+        (
+            json!({ "store_id": "nope", "items": [{ "item_id": "kimbap", "quantity": 1 }], "payment_key": "pk-1" }),
+            400,
+            "unknown_store",
+        ),
+        (
+            json!({ "store_id": store, "items": [{ "item_id": "kimbap", "quantity": 1, "price": 1 }], "payment_key": "pk-1" }),
+            400,
+            "invalid_body",
+        ),
+    ];
+    for (body, status, code) in cases {
+        let (got, reply) = shop.call(Method::POST, "/orders", &customer, Some(body.clone()));
+        assert_eq!(
+            (got, reply["error"].as_str()),
+            (status, Some(code)),
+            "{body}: {reply}"
+        );
+    }
+    // An owner is not a customer.
+    let (status, _) = shop.call(Method::POST, "/orders", &owner, Some(json!({ "store_id": store, "items": [{ "item_id": "kimbap", "quantity": 1 }], "payment_key": "pk-2" })));
+    assert_eq!(status, 403);
+    // A payment key pays for one order only.
+    let once = shop.order(
+        &customer,
+        &store,
+        json!([{ "item_id": "kimbap", "quantity": 1 }]),
+        "pk-once",
+    );
+    let (status, reply) = shop.call(Method::POST, "/orders", &customer, Some(json!({ "store_id": store, "items": [{ "item_id": "kimbap", "quantity": 1 }], "payment_key": "pk-once" })));
+    assert_eq!(
+        (status, reply["error"].as_str()),
+        (409, Some("payment_key_used"))
+    );
+    shop.wait_for(&customer, &once, "COMPLETED");
+    // Only that order ever reached the payment provider.
+    let ledger = shop.toss.ledger();
+    let charged: Vec<&String> = ledger["orders"].as_object().unwrap().keys().collect();
+    assert_eq!(charged, [&once], "{ledger}");
+    let (_, mine) = shop.call(Method::GET, "/orders", &customer, None);
+    assert_eq!(mine["orders"].as_array().map(Vec::len), Some(1), "{mine}");
+}
