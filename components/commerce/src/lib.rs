@@ -25,6 +25,35 @@ pub async fn read_json<T: serde::de::DeserializeOwned>(
         .map_err(|e| ApiError::bad_request("invalid_body", format!("the body is not valid: {e}")))
 }
 
+/// A store as the store component shows it (`id`, `name`, `owner`, `menu`), read over in-app HTTP
+/// (`http://store.spin.internal`, which the caller's `allowed_outbound_hosts` must list); `None`
+/// when there is no such store.
+#[cfg(feature = "http")]
+pub async fn store(id: &str) -> ApiResult<Option<serde_json::Value>> {
+    use spin_sdk::http::body::IncomingBodyExt as _;
+    let unavailable = |e: String| ApiError::new(503, "store_unavailable", e);
+    let response = spin_sdk::http::get(format!("http://store.spin.internal/stores/{id}"))
+        .await
+        .map_err(|e| unavailable(format!("{e:?}")))?;
+    let status = response.status().as_u16();
+    let bytes = response
+        .into_body()
+        .bytes()
+        .await
+        .map_err(|e| unavailable(format!("{e:?}")))?;
+    match status {
+        200 => serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| ApiError::new(502, "bad_store_reply", e.to_string())),
+        404 => Ok(None),
+        other => Err(ApiError::new(
+            502,
+            "bad_store_reply",
+            format!("the store component answered {other}"),
+        )),
+    }
+}
+
 #[cfg(feature = "http")]
 /// A new random id (128 bits from WASI's random source, hex).
 pub fn new_id() -> String {

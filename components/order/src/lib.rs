@@ -12,7 +12,6 @@ use commerce::{ApiError, ApiResult, Identity, json_reply, read_json};
 use moa_sdk::documents::{Find, Ops, Store};
 use serde::Deserialize;
 use serde_json::{Value, json};
-use spin_sdk::http::body::IncomingBodyExt as _;
 use spin_sdk::http::{IntoResponse, Request};
 use spin_sdk::http_service;
 
@@ -115,29 +114,9 @@ fn mine(identity: &Identity) -> ApiResult<http::Response<String>> {
 }
 
 async fn menu_of(store: &str) -> ApiResult<Value> {
-    let url = format!("http://store.spin.internal/stores/{store}");
-    let response = spin_sdk::http::get(&url)
-        .await
-        .map_err(|e| ApiError::new(503, "store_unavailable", format!("{e:?}")))?;
-    let status = response.status().as_u16();
-    let bytes = response
-        .into_body()
-        .bytes()
-        .await
-        .map_err(|e| ApiError::new(503, "store_unavailable", format!("{e:?}")))?;
-    match status {
-        200 => serde_json::from_slice(&bytes)
-            .map_err(|e| ApiError::new(502, "bad_store_reply", e.to_string())),
-        404 => Err(ApiError::bad_request(
-            "unknown_store",
-            format!("no store `{store}`"),
-        )),
-        other => Err(ApiError::new(
-            502,
-            "bad_store_reply",
-            format!("the store component answered {other}"),
-        )),
-    }
+    commerce::store(store)
+        .await?
+        .ok_or_else(|| ApiError::bad_request("unknown_store", format!("no store `{store}`")))
 }
 
 async fn create(identity: Identity, body: NewOrder) -> ApiResult<http::Response<String>> {

@@ -24,17 +24,13 @@ const RULES: &str = r#"[
 ]"#;
 
 fn app(issuer: &Issuer) -> (AppDir, Moa) {
-    let port = issuer.url.rsplit(':').next().unwrap();
     let manifest = format!(
         r#"
 spin_manifest_version = 2
 [application]
 name = "auth-test"
 [variables]
-issuer = {{ default = "{issuer}" }}
-client_ids = {{ default = "other-client, {CLIENT}" }}
-rules = {{ default = '{rules}' }}
-[[trigger.http]]
+{variables}[[trigger.http]]
 route = "/api/..."
 component = "backend"
 dependencies.middleware = [{{ component = "auth" }}]
@@ -43,19 +39,9 @@ route = "/open/..."
 component = "backend"
 [component.backend]
 source = "{{probe}}"
-[component.auth]
-source = "{{auth}}"
-key_value_stores = ["default"]
-allowed_outbound_hosts = ["http://127.0.0.1:{port}"]
-[component.auth.variables]
-auth_issuer = "{{{{ issuer }}}}"
-auth_client_ids = "{{{{ client_ids }}}}"
-auth_rules = "{{{{ rules }}}}"
-auth_leeway_s = "30"
-auth_jwks_refetch_s = "2"
-"#,
-        issuer = issuer.url,
-        rules = RULES.replace('\n', " "),
+{auth}"#,
+        variables = issuer.auth_variables(RULES),
+        auth = issuer.auth_component("auth_leeway_s = \"30\"\nauth_jwks_refetch_s = \"2\""),
     );
     let app = AppDir::new(&manifest);
     let moa = Moa::start(&app, Options::default());

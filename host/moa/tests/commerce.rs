@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::issuer::{CLIENT, Issuer};
+use common::issuer::Issuer;
 use common::{AppDir, Moa, Options, Reply, request};
 use reqwest::Method;
 use serde_json::{Value, json};
@@ -17,17 +17,13 @@ const RULES: &str = r#"[
 ]"#;
 
 fn app(issuer: &Issuer) -> (AppDir, Moa) {
-    let port = issuer.url.rsplit(':').next().unwrap();
     let manifest = format!(
         r#"
 spin_manifest_version = 2
 [application]
 name = "commerce-test"
 [variables]
-issuer = {{ default = "{issuer}" }}
-client_ids = {{ default = "{CLIENT}" }}
-rules = {{ default = '{rules}' }}
-[[trigger.http]]
+{variables}[[trigger.http]]
 route = "/stores/..."
 component = "store"
 dependencies.middleware = [{{ component = "auth" }}]
@@ -38,17 +34,9 @@ dependencies.middleware = [{{ component = "auth" }}]
 [component.store]
 source = "{{store}}"
 document_stores = ["default"]
-[component.auth]
-source = "{{auth}}"
-key_value_stores = ["default"]
-allowed_outbound_hosts = ["http://127.0.0.1:{port}"]
-[component.auth.variables]
-auth_issuer = "{{{{ issuer }}}}"
-auth_client_ids = "{{{{ client_ids }}}}"
-auth_rules = "{{{{ rules }}}}"
-"#,
-        issuer = issuer.url,
-        rules = RULES.replace('\n', " "),
+{auth}"#,
+        variables = issuer.auth_variables(RULES),
+        auth = issuer.auth_component(""),
     );
     let app = AppDir::new(&manifest);
     let moa = Moa::start(&app, Options::default());

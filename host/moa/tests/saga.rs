@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::issuer::{CLIENT, Issuer};
+use common::issuer::Issuer;
 use common::{AppDir, Moa, Options, Reply, request};
 use reqwest::Method;
 use serde_json::{Value, json};
@@ -74,10 +74,7 @@ spin_manifest_version = 2
 [application]
 name = "shop"
 [variables]
-issuer = {{ default = "{issuer}" }}
-client_ids = {{ default = "{CLIENT}" }}
-rules = {{ default = '{rules}' }}
-toss_base_url = {{ default = "{toss}" }}
+{variables}toss_base_url = {{ default = "{toss}" }}
 toss_secret_key = {{ default = "test_sk_moa", secret = true }}
 
 [[trigger.http]]
@@ -122,14 +119,7 @@ group = "payment"
 max_attempts = 30
 retry_backoff_ms = 200
 
-[component.auth]
-source = "{{auth}}"
-key_value_stores = ["default"]
-allowed_outbound_hosts = ["http://127.0.0.1:{issuer_port}"]
-[component.auth.variables]
-auth_issuer = "{{{{ issuer }}}}"
-auth_client_ids = "{{{{ client_ids }}}}"
-auth_rules = "{{{{ rules }}}}"
+{auth}
 [component.store]
 source = "{{store}}"
 document_stores = ["default"]
@@ -161,11 +151,10 @@ source = "{{saga}}"
 document_stores = ["default"]
 allowed_publish_topics = ["inventory.commands", "payment.commands"]
 "#,
-        issuer = issuer.url,
-        issuer_port = port(&issuer.url),
+        variables = issuer.auth_variables(RULES),
+        auth = issuer.auth_component(""),
         toss = toss.url,
         toss_port = port(&toss.url),
-        rules = RULES.replace('\n', " "),
     );
     let app = AppDir::new(&manifest);
     let moa = Moa::start(&app, Options::default());

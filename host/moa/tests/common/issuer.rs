@@ -117,3 +117,33 @@ impl Issuer {
         self.token(&claims)
     }
 }
+
+impl Issuer {
+    /// `[variables]` lines (no header) that trust this issuer with the route `rules` (JSON).
+    pub fn auth_variables(&self, rules: &str) -> String {
+        format!(
+            "issuer = {{ default = \"{}\" }}\nclient_ids = {{ default = \"other-client, {CLIENT}\" }}\nrules = {{ default = '{}' }}\n",
+            self.url,
+            rules.replace('\n', " ")
+        )
+    }
+
+    /// The `auth` middleware's `[component.auth]` section, reading [`Self::auth_variables`];
+    /// `extra` adds lines to its variables.
+    pub fn auth_component(&self, extra: &str) -> String {
+        let port = self.url.rsplit(':').next().unwrap_or_default();
+        format!(
+            r#"
+[component.auth]
+source = "{{auth}}"
+key_value_stores = ["default"]
+allowed_outbound_hosts = ["http://127.0.0.1:{port}"]
+[component.auth.variables]
+auth_issuer = "{{{{ issuer }}}}"
+auth_client_ids = "{{{{ client_ids }}}}"
+auth_rules = "{{{{ rules }}}}"
+{extra}
+"#
+        )
+    }
+}
