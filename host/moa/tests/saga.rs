@@ -6,7 +6,7 @@
 mod common;
 
 use common::issuer::Issuer;
-use common::{AppDir, Moa, Options, Reply, request};
+use common::{AppDir, KafkaServer, Moa, MongoServer, Options, Reply, request};
 use reqwest::Method;
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
@@ -64,7 +64,13 @@ struct Shop {
     _app: AppDir,
 }
 
+/// The shop on the embedded defaults.
 fn shop() -> Shop {
+    shop_on(None)
+}
+
+/// The shop; `runtime_config` points its capabilities at real servers.
+fn shop_on(runtime_config: Option<String>) -> Shop {
     let issuer = Issuer::start();
     let toss = Toss::start(2500);
     let port = |url: &str| url.rsplit(':').next().unwrap().to_string();
@@ -157,7 +163,11 @@ allowed_publish_topics = ["inventory.commands", "payment.commands"]
         toss_port = port(&toss.url),
     );
     let app = AppDir::new(&manifest);
-    let moa = Moa::start(&app, Options::default());
+    let options = match runtime_config {
+        Some(text) => Options::runtime_config(&app.write("runtime-config.toml", &text)),
+        None => Options::default(),
+    };
+    let moa = Moa::start(&app, options);
     Shop {
         issuer,
         toss,
@@ -487,4 +497,46 @@ fn bad_orders_are_refused_before_anything_happens() {
     assert_eq!(charged, [&once], "{ledger}");
     let (_, mine) = shop.call(Method::GET, "/orders", &customer, None);
     assert_eq!(mine["orders"].as_array().map(Vec::len), Some(1), "{mine}");
+}
+
+#[test]
+fn the_saga_runs_on_kafka_and_mongodb() {
+    let kafka = KafkaServer::start();
+    let mongo = MongoServer::start();
+    let config = format!(
+        "[messaging.brokers.main]\ntype = \"kafka\"\nbrokers = \"{}\"\n{}",
+        kafka.bootstrap,
+        mongo.store_config("default", "shop")
+    );
+    let shop = shop_on(Some(config));
+    let (store, owner) = shop.store();
+    let customer = shop.issuer.token_for("customer-park", &["CUSTOMER"]);
+    let paid = shop.order(
+        &customer,
+        &store,
+        json!([{ "item_id": "kimbap", "quantity": 2 }]),
+        "pk-ok-1",
+    );
+    let declined = shop.order(
+        &customer,
+        &store,
+        json!([{ "item_id": "kimbap", "quantity": 1 }]),
+        "pk-decline-1",
+    );
+    let short = shop.order(
+        &customer,
+        &store,
+        json!([{ "item_id": "ramyeon", "quantity": 2 }]),
+        "pk-short-1",
+    );
+    shop.wait_for(&customer, &paid, "COMPLETED");
+    shop.wait_for(&customer, &declined, "PAYMENT_DECLINED");
+    shop.wait_for(&customer, &short, "REJECTED_OUT_OF_STOCK");
+    assert_eq!(
+        shop.stock(&owner, &store),
+        [stock("kimbap", 3, 0, 2), stock("ramyeon", 1, 0, 0)]
+    );
+    let ledger = shop.toss.ledger();
+    assert_eq!(ledger["orders"][&paid]["charged"], 7000, "{ledger}");
+    assert_eq!(ledger["net"], 7000, "{ledger}");
 }

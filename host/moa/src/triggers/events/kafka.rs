@@ -131,10 +131,13 @@ pub struct KafkaTrigger {
     runtime: Arc<TriggerRuntime>,
     consumer: Arc<StreamConsumer<RebalanceContext>>,
     workers: Workers,
+    /// The consumer's settings, for the admin client that creates missing topics.
+    admin_config: ClientConfig,
 }
 
 impl KafkaTrigger {
-    /// Creates the consumer (the broker's properties apply: SASL, TLS...) and subscribes.
+    /// Creates the consumer (the broker's properties apply: SASL, TLS...); [`Self::run`] creates
+    /// missing topics and subscribes.
     pub fn connect(
         runtime: Arc<TriggerRuntime>,
         bootstrap: &str,
@@ -163,19 +166,71 @@ impl KafkaTrigger {
         let consumer: StreamConsumer<RebalanceContext> = config
             .create_with_context(context)
             .with_context(|| format!("cannot create the Kafka consumer for {bootstrap}"))?;
-        let topics: Vec<&str> = runtime.trigger.topics.iter().map(String::as_str).collect();
-        consumer
-            .subscribe(&topics)
-            .with_context(|| format!("cannot subscribe to {}", topics.join(", ")))?;
         Ok(KafkaTrigger {
             runtime,
             consumer: Arc::new(consumer),
             workers,
+            admin_config: config,
         })
+    }
+
+    /// Creates the trigger's topics that do not exist yet, with the broker's default partitions
+    /// and replication, so that a first deployment does not wait for a producer to create them
+    /// (a consumer learns of a topic created after it subscribed only at its next metadata
+    /// refresh, 5 minutes by default). A broker that refuses (no rights, auto-creation off) is
+    /// logged; the subscription still goes ahead.
+    async fn create_missing_topics(&self) {
+        use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+        use rdkafka::client::DefaultClientContext;
+        use rdkafka::types::RDKafkaErrorCode;
+        let admin: AdminClient<DefaultClientContext> = match self.admin_config.create() {
+            Ok(admin) => admin,
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot create a Kafka admin client; topics are not created");
+                return;
+            }
+        };
+        let topics: Vec<NewTopic<'_>> = self
+            .runtime
+            .trigger
+            .topics
+            .iter()
+            .map(|topic| NewTopic::new(topic, -1, TopicReplication::Fixed(-1)))
+            .collect();
+        let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+        match admin.create_topics(&topics, &options).await {
+            Ok(results) => {
+                for result in results {
+                    match result {
+                        Ok(topic) => tracing::info!(topic, "created Kafka topic"),
+                        Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                        Err((topic, code)) => {
+                            tracing::warn!(topic, error = %code, "cannot create Kafka topic; create it on the broker")
+                        }
+                    }
+                }
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot create Kafka topics; create them on the broker")
+            }
+        }
     }
 
     /// Polls until `stop`, then lets workers finish (or `abort` them) and commits.
     pub async fn run(self, stop: CancellationToken, abort: CancellationToken) {
+        self.create_missing_topics().await;
+        let topics: Vec<&str> = self
+            .runtime
+            .trigger
+            .topics
+            .iter()
+            .map(String::as_str)
+            .collect();
+        if let Err(err) = self.consumer.subscribe(&topics) {
+            self.runtime
+                .failed(&format!("cannot subscribe to {}: {err}", topics.join(", ")));
+            return;
+        }
         let permits = Arc::new(Semaphore::new(self.runtime.trigger.concurrency as usize));
         let (resume_tx, mut resume_rx) = mpsc::unbounded_channel::<PartitionKey>();
         let mut worker_tasks = tokio::task::JoinSet::new();
