@@ -499,6 +499,79 @@ fn bad_orders_are_refused_before_anything_happens() {
     assert_eq!(mine["orders"].as_array().map(Vec::len), Some(1), "{mine}");
 }
 
+/// Every message on the saga's topics so far, read from the start.
+fn saga_messages(kafka: &KafkaServer, round: &str) -> Vec<rdkafka::message::OwnedMessage> {
+    // Per completed order: OrderCreated, Reserve, Reserved, Confirm, Confirmed, Commit, Committed;
+    // per declined one: OrderCreated, Reserve, Reserved, Confirm, Declined, Release, Released;
+    // per rejected one: OrderCreated, Reserve, Rejected.
+    let counts = [
+        ("orders.events", 3),
+        ("inventory.commands", 5),
+        ("inventory.replies", 5),
+        ("payment.commands", 2),
+        ("payment.replies", 2),
+    ];
+    counts
+        .iter()
+        .flat_map(|(topic, count)| kafka.consume(topic, &format!("replay-{round}-{topic}"), *count))
+        .collect()
+}
+
+/// Publishes `messages` again on their topics with their keys and payloads; with `same_ids` their
+/// headers too (a broker redelivery, a relay that published twice), else without the
+/// `moa-message-id` (a step that sent its command again).
+fn republish(kafka: &KafkaServer, messages: &[rdkafka::message::OwnedMessage], same_ids: bool) {
+    use rdkafka::Message as _;
+    use rdkafka::message::{Header, Headers as _, OwnedHeaders};
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let producer: FutureProducer = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", &kafka.bootstrap)
+            .create()
+            .unwrap();
+        for message in messages {
+            let mut headers = OwnedHeaders::new();
+            if let Some(original) = message.headers() {
+                for header in original.iter() {
+                    if same_ids || header.key != "moa-message-id" {
+                        headers = headers.insert(Header {
+                            key: header.key,
+                            value: header.value,
+                        });
+                    }
+                }
+            }
+            let mut record = FutureRecord::to(message.topic())
+                .payload(message.payload().unwrap_or_default())
+                .headers(headers);
+            if let Some(key) = message.key() {
+                record = record.key(key);
+            }
+            producer
+                .send(record, Duration::from_secs(10))
+                .await
+                .map_err(|(e, _)| e)
+                .unwrap();
+        }
+    });
+}
+
+/// Waits until the host has handled no new delivery for 3 s.
+fn wait_quiet(shop: &Shop) {
+    let handled = || common::metric(&shop.moa, "moa_events_total", "outcome=\"ok\"");
+    let (mut last, mut since) = (handled(), Instant::now());
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while since.elapsed() < Duration::from_secs(3) {
+        assert!(Instant::now() < deadline, "the saga never went quiet");
+        std::thread::sleep(Duration::from_millis(200));
+        let now = handled();
+        if now != last {
+            (last, since) = (now, Instant::now());
+        }
+    }
+}
+
 #[test]
 fn the_saga_runs_on_kafka_and_mongodb() {
     let kafka = KafkaServer::start();
@@ -539,4 +612,38 @@ fn the_saga_runs_on_kafka_and_mongodb() {
     let ledger = shop.toss.ledger();
     assert_eq!(ledger["orders"][&paid]["charged"], 7000, "{ledger}");
     assert_eq!(ledger["net"], 7000, "{ledger}");
+    wait_quiet(&shop);
+
+    // Every message of every kind delivered again, first as the same message (the inbox drops
+    // it), then as a new one (the order's, the reservation's and the payment's state drop it):
+    // no state, stock or charge changes.
+    let orders = |shop: &Shop| -> Vec<Value> {
+        [&paid, &declined, &short]
+            .iter()
+            .map(|id| {
+                let mut order = shop
+                    .call(Method::GET, &format!("/orders/{id}"), &customer, None)
+                    .1;
+                order.as_object_mut().unwrap().remove("updated_at_ms");
+                order
+            })
+            .collect()
+    };
+    let before = orders(&shop);
+    let messages = saga_messages(&kafka, "1");
+    let handled = common::metric(&shop.moa, "moa_events_total", "outcome=\"ok\"");
+    republish(&kafka, &messages, true);
+    republish(&kafka, &messages, false);
+    wait_quiet(&shop);
+    assert!(
+        common::metric(&shop.moa, "moa_events_total", "outcome=\"ok\"")
+            >= handled + 2.0 * messages.len() as f64,
+        "the repeats were delivered"
+    );
+    assert_eq!(orders(&shop), before);
+    assert_eq!(
+        shop.stock(&owner, &store),
+        [stock("kimbap", 3, 0, 2), stock("ramyeon", 1, 0, 0)]
+    );
+    assert_eq!(shop.toss.ledger(), ledger, "no new charge or refund");
 }
