@@ -171,6 +171,19 @@ fn run_op(
             }
             tx.publish(message).map(Value::from)
         }
+        // Published at once (not through the outbox), e.g. while this transaction holds the store.
+        "publish_now" => {
+            let message = Message::new(text(op, "topic"), text(op, "payload").into_bytes());
+            moa_sdk::messaging::publish(message)
+                .map(|()| Value::Null)
+                .map_err(|e| Error::Other(format!("{e:?}")))
+        }
+        // Holds whatever this script holds (a transaction's write turn) for `ms`.
+        "sleep" => {
+            let ms = op.get("ms").and_then(Value::as_u64).unwrap_or(0);
+            std::thread::sleep(std::time::Duration::from_millis(ms));
+            Ok(Value::Null)
+        }
         "first_time" => {
             let Some(tx) = tx else {
                 return Err(Error::Other("first_time needs a transaction".into()));

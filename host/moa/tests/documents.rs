@@ -702,3 +702,61 @@ fn the_outbox_publishes_to_kafka_in_commit_order_per_key() {
     ids.sort();
     assert_eq!(seen, ids, "each message carries the id publish returned");
 }
+
+/// A handler that fails because another transaction holds the store (write-conflict after the
+/// busy timeout) is retried without spending an attempt: with `max_attempts = 1` the message is
+/// still applied once, after the holder commits, and never dead-lettered.
+#[test]
+fn a_delivery_blocked_by_another_transaction_waits_instead_of_dead_lettering() {
+    let app = AppDir::new(
+        r#"
+spin_manifest_version = 2
+[application]
+name = "blocked"
+[[trigger.http]]
+route = "/run"
+component = "docprobe"
+[[trigger.kafka]]
+component = "inbox"
+topics = ["orders.placed"]
+max_attempts = 1
+retry_backoff_ms = 20
+[component.docprobe]
+source = "{docprobe}"
+document_stores = ["default"]
+allowed_publish_topics = ["orders.placed"]
+[component.inbox]
+source = "{inbox}"
+document_stores = ["default"]
+"#,
+    );
+    let rc = app.write(
+        "runtime-config.toml",
+        "[document_store.default]\ntype = \"embedded\"\nbusy_timeout_ms = 100\n",
+    );
+    let moa = Moa::start(&app, Options::runtime_config(&rc));
+    // Takes the store's write turn, publishes the order while holding it, holds it 8 s (longer
+    // than the inbox's own transaction retries), then commits.
+    let reply = script(
+        &moa,
+        "/run",
+        json!({ "transaction": true, "end": "commit", "ops": [
+            { "op": "insert_one", "collection": "hold", "document": { "_id": "h" } },
+            { "op": "publish_now", "topic": "orders.placed", "payload": "o-1" },
+            { "op": "sleep", "ms": 8000 }
+        ]}),
+    );
+    assert_eq!(reply["results"][1], json!({ "ok": null }), "{reply}");
+    wait_until("the order's effect is applied", || {
+        find(&moa, "effects", json!({}), json!({})).len() == 1
+    });
+    let effects = find(&moa, "effects", json!({}), json!({}));
+    assert_eq!(effects[0]["n"], 1, "{effects:?}");
+    let transient = common::metric(&moa, "moa_events_total", "outcome=\"transient\"");
+    let dead = common::metric(&moa, "moa_events_total", "outcome=\"dead_letter\"");
+    assert!(
+        transient >= 1.0,
+        "the handler failed on the held store first"
+    );
+    assert_eq!(dead, 0.0, "nothing was dead-lettered\n{}", moa.stderr());
+}
