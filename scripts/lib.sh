@@ -88,3 +88,91 @@ build_host() {
   log "building the moa host (release)"
   (cd "$MOA_ROOT" && cargo build --release -p moa)
 }
+
+# The local stand-ins the reference app talks to: the Toss Payments emulator and the dev token issuer.
+build_dev_services() {
+  log "building the Toss emulator and the dev token issuer (release)"
+  (cd "$MOA_ROOT" && cargo build --release -p moa-toss-emulator -p moa-dev-issuer)
+}
+
+# tansu with SQLite storage (cargo install, ~10 min once on 2 cores), for runs that restart the
+# broker and must keep its topics, offsets and groups; exports MOA_TANSU_PERSISTENT_BIN.
+ensure_tansu_persistent() {
+  local root="$MOA_CACHE_HOME/tansu-persistent"
+  if [ ! -x "$root/bin/tansu" ]; then
+    log "building tansu with SQLite storage (cargo install tansu --features libsql,dynostore; ~10 min once)"
+    env -u CARGO_TARGET_DIR cargo install tansu --locked --features libsql,dynostore --root "$root" \
+      --target-dir "$MOA_CACHE_HOME/tansu-target"
+  fi
+  export MOA_TANSU_PERSISTENT_BIN="$root/bin/tansu"
+}
+
+# Starts SecantusDB on a free port with storage in $1 (background; pid appended to PIDS);
+# sets MONGO_PORT.
+start_secantus() {
+  MONGO_PORT="$(free_port)"
+  "$MOA_SECANTUS_PYTHON" -m secantus --host 127.0.0.1 --port "$MONGO_PORT" --storage-path "$1" \
+    >"$1.log" 2>&1 &
+  PIDS+=($!)
+  wait_port "$MONGO_PORT"
+}
+
+# The saga load driver (host/moa/examples/saga_load.rs) with the reference app, the Toss emulator
+# and the dev issuer on free ports: start_saga_stack WORK, then run_saga_load MODE ARGS...
+start_saga_stack() {
+  WORK="$1"
+  REDIS_PORT="$(free_port)"
+  redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly no >"$WORK/redis.log" 2>&1 &
+  PIDS+=($!)
+  mkdir -p "$WORK/mongo"
+  start_secantus "$WORK/mongo"
+  TOSS_PORT="$(free_port)"
+  "$CARGO_TARGET_DIR/release/toss-emulator" --listen "127.0.0.1:$TOSS_PORT" --late-ms 3000 >"$WORK/toss.log" 2>&1 &
+  PIDS+=($!)
+  ISSUER_PORT="$(free_port)"
+  "$CARGO_TARGET_DIR/release/dev-issuer" --listen "127.0.0.1:$ISSUER_PORT" --key-file "$WORK/issuer-key.pem" \
+    >"$WORK/issuer.log" 2>&1 &
+  PIDS+=($!)
+  KAFKA_PORT="$(free_port)"
+  wait_port "$REDIS_PORT"; wait_port "$TOSS_PORT"; wait_port "$ISSUER_PORT"
+  MONGO_URL="mongodb://127.0.0.1:$MONGO_PORT/?directConnection=true&heartbeatFrequencyMS=1000&serverSelectionTimeoutMS=10000"
+  cat >"$WORK/runtime-config.toml" <<TOML
+[messaging.brokers.main]
+type = "kafka"
+brokers = "127.0.0.1:$KAFKA_PORT"
+properties = { "session.timeout.ms" = "6000", "heartbeat.interval.ms" = "500" }
+
+[document_store.default]
+type = "mongodb"
+url = "$MONGO_URL"
+database = "moa"
+
+[key_value_store.default]
+type = "redis"
+url = "redis://127.0.0.1:$REDIS_PORT"
+TOML
+  export MOA_VARIABLE_AUTH_ISSUER="http://127.0.0.1:$ISSUER_PORT"
+  export MOA_VARIABLE_AUTH_JWKS_ORIGIN="http://127.0.0.1:$ISSUER_PORT"
+  export MOA_VARIABLE_TOSS_BASE_URL="http://127.0.0.1:$TOSS_PORT"
+  export MOA_VARIABLE_TOSS_SECRET_KEY="test_sk_moa_load"
+  export MOA_VARIABLE_TOSS_TIMEOUT_MS="1000"
+}
+
+run_saga_load() {
+  local mode="$1" broker_cmd="$2"; shift 2
+  "$CARGO_TARGET_DIR/release/examples/saga_load" "$mode" \
+    --moa "$MOA_BIN" --manifest "$MOA_ROOT/spin.toml" --runtime-config "$WORK/runtime-config.toml" \
+    --work "$WORK/run" --broker-cmd "$broker_cmd" --kafka "127.0.0.1:$KAFKA_PORT" \
+    --mongo "$MONGO_URL" --issuer "http://127.0.0.1:$ISSUER_PORT" --toss "http://127.0.0.1:$TOSS_PORT" "$@"
+}
+
+# schemathesis (PyPI) in its own venv; exports MOA_SCHEMATHESIS.
+ensure_schemathesis() {
+  local venv="$MOA_CACHE_HOME/venv-schemathesis"
+  if ! "$venv/bin/schemathesis" --version >/dev/null 2>&1; then
+    log "installing schemathesis (PyPI)"
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install -q "schemathesis==4.32.5"
+  fi
+  export MOA_SCHEMATHESIS="$venv/bin/schemathesis"
+}

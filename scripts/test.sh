@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Sets up a fresh machine and runs every test: unit tests and the integration tests, which start
-# real `moa up` processes on ephemeral ports. Extra arguments go to `cargo test`.
+# real `moa up` processes on ephemeral ports, then (without extra arguments) the commerce API against
+# its OpenAPI document with schemathesis (scripts/api-check.sh). Extra arguments go to `cargo test`.
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 ensure_toolchain
@@ -12,3 +13,7 @@ build_components
 cd "$MOA_ROOT"
 log "running tests"
 cargo test --release --workspace --no-fail-fast "$@"
+if [ "$#" -eq 0 ]; then
+  log "checking the commerce API against docs/api/commerce.yaml (schemathesis)"
+  MOA_API_CHECK_PREBUILT=1 "$MOA_ROOT/scripts/api-check.sh"
+fi

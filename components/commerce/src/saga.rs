@@ -11,6 +11,24 @@ pub const INVENTORY_COMMANDS: &str = "inventory.commands";
 pub const INVENTORY_REPLIES: &str = "inventory.replies";
 pub const PAYMENT_COMMANDS: &str = "payment.commands";
 pub const PAYMENT_REPLIES: &str = "payment.replies";
+/// Where the host puts commands that failed every attempt; the saga reads them.
+pub const INVENTORY_COMMANDS_DLQ: &str = "inventory.commands.dlq";
+pub const PAYMENT_COMMANDS_DLQ: &str = "payment.commands.dlq";
+
+/// How long a new order may wait for the saga to take its `OrderCreated`.
+pub const PENDING_TIMEOUT_MS: u64 = 30_000;
+
+/// States an order never leaves (but `COMPLETED`, which a cancellation may still refund).
+/// `FAILED`: a step did not finish in time and was compensated; `COMPENSATION_FAILED`: a
+/// compensation itself failed every attempt and needs an operator (its command is dead-lettered).
+pub const TERMINAL_STATES: &[&str] = &[
+    "COMPLETED",
+    "REJECTED_OUT_OF_STOCK",
+    "PAYMENT_DECLINED",
+    "CANCELLED_BY_CUSTOMER",
+    "FAILED",
+    "COMPENSATION_FAILED",
+];
 
 /// One order line, priced by the server from the store's menu.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -93,6 +111,29 @@ pub enum PaymentReply {
         order_id: String,
         charged: bool,
     },
+}
+
+/// A command the host dead-lettered after its last attempt (read from `*.commands.dlq`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum DeadCommand {
+    Inventory(InventoryCommand),
+    Payment(PaymentCommand),
+}
+
+impl DeadCommand {
+    pub fn order_id(&self) -> &str {
+        match self {
+            DeadCommand::Inventory(
+                InventoryCommand::Reserve { order_id, .. }
+                | InventoryCommand::Release { order_id }
+                | InventoryCommand::Commit { order_id },
+            )
+            | DeadCommand::Payment(
+                PaymentCommand::Confirm { order_id, .. } | PaymentCommand::Cancel { order_id, .. },
+            ) => order_id,
+        }
+    }
 }
 
 /// Any message the saga reads.

@@ -18,13 +18,7 @@ use spin_sdk::http_service;
 const ORDERS: &str = "orders";
 const MAX_LINES: usize = 50;
 const MAX_QUANTITY: u32 = 99;
-const TERMINAL: &[&str] = &[
-    "COMPLETED",
-    "REJECTED_OUT_OF_STOCK",
-    "PAYMENT_DECLINED",
-    "CANCELLED_BY_CUSTOMER",
-    "FAILED",
-];
+use commerce::saga::TERMINAL_STATES as TERMINAL;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -179,6 +173,8 @@ async fn create(identity: Identity, body: NewOrder) -> ApiResult<http::Response<
         "lines": lines, "amount": amount, "payment_key": body.payment_key,
         "state": "PENDING", "reason": null, "cancel_requested": false,
         "created_at_ms": now, "updated_at_ms": now,
+        // The saga's sweeper starts the saga itself if OrderCreated has not arrived by then.
+        "deadline_at_ms": now + saga::PENDING_TIMEOUT_MS, "step_retries": 0,
     });
     let event = OrderEvent::OrderCreated {
         order_id: order_id.clone(),

@@ -1,7 +1,6 @@
-//! The order saga's orchestrator (a `[[trigger.kafka]]` on `orders.events`, `inventory.replies`
-//! and `payment.replies`). Each order document is the saga's state; every message is handled in
-//! one transaction: the inbox mark, the state change, and the next commands (outbox). A message
-//! that does not fit the order's state (a redelivery, a late reply) changes nothing.
+//! The order saga's orchestrator. Each order document is the saga's state; every message is
+//! handled in one transaction: the inbox mark, the state change, and the next commands (outbox).
+//! A message that does not fit the order's state (a redelivery, a late reply) changes nothing.
 //!
 //! ```text
 //! PENDING --OrderCreated--> RESERVING --Reserved--> PAYING --Confirmed--> COMMITTING --Committed--> COMPLETED
@@ -10,17 +9,30 @@
 //! cancel: RESERVING/PAYING/COMMITTING are flagged and turn at their next reply;
 //!         COMPLETED --CancelRequested--> CANCELLING (refund + restock) --both done--> CANCELLED_BY_CUSTOMER
 //! ```
+//!
+//! Two triggers call it. `[[trigger.kafka]]` brings the order events, the replies, and the
+//! commands the host dead-lettered after their last attempt (`*.commands.dlq`): a forward step
+//! that failed is compensated (the order ends `FAILED`), a compensation that failed ends the order
+//! `COMPENSATION_FAILED`. `[[trigger.cron]]` runs the step deadlines ([`deadlines`]): a step
+//! without an answer in time is sent again, then given up the same way.
 
-wit_bindgen::generate!({
-    path: "../../wit",
-    world: "moa:host/event-handler",
-    generate_all,
-});
+mod deadlines;
 
+mod bindings {
+    wit_bindgen::generate!({
+        path: "../../wit",
+        world: "moa:host/event-and-cron-handler",
+        generate_all,
+    });
+}
+
+use bindings::exports::moa::messaging::handler::{Delivery, Guest as MessageHandler};
+use bindings::fermyon::spin_cron::cron_types::{Error as CronError, Metadata};
+use bindings::{Guest as CronHandler, fermyon};
 use commerce::saga::{
-    self, InventoryCommand, InventoryReply, OrderEvent, PaymentCommand, PaymentReply, SagaInput,
+    self, DeadCommand, InventoryCommand, InventoryReply, OrderEvent, PaymentCommand, PaymentReply,
+    SagaInput,
 };
-use exports::moa::messaging::handler::{Delivery, Guest};
 use moa_sdk::documents::{self, Error, Ops, Store, Transaction};
 use serde_json::{Value, json};
 
@@ -28,7 +40,7 @@ const ORDERS: &str = "orders";
 
 struct Saga;
 
-impl Guest for Saga {
+impl MessageHandler for Saga {
     fn handle(delivery: Delivery) -> Result<(), String> {
         let id = documents::message_id(
             delivery
@@ -38,23 +50,86 @@ impl Guest for Saga {
                 .map(|h| (h.name.as_str(), h.value.as_slice())),
             &delivery.id,
         );
-        let input: SagaInput = serde_json::from_slice(&delivery.message.payload)
-            .map_err(|e| format!("not a saga message on {}: {e}", delivery.message.topic))?;
+        let topic = delivery.message.topic.as_str();
+        let payload = &delivery.message.payload;
+        let input = if topic == saga::INVENTORY_COMMANDS_DLQ || topic == saga::PAYMENT_COMMANDS_DLQ
+        {
+            let command: DeadCommand = serde_json::from_slice(payload)
+                .map_err(|e| format!("not a saga command on {topic}: {e}"))?;
+            let error = delivery
+                .message
+                .headers
+                .iter()
+                .find(|h| h.name == "moa-error")
+                .map(|h| String::from_utf8_lossy(&h.value).into_owned())
+                .unwrap_or_default();
+            Input::Dead(command, error)
+        } else {
+            Input::Message(
+                serde_json::from_slice(payload)
+                    .map_err(|e| format!("not a saga message on {topic}: {e}"))?,
+            )
+        };
         let store = Store::open("default").map_err(|e| format!("{e:?}"))?;
+        let settings = Settings::from_variables();
         store
             .transaction(|tx| {
                 if !tx.first_time("saga", &id)? {
                     return Ok(());
                 }
-                step(tx, &input)
+                match &input {
+                    Input::Message(message) => step(tx, message, &settings),
+                    Input::Dead(command, error) => dead_letter(tx, command, error, &settings),
+                }
             })
             .map_err(|e| format!("{e:?}"))
     }
 }
 
-export!(Saga);
+impl CronHandler for Saga {
+    fn handle_cron_event(metadata: Metadata) -> Result<(), CronError> {
+        deadlines::sweep(metadata.timestamp, &Settings::from_variables()).map_err(CronError::Other)
+    }
+}
 
-fn now_ms() -> u64 {
+bindings::export!(Saga with_types_in bindings);
+
+enum Input {
+    Message(SagaInput),
+    /// A command dead-lettered by the host, with its last error (`moa-error`).
+    Dead(DeadCommand, String),
+}
+
+/// The saga's deadlines, from variables (`saga_step_timeout_ms`, `saga_step_retries`).
+pub struct Settings {
+    /// How long a step may wait for its answer before it is sent again; doubles each time.
+    pub step_timeout_ms: u64,
+    /// How often a step is sent again before it is given up.
+    pub step_retries: u32,
+}
+
+impl Settings {
+    fn from_variables() -> Settings {
+        let number = |name: &str| {
+            fermyon::spin::variables::get(name)
+                .ok()
+                .and_then(|v| v.trim().parse::<u64>().ok())
+        };
+        Settings {
+            step_timeout_ms: number("saga_step_timeout_ms").unwrap_or(30_000).max(100),
+            step_retries: number("saga_step_retries")
+                .map(|n| n.min(20) as u32)
+                .unwrap_or(5),
+        }
+    }
+
+    /// When a step entered now (or sent again for the `retries`-th time) is due.
+    pub fn deadline(&self, now: u64, retries: u32) -> u64 {
+        now + self.step_timeout_ms.saturating_mul(1 << retries.min(10))
+    }
+}
+
+pub fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
@@ -79,14 +154,14 @@ fn order_id(input: &SagaInput) -> &str {
 }
 
 /// What one message does to its order.
-struct Change {
+pub struct Change {
     set: serde_json::Map<String, Value>,
     inventory: Option<InventoryCommand>,
     payment: Option<PaymentCommand>,
 }
 
 impl Change {
-    fn to(state: &str) -> Change {
+    pub fn to(state: &str) -> Change {
         let mut set = serde_json::Map::new();
         set.insert("state".into(), json!(state));
         Change {
@@ -96,13 +171,139 @@ impl Change {
         }
     }
 
-    fn with(mut self, field: &str, value: Value) -> Change {
+    pub fn with(mut self, field: &str, value: Value) -> Change {
         self.set.insert(field.into(), value);
         self
     }
+
+    /// Writes the change (with the state's deadline) and publishes its commands.
+    pub fn apply(
+        mut self,
+        tx: &Transaction,
+        id: &str,
+        settings: &Settings,
+        retries: u32,
+    ) -> Result<(), Error> {
+        let now = now_ms();
+        let state = self.set["state"].as_str().unwrap_or_default();
+        let deadline = if saga::TERMINAL_STATES.contains(&state) {
+            Value::Null
+        } else {
+            json!(settings.deadline(now, retries))
+        };
+        self.set.insert("deadline_at_ms".into(), deadline);
+        self.set.insert("step_retries".into(), json!(retries));
+        self.set.insert("updated_at_ms".into(), json!(now));
+        tx.update_one(ORDERS, json!({ "_id": id }), json!({ "$set": self.set }))?;
+        if let Some(command) = self.inventory {
+            tx.publish(saga::message(saga::INVENTORY_COMMANDS, id, &command))?;
+        }
+        if let Some(command) = self.payment {
+            tx.publish(saga::message(saga::PAYMENT_COMMANDS, id, &command))?;
+        }
+        Ok(())
+    }
 }
 
-fn step(tx: &Transaction, input: &SagaInput) -> Result<(), Error> {
+/// The commands of an order's saga, built from its document.
+pub struct Commands<'a> {
+    pub order: &'a Value,
+    pub id: String,
+}
+
+impl<'a> Commands<'a> {
+    pub fn of(order: &'a Value) -> Commands<'a> {
+        Commands {
+            order,
+            id: order["_id"].as_str().unwrap_or_default().to_string(),
+        }
+    }
+
+    fn payment_key(&self) -> String {
+        self.order["payment_key"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    }
+
+    pub fn reserve(&self) -> InventoryCommand {
+        InventoryCommand::Reserve {
+            order_id: self.id.clone(),
+            store_id: self.order["store_id"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
+            lines: serde_json::from_value(self.order["lines"].clone()).unwrap_or_default(),
+        }
+    }
+
+    pub fn release(&self) -> InventoryCommand {
+        InventoryCommand::Release {
+            order_id: self.id.clone(),
+        }
+    }
+
+    pub fn commit(&self) -> InventoryCommand {
+        InventoryCommand::Commit {
+            order_id: self.id.clone(),
+        }
+    }
+
+    pub fn confirm(&self) -> PaymentCommand {
+        PaymentCommand::Confirm {
+            order_id: self.id.clone(),
+            payment_key: self.payment_key(),
+            amount: self.order["amount"].as_i64().unwrap_or(0),
+        }
+    }
+
+    pub fn refund(&self, reason: &str) -> PaymentCommand {
+        PaymentCommand::Cancel {
+            order_id: self.id.clone(),
+            payment_key: self.payment_key(),
+            reason: reason.to_string(),
+        }
+    }
+
+    /// Refund what may have been charged and put the stock back, then end in `then`.
+    pub fn compensate(&self, then: &str, reason: &str) -> Change {
+        let mut change = Change::to("CANCELLING")
+            .with("then", json!(then))
+            .with("reason", json!(reason))
+            .with("refund_done", json!(false))
+            .with("restock_done", json!(false));
+        change.payment = Some(self.refund(reason));
+        change.inventory = Some(self.release());
+        change
+    }
+
+    /// Put the reserved stock back (nothing was charged), then end in `then`.
+    pub fn release_then(&self, then: &str, reason: &str) -> Change {
+        let mut change = Change::to("RELEASING")
+            .with("then", json!(then))
+            .with("reason", json!(reason));
+        change.inventory = Some(self.release());
+        change
+    }
+
+    /// The commands the order's current step waits on, to send again after its deadline.
+    pub fn pending(&self) -> (Option<InventoryCommand>, Option<PaymentCommand>) {
+        match self.order["state"].as_str().unwrap_or_default() {
+            "PENDING" | "RESERVING" => (Some(self.reserve()), None),
+            "PAYING" => (None, Some(self.confirm())),
+            "COMMITTING" => (Some(self.commit()), None),
+            "RELEASING" => (Some(self.release()), None),
+            "CANCELLING" => (
+                (self.order["restock_done"] != true).then(|| self.release()),
+                (self.order["refund_done"] != true)
+                    .then(|| self.refund(self.order["reason"].as_str().unwrap_or("compensation"))),
+            ),
+            _ => (None, None),
+        }
+    }
+}
+
+fn step(tx: &Transaction, input: &SagaInput, settings: &Settings) -> Result<(), Error> {
     let id = order_id(input).to_string();
     let Some(order) = tx.find_one::<Value>(ORDERS, json!({ "_id": id }))? else {
         // A reply for an order this store does not have: nothing to move.
@@ -110,56 +311,24 @@ fn step(tx: &Transaction, input: &SagaInput) -> Result<(), Error> {
     };
     let state = order["state"].as_str().unwrap_or_default();
     let cancel_requested = order["cancel_requested"] == true;
-    let payment_key = order["payment_key"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string();
-    let release = || InventoryCommand::Release {
-        order_id: id.clone(),
-    };
-    let refund = |reason: &str| PaymentCommand::Cancel {
-        order_id: id.clone(),
-        payment_key: payment_key.clone(),
-        reason: reason.to_string(),
-    };
-    let cancelling = || {
-        let mut change = Change::to("CANCELLING")
-            .with("refund_done", json!(false))
-            .with("restock_done", json!(false));
-        change.payment = Some(refund("cancelled by the customer"));
-        change.inventory = Some(release());
-        change
-    };
+    let commands = Commands::of(&order);
     let change = match (input, state) {
-        (
-            SagaInput::Order(OrderEvent::OrderCreated {
-                store_id, lines, ..
-            }),
-            "PENDING",
-        ) => {
+        (SagaInput::Order(OrderEvent::OrderCreated { .. }), "PENDING") => {
             let mut change = Change::to("RESERVING");
-            change.inventory = Some(InventoryCommand::Reserve {
-                order_id: id.clone(),
-                store_id: store_id.clone(),
-                lines: lines.clone(),
-            });
+            change.inventory = Some(commands.reserve());
             change
         }
-        (SagaInput::Order(OrderEvent::CancelRequested { .. }), "COMPLETED") => cancelling(),
+        (SagaInput::Order(OrderEvent::CancelRequested { .. }), "COMPLETED") => {
+            commands.compensate("CANCELLED_BY_CUSTOMER", "cancelled by the customer")
+        }
         (SagaInput::Inventory(InventoryReply::Reserved { .. }), "RESERVING")
             if cancel_requested =>
         {
-            let mut change = Change::to("RELEASING").with("reason", json!("CANCELLED_BY_CUSTOMER"));
-            change.inventory = Some(release());
-            change
+            commands.release_then("CANCELLED_BY_CUSTOMER", "CANCELLED_BY_CUSTOMER")
         }
         (SagaInput::Inventory(InventoryReply::Reserved { .. }), "RESERVING") => {
             let mut change = Change::to("PAYING");
-            change.payment = Some(PaymentCommand::Confirm {
-                order_id: id.clone(),
-                payment_key: payment_key.clone(),
-                amount: order["amount"].as_i64().unwrap_or(0),
-            });
+            change.payment = Some(commands.confirm());
             change
         }
         (SagaInput::Inventory(InventoryReply::Rejected { reason, .. }), "RESERVING") => {
@@ -171,47 +340,38 @@ fn step(tx: &Transaction, input: &SagaInput) -> Result<(), Error> {
             Change::to(final_state).with("reason", json!(reason))
         }
         (SagaInput::Payment(PaymentReply::Confirmed { .. }), "PAYING") if cancel_requested => {
-            cancelling()
+            commands.compensate("CANCELLED_BY_CUSTOMER", "cancelled by the customer")
         }
         (SagaInput::Payment(PaymentReply::Confirmed { .. }), "PAYING") => {
             let mut change = Change::to("COMMITTING");
-            change.inventory = Some(InventoryCommand::Commit {
-                order_id: id.clone(),
-            });
+            change.inventory = Some(commands.commit());
             change
         }
-        (SagaInput::Payment(PaymentReply::Declined { code, message, .. }), "PAYING") => {
-            let mut change = Change::to("RELEASING")
-                .with("reason", json!("PAYMENT_DECLINED"))
-                .with("payment_error", json!({ "code": code, "message": message }));
-            change.inventory = Some(release());
-            change
-        }
+        (SagaInput::Payment(PaymentReply::Declined { code, message, .. }), "PAYING") => commands
+            .release_then("PAYMENT_DECLINED", "PAYMENT_DECLINED")
+            .with("payment_error", json!({ "code": code, "message": message })),
         (SagaInput::Inventory(InventoryReply::Committed { .. }), "COMMITTING")
             if cancel_requested =>
         {
-            cancelling()
+            commands.compensate("CANCELLED_BY_CUSTOMER", "cancelled by the customer")
         }
         (SagaInput::Inventory(InventoryReply::Committed { .. }), "COMMITTING") => {
             Change::to("COMPLETED")
         }
         (SagaInput::Inventory(InventoryReply::Released { .. }), "RELEASING") => {
-            let final_state = order["reason"]
-                .as_str()
-                .unwrap_or("PAYMENT_DECLINED")
-                .to_string();
-            Change::to(&final_state)
+            Change::to(then_state(&order, "PAYMENT_DECLINED"))
         }
         (SagaInput::Inventory(InventoryReply::Released { .. }), "CANCELLING") => {
             if order["refund_done"] == true {
-                Change::to("CANCELLED_BY_CUSTOMER").with("restock_done", json!(true))
+                Change::to(then_state(&order, "CANCELLED_BY_CUSTOMER"))
+                    .with("restock_done", json!(true))
             } else {
                 Change::to("CANCELLING").with("restock_done", json!(true))
             }
         }
         (SagaInput::Payment(PaymentReply::Canceled { charged, .. }), "CANCELLING") => {
             let change = if order["restock_done"] == true {
-                Change::to("CANCELLED_BY_CUSTOMER")
+                Change::to(then_state(&order, "CANCELLED_BY_CUSTOMER"))
             } else {
                 Change::to("CANCELLING")
             };
@@ -222,14 +382,78 @@ fn step(tx: &Transaction, input: &SagaInput) -> Result<(), Error> {
         // Anything else is a redelivery or a late message for a state already left: no change.
         _ => return Ok(()),
     };
-    let mut set = change.set;
-    set.insert("updated_at_ms".into(), json!(now_ms()));
-    tx.update_one(ORDERS, json!({ "_id": id }), json!({ "$set": set }))?;
-    if let Some(command) = change.inventory {
-        tx.publish(saga::message(saga::INVENTORY_COMMANDS, &id, &command))?;
+    // A step that moves on gets a fresh deadline; one that stays (half of a compensation done)
+    // keeps its retry count.
+    let retries = if change.set["state"] == state {
+        order["step_retries"].as_u64().unwrap_or(0) as u32
+    } else {
+        0
+    };
+    change.apply(tx, &id, settings, retries)
+}
+
+/// The terminal state a compensation (RELEASING, CANCELLING) ends in.
+fn then_state<'a>(order: &'a Value, default: &'a str) -> &'a str {
+    order["then"]
+        .as_str()
+        .or_else(|| {
+            order["reason"]
+                .as_str()
+                .filter(|r| saga::TERMINAL_STATES.contains(r))
+        })
+        .unwrap_or(default)
+}
+
+/// A command the host gave up on: a forward step is compensated, a compensation is surfaced.
+fn dead_letter(
+    tx: &Transaction,
+    command: &DeadCommand,
+    error: &str,
+    settings: &Settings,
+) -> Result<(), Error> {
+    let id = command.order_id().to_string();
+    let Some(order) = tx.find_one::<Value>(ORDERS, json!({ "_id": id }))? else {
+        return Ok(());
+    };
+    let state = order["state"].as_str().unwrap_or_default();
+    let commands = Commands::of(&order);
+    let change = match (command, state) {
+        (DeadCommand::Inventory(InventoryCommand::Reserve { .. }), "RESERVING") => {
+            commands.release_then("FAILED", "RESERVATION_FAILED")
+        }
+        (DeadCommand::Payment(PaymentCommand::Confirm { .. }), "PAYING") => {
+            commands.compensate("FAILED", "PAYMENT_FAILED")
+        }
+        (DeadCommand::Inventory(InventoryCommand::Commit { .. }), "COMMITTING") => {
+            commands.compensate("FAILED", "COMMIT_FAILED")
+        }
+        (DeadCommand::Inventory(InventoryCommand::Release { .. }), "RELEASING" | "CANCELLING")
+        | (DeadCommand::Payment(PaymentCommand::Cancel { .. }), "CANCELLING") => {
+            compensation_failed(&order, command_name(command), error)
+        }
+        // A dead command for a step the order has left (a later copy got through): nothing.
+        _ => return Ok(()),
+    };
+    change
+        .with("last_error", json!(error))
+        .apply(tx, &id, settings, 0)
+}
+
+fn command_name(command: &DeadCommand) -> &'static str {
+    match command {
+        DeadCommand::Inventory(InventoryCommand::Reserve { .. }) => "reserve",
+        DeadCommand::Inventory(InventoryCommand::Release { .. }) => "release",
+        DeadCommand::Inventory(InventoryCommand::Commit { .. }) => "commit",
+        DeadCommand::Payment(PaymentCommand::Confirm { .. }) => "confirm",
+        DeadCommand::Payment(PaymentCommand::Cancel { .. }) => "refund",
     }
-    if let Some(command) = change.payment {
-        tx.publish(saga::message(saga::PAYMENT_COMMANDS, &id, &command))?;
-    }
-    Ok(())
+}
+
+/// The order's compensation could not finish: it ends `COMPENSATION_FAILED` for an operator,
+/// keeping what it was compensating for.
+pub fn compensation_failed(order: &Value, step: &str, error: &str) -> Change {
+    Change::to("COMPENSATION_FAILED")
+        .with("failed_step", json!(step))
+        .with("failed_from", order["reason"].clone())
+        .with("reason", json!(format!("{step} failed: {error}")))
 }

@@ -13,16 +13,10 @@ use std::path::{Path, PathBuf};
 
 /// Trigger types the manifest format knows of that this version of moa cannot run yet,
 /// with the reason shown to the user.
-pub const UNSUPPORTED_TRIGGERS: &[(&str, &str)] = &[
-    (
-        "redis",
-        "Redis pub/sub triggers are not supported by moa (messages are lost while no one listens); use [[trigger.redis-stream]]",
-    ),
-    (
-        "cron",
-        "cron triggers are not supported by moa yet; remove the [[trigger.cron]] entries",
-    ),
-];
+pub const UNSUPPORTED_TRIGGERS: &[(&str, &str)] = &[(
+    "redis",
+    "Redis pub/sub triggers are not supported by moa (messages are lost while no one listens); use [[trigger.redis-stream]]",
+)];
 
 /// A manifest file read from disk, with the directory its relative paths resolve against.
 #[derive(Debug, Clone)]

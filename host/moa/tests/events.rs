@@ -661,3 +661,24 @@ source = "{relay}"
         "{err}"
     );
 }
+
+#[test]
+fn a_cron_trigger_on_a_component_without_the_cron_export_is_refused() {
+    let app = AppDir::new(
+        r#"
+spin_manifest_version = 2
+[application]
+name = "shop"
+[[trigger.cron]]
+component = "front"
+cron_expression = "*/10 * * * * *"
+[component.front]
+source = "{probe}"
+"#,
+    );
+    let err = Moa::try_start(&app, Options::default()).err().unwrap();
+    assert!(
+        err.contains("does not export handle-cron-event (fermyon:spin-cron@2.0.0)"),
+        "{err}"
+    );
+}

@@ -11,17 +11,6 @@ use reqwest::Method;
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
 
-const RULES: &str = r#"[
-  {"method": "GET", "path": "/stores/...", "public": true},
-  {"method": "GET", "path": "/stores", "public": true},
-  {"method": "POST", "path": "/stores", "groups": ["OWNER", "ADMIN"]},
-  {"method": "PUT", "path": "/stores/:id/menu", "groups": ["OWNER", "ADMIN"]},
-  {"method": ["GET", "PUT"], "path": "/inventory/...", "groups": ["OWNER", "ADMIN"]},
-  {"method": ["GET", "POST"], "path": "/orders/...", "groups": ["CUSTOMER", "ADMIN"]},
-  {"method": ["GET", "POST"], "path": "/orders", "groups": ["CUSTOMER", "ADMIN"]},
-  {"method": "GET", "path": "/payments/...", "groups": ["CUSTOMER", "ADMIN"]}
-]"#;
-
 /// The Toss emulator, in this process on its own runtime.
 struct Toss {
     url: String,
@@ -66,107 +55,67 @@ struct Shop {
 
 /// The shop on the embedded defaults.
 fn shop() -> Shop {
-    shop_on(None)
+    shop_with(Setup::default())
 }
 
-/// The shop; `runtime_config` points its capabilities at real servers.
-fn shop_on(runtime_config: Option<String>) -> Shop {
+/// How a test's shop differs from the reference app.
+#[derive(Default)]
+struct Setup {
+    /// Points the capabilities at real servers.
+    runtime_config: Option<String>,
+    /// `(from, to)` text replacements in the reference spin.toml.
+    edits: Vec<(&'static str, String)>,
+    /// More `MOA_VARIABLE_*` settings.
+    variables: Vec<(&'static str, String)>,
+    /// Where the payment component finds Toss (default: the emulator).
+    toss_url: Option<String>,
+}
+
+/// The reference app (the repository's spin.toml) with its built components, trusting a test
+/// issuer and paying through a Toss emulator that answers `late` confirms after 2.5 s (the
+/// payment component gives up on a call after 1 s).
+fn shop_with(setup: Setup) -> Shop {
     let issuer = Issuer::start();
     let toss = Toss::start(2500);
-    let port = |url: &str| url.rsplit(':').next().unwrap().to_string();
-    let manifest = format!(
-        r#"
-spin_manifest_version = 2
-[application]
-name = "shop"
-[variables]
-{variables}toss_base_url = {{ default = "{toss}" }}
-toss_secret_key = {{ default = "test_sk_moa", secret = true }}
-
-[[trigger.http]]
-route = "/stores/..."
-component = "store"
-dependencies.middleware = [{{ component = "auth" }}]
-[[trigger.http]]
-route = "/stores"
-component = "store"
-dependencies.middleware = [{{ component = "auth" }}]
-[[trigger.http]]
-route = "/inventory/..."
-component = "inventory"
-dependencies.middleware = [{{ component = "auth" }}]
-[[trigger.http]]
-route = "/orders/..."
-component = "order"
-dependencies.middleware = [{{ component = "auth" }}]
-[[trigger.http]]
-route = "/orders"
-component = "order"
-dependencies.middleware = [{{ component = "auth" }}]
-[[trigger.http]]
-route = "/payments/..."
-component = "payment"
-dependencies.middleware = [{{ component = "auth" }}]
-
-[[trigger.kafka]]
-component = "saga"
-topics = ["orders.events", "inventory.replies", "payment.replies"]
-group = "saga"
-retry_backoff_ms = 50
-[[trigger.kafka]]
-component = "inventory"
-topics = ["inventory.commands"]
-group = "inventory"
-retry_backoff_ms = 50
-[[trigger.kafka]]
-component = "payment"
-topics = ["payment.commands"]
-group = "payment"
-max_attempts = 30
-retry_backoff_ms = 200
-
-{auth}
-[component.store]
-source = "{{store}}"
-document_stores = ["default"]
-[component.inventory]
-source = "{{inventory}}"
-document_stores = ["default"]
-allowed_publish_topics = ["inventory.replies"]
-allowed_outbound_hosts = ["http://store.spin.internal"]
-[component.order]
-source = "{{order}}"
-document_stores = ["default"]
-allowed_publish_topics = ["orders.events"]
-allowed_outbound_hosts = ["http://store.spin.internal"]
-[[component.order.document_indexes]]
-collection = "orders"
-keys = ["payment_key"]
-unique = true
-[component.payment]
-source = "{{payment}}"
-document_stores = ["default"]
-allowed_publish_topics = ["payment.replies"]
-allowed_outbound_hosts = ["http://127.0.0.1:{toss_port}"]
-[component.payment.variables]
-toss_base_url = "{{{{ toss_base_url }}}}"
-toss_secret_key = "{{{{ toss_secret_key }}}}"
-toss_timeout_ms = "1000"
-[component.saga]
-source = "{{saga}}"
-document_stores = ["default"]
-allowed_publish_topics = ["inventory.commands", "payment.commands"]
-"#,
-        variables = issuer.auth_variables(RULES),
-        auth = issuer.auth_component(""),
-        toss = toss.url,
-        toss_port = port(&toss.url),
+    let reference =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../spin.toml"))
+            .expect("the reference spin.toml");
+    let mut manifest = reference.replace(
+        "source = \"components/target/wasm32-wasip2/release/",
+        &format!(
+            "source = \"{}/",
+            common::components_dir().canonicalize().unwrap().display()
+        ),
     );
+    for (from, to) in &setup.edits {
+        assert!(
+            manifest.contains(from),
+            "the reference spin.toml has no `{from}`"
+        );
+        manifest = manifest.replace(from, to);
+    }
     let app = AppDir::new(&manifest);
-    let options = match runtime_config {
+    let mut options = match setup.runtime_config {
         Some(text) => Options::runtime_config(&app.write("runtime-config.toml", &text)),
         None => Options::default(),
     };
+    let toss_url = setup.toss_url.unwrap_or_else(|| toss.url.clone());
+    let mut variables = vec![
+        ("AUTH_ISSUER", issuer.url.clone()),
+        ("AUTH_JWKS_ORIGIN", issuer.url.clone()),
+        (
+            "AUTH_CLIENT_IDS",
+            format!("other-client, {}", common::issuer::CLIENT),
+        ),
+        ("TOSS_BASE_URL", toss_url),
+        ("TOSS_SECRET_KEY", "test_sk_moa".to_string()),
+        ("TOSS_TIMEOUT_MS", "1000".to_string()),
+    ];
+    variables.extend(setup.variables);
+    options.env = variables
+        .into_iter()
+        .map(|(name, value)| (format!("MOA_VARIABLE_{name}"), value))
+        .collect();
     let moa = Moa::start(&app, options);
     Shop {
         issuer,
@@ -581,7 +530,10 @@ fn the_saga_runs_on_kafka_and_mongodb() {
         kafka.bootstrap,
         mongo.store_config("default", "shop")
     );
-    let shop = shop_on(Some(config));
+    let shop = shop_with(Setup {
+        runtime_config: Some(config),
+        ..Default::default()
+    });
     let (store, owner) = shop.store();
     let customer = shop.issuer.token_for("customer-park", &["CUSTOMER"]);
     let paid = shop.order(
@@ -646,4 +598,87 @@ fn the_saga_runs_on_kafka_and_mongodb() {
         [stock("kimbap", 3, 0, 2), stock("ramyeon", 1, 0, 0)]
     );
     assert_eq!(shop.toss.ledger(), ledger, "no new charge or refund");
+}
+
+#[test]
+fn a_confirm_dead_lettered_after_its_last_attempt_is_compensated() {
+    // One attempt per payment command: a confirm whose outcome is unknown (Toss answers 500) is
+    // dead-lettered at once, and the saga reads the dead letter.
+    let shop = shop_with(Setup {
+        edits: vec![("max_attempts = 12", "max_attempts = 1".to_string())],
+        ..Default::default()
+    });
+    let (store, owner) = shop.store();
+    let customer = shop.issuer.token_for("customer-park", &["CUSTOMER"]);
+    let id = shop.order(
+        &customer,
+        &store,
+        json!([{ "item_id": "kimbap", "quantity": 2 }]),
+        "pk-error500-1",
+    );
+    let order = shop.wait_for(&customer, &id, "FAILED");
+    assert_eq!(order["reason"], "PAYMENT_FAILED", "{order}");
+    assert_eq!(
+        shop.stock(&owner, &store),
+        [stock("kimbap", 5, 0, 0), stock("ramyeon", 1, 0, 0)],
+        "the reservation is released"
+    );
+    let ledger = shop.toss.ledger();
+    assert_eq!(ledger["net"], 0, "nothing stays charged: {ledger}");
+    assert!(
+        common::metric(
+            &shop.moa,
+            "moa_events_total",
+            "topic=\"payment.commands\",outcome=\"dead_letter\""
+        ) >= 1.0,
+        "the dead letter is counted"
+    );
+}
+
+#[test]
+fn a_step_without_an_answer_is_sent_again_then_given_up_and_the_order_ends() {
+    // Nobody consumes the inventory's commands, so no reservation ever answers. With 300 ms step
+    // deadlines, two resends and the sweeper every second, the order must still end.
+    let shop = shop_with(Setup {
+        edits: vec![
+            (
+                "topics = [\"inventory.commands\"]",
+                "topics = [\"inventory.commands.paused\"]".to_string(),
+            ),
+            (
+                "cron_expression = \"*/5 * * * * *\"",
+                "cron_expression = \"* * * * * *\"".to_string(),
+            ),
+        ],
+        variables: vec![
+            ("SAGA_STEP_TIMEOUT_MS", "300".to_string()),
+            ("SAGA_STEP_RETRIES", "2".to_string()),
+        ],
+        ..Default::default()
+    });
+    let (store, owner) = shop.store();
+    let customer = shop.issuer.token_for("customer-park", &["CUSTOMER"]);
+    let id = shop.order(
+        &customer,
+        &store,
+        json!([{ "item_id": "kimbap", "quantity": 1 }]),
+        "pk-ok-stuck",
+    );
+    // RESERVING: sent 3 times, given up; RELEASING: sent 3 times, given up.
+    let order = shop.wait_for(&customer, &id, "COMPENSATION_FAILED");
+    let reason = order["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.starts_with("release failed: no answer to the releasing step after 3 sends"),
+        "{order}"
+    );
+    assert_eq!(
+        shop.stock(&owner, &store),
+        [stock("kimbap", 5, 0, 0), stock("ramyeon", 1, 0, 0)],
+        "nothing was ever reserved"
+    );
+    assert_eq!(shop.toss.ledger()["net"], 0, "Toss never heard of it");
+    assert!(
+        common::metric(&shop.moa, "moa_cron_runs_total", "outcome=\"ok\"") >= 4.0,
+        "the sweeper ran on its schedule"
+    );
 }

@@ -22,6 +22,12 @@ struct EventLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CronLabels {
+    component: String,
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReasonLabels {
     reason: &'static str,
 }
@@ -68,6 +74,8 @@ pub struct Metrics {
     trigger_failures: Family<TriggerLabels, Counter>,
     event_pool_waits: Family<ComponentLabels, Counter>,
     event_commits: Family<TriggerLabels, Counter>,
+    cron_runs: Family<CronLabels, Counter>,
+    cron_duration: Family<ComponentLabels, Histogram, fn() -> Histogram>,
 }
 
 impl Default for Metrics {
@@ -178,8 +186,25 @@ impl Metrics {
             "Messages committed after handling or dead-lettering (Kafka offset stored, XACK, embedded log offset)",
             event_commits.clone(),
         );
+        let cron_runs = Family::<CronLabels, Counter>::default();
+        registry.register(
+            "cron_runs",
+            "Scheduled [[trigger.cron]] runs by component and outcome (ok, error, trap, deadline)",
+            cron_runs.clone(),
+        );
+        let cron_duration =
+            Family::<ComponentLabels, Histogram, fn() -> Histogram>::new_with_constructor(
+                latency_histogram as fn() -> Histogram,
+            );
+        registry.register(
+            "cron_run_duration_seconds",
+            "Time to instantiate a component and run its handle-cron-event",
+            cron_duration.clone(),
+        );
         Metrics {
             registry,
+            cron_runs,
+            cron_duration,
             event_commits,
             guest_output_dropped,
             http_rejected,
@@ -216,6 +241,19 @@ impl Metrics {
             })
             .inc();
         self.event_duration
+            .get_or_create(&Self::labels(component))
+            .observe(elapsed.as_secs_f64());
+    }
+
+    /// One scheduled run finished: `outcome` is `ok`, `error`, `trap` or `deadline`.
+    pub fn cron_run(&self, component: &str, outcome: &'static str, elapsed: Duration) {
+        self.cron_runs
+            .get_or_create(&CronLabels {
+                component: component.to_string(),
+                outcome,
+            })
+            .inc();
+        self.cron_duration
             .get_or_create(&Self::labels(component))
             .observe(elapsed.as_secs_f64());
     }

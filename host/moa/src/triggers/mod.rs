@@ -1,10 +1,11 @@
 //! Triggers turn outside events into component calls, one folder per kind (HTTP requests; Kafka,
-//! Redis Streams and the embedded log into `moa:messaging/handler`), and the registry of kinds.
+//! Redis Streams and the embedded log into `moa:messaging/handler`; cron schedules), and the registry.
 //!
 //! A trigger kind implements [`Trigger`]: it owns its `[[trigger.<kind>]]` section (read and
 //! checked before anything compiles), finds its export in every component it calls once they are
 //! compiled, and runs. [`retry`] is the retry/backoff/dead-letter policy any trigger reuses.
 
+pub mod cron;
 pub mod events;
 pub mod http;
 pub mod retry;
@@ -135,4 +136,5 @@ macro_rules! register_triggers {
 register_triggers! {
     http: http::HttpTrigger,
     events: events::EventTriggers,
+    cron: cron::CronTriggers,
 }

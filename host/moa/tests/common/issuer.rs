@@ -1,13 +1,8 @@
 //! A local token issuer for tests: an RSA key pair made at start, its JWKS served over HTTP at
 //! `/.well-known/jwks.json` (fetches counted), and RS256 tokens with Cognito's claims.
 
-use base64::Engine as _;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use rsa::pkcs1v15::SigningKey;
-use rsa::sha2::Sha256;
-use rsa::signature::{SignatureEncoding as _, Signer as _};
-use rsa::traits::PublicKeyParts as _;
-use rsa::{RsaPrivateKey, RsaPublicKey};
+pub use moa_dev_issuer::{jwk, now};
+use rsa::RsaPrivateKey;
 use serde_json::{Value, json};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -23,19 +18,10 @@ pub struct Issuer {
     pub other: RsaPrivateKey,
 }
 
-pub fn jwk(kid: &str, key: &RsaPublicKey) -> Value {
-    json!({
-        "kid": kid, "kty": "RSA", "alg": "RS256", "use": "sig",
-        "n": URL_SAFE_NO_PAD.encode(key.n().to_bytes_be()),
-        "e": URL_SAFE_NO_PAD.encode(key.e().to_bytes_be()),
-    })
-}
-
 impl Issuer {
     pub fn start() -> Issuer {
-        let mut rng = rand::thread_rng();
-        let key = RsaPrivateKey::new(&mut rng, 2048).expect("RSA key");
-        let other = RsaPrivateKey::new(&mut rng, 2048).expect("RSA key");
+        let key = moa_dev_issuer::new_key().expect("RSA key");
+        let other = moa_dev_issuer::new_key().expect("RSA key");
         let jwks = Arc::new(Mutex::new(
             json!({ "keys": [jwk("k1", &key.to_public_key())] }).to_string(),
         ));
@@ -83,13 +69,7 @@ impl Issuer {
     }
 
     pub fn sign(&self, header: Value, claims: &Value, key: &RsaPrivateKey) -> String {
-        let signed = format!(
-            "{}.{}",
-            URL_SAFE_NO_PAD.encode(header.to_string()),
-            URL_SAFE_NO_PAD.encode(claims.to_string())
-        );
-        let signature = SigningKey::<Sha256>::new(key.clone()).sign(signed.as_bytes());
-        format!("{signed}.{}", URL_SAFE_NO_PAD.encode(signature.to_bytes()))
+        moa_dev_issuer::sign(&header, claims, key)
     }
 
     pub fn token(&self, claims: &Value) -> String {
@@ -99,13 +79,6 @@ impl Issuer {
             &self.key,
         )
     }
-}
-
-pub fn now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
 }
 
 impl Issuer {
