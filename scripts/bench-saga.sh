@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
-# Saga benchmark (not a test), no faults: ORDERS (2000) orders from 16 clients through the reference
-# app's saga on one `moa up` host with Kafka (tansu), MongoDB (SecantusDB) and Redis, end to end
-# from the first order placed to the last order COMPLETED; then, on the same broker in the same
-# run, the raw broker's produce+consume rate (idempotent acks=all producer, group consumer storing
-# offsets, no wasm) for ORDERS x 7 messages (a completed order is 7 saga messages).
+# Saga benchmark (not a test), no faults: ORDERS (2000) orders from 16 clients, spread over 32 menu
+# items, through the reference app's saga on one `moa up` host with Kafka (tansu, 8 partitions per
+# topic) and Redis, end to end from the first order created to the last one COMPLETED (the orders'
+# own timestamps); then, on the same broker in the same run, the raw broker's produce+consume rate
+# (idempotent acks=all producer, group consumer storing offsets, no wasm) for ORDERS x 7 messages
+# (a completed order is 7 saga messages).
+# Two rounds: documents on MongoDB (SecantusDB), then documents embedded (SQLite); each prints its
+# RESULT line with documents=..., the embedded one last.
 #
-# Ends with: RESULT saga-bench orders_s=... raw_msgs_s=... msgs_per_order=7 ratio=...
+# Ends with: RESULT saga-bench orders_s=... raw_msgs_s=... msgs_per_order=7 ratio=... documents=embedded
 #            (ratio = orders_s x msgs_per_order / raw_msgs_s)
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
@@ -24,9 +27,17 @@ PIDS=()
 cleanup() {
   for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
   wait 2>/dev/null || true
-  rm -rf "$WORK"
+  if [ -n "${KEEP_WORK:-}" ]; then log "logs kept in $WORK"; else rm -rf "$WORK"; fi
 }
 trap cleanup EXIT
-start_saga_stack "$WORK"
-BROKER="exec $MOA_TANSU_BIN broker --listener-url tcp://127.0.0.1:$KAFKA_PORT --advertised-listener-url tcp://127.0.0.1:$KAFKA_PORT --storage-engine memory://tansu/"
-run_saga_load bench "$BROKER" --orders "${ORDERS:-2000}" --clients 16 --hosts 1 --kills 0 --broker-restarts 0
+for documents in mongodb embedded; do
+  log "round: documents $documents"
+  export SAGA_DOCUMENTS="$documents"
+  mkdir -p "$WORK/$documents"
+  start_saga_stack "$WORK/$documents"
+  BROKER="exec $MOA_TANSU_BIN broker --listener-url tcp://127.0.0.1:$KAFKA_PORT --advertised-listener-url tcp://127.0.0.1:$KAFKA_PORT --storage-engine memory://tansu/"
+  run_saga_load bench "$BROKER" --orders "${ORDERS:-2000}" --clients 16 --hosts 1 --kills 0 --broker-restarts 0
+  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  PIDS=()
+done

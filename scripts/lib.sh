@@ -142,15 +142,15 @@ type = "kafka"
 brokers = "127.0.0.1:$KAFKA_PORT"
 properties = { "session.timeout.ms" = "6000", "heartbeat.interval.ms" = "500" }
 
-[document_store.default]
-type = "mongodb"
-url = "$MONGO_URL"
-database = "moa"
-
 [key_value_store.default]
 type = "redis"
 url = "redis://127.0.0.1:$REDIS_PORT"
 TOML
+  # SAGA_DOCUMENTS=embedded keeps each host's documents in its own SQLite (one host only).
+  if [ "${SAGA_DOCUMENTS:-mongodb}" = mongodb ]; then
+    printf '\n[document_store.default]\ntype = "mongodb"\nurl = "%s"\ndatabase = "moa"\n' "$MONGO_URL" \
+      >>"$WORK/runtime-config.toml"
+  fi
   export MOA_VARIABLE_AUTH_ISSUER="http://127.0.0.1:$ISSUER_PORT"
   export MOA_VARIABLE_AUTH_JWKS_ORIGIN="http://127.0.0.1:$ISSUER_PORT"
   export MOA_VARIABLE_TOSS_BASE_URL="http://127.0.0.1:$TOSS_PORT"
@@ -160,10 +160,12 @@ TOML
 
 run_saga_load() {
   local mode="$1" broker_cmd="$2"; shift 2
+  local mongo=()
+  if [ "${SAGA_DOCUMENTS:-mongodb}" = mongodb ]; then mongo=(--mongo "$MONGO_URL"); fi
   "$CARGO_TARGET_DIR/release/examples/saga_load" "$mode" \
     --moa "$MOA_BIN" --manifest "$MOA_ROOT/spin.toml" --runtime-config "$WORK/runtime-config.toml" \
     --work "$WORK/run" --broker-cmd "$broker_cmd" --kafka "127.0.0.1:$KAFKA_PORT" \
-    --mongo "$MONGO_URL" --issuer "http://127.0.0.1:$ISSUER_PORT" --toss "http://127.0.0.1:$TOSS_PORT" "$@"
+    "${mongo[@]}" --issuer "http://127.0.0.1:$ISSUER_PORT" --toss "http://127.0.0.1:$TOSS_PORT" "$@"
 }
 
 # schemathesis (PyPI) in its own venv; exports MOA_SCHEMATHESIS.

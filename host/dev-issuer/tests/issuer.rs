@@ -30,7 +30,12 @@ fn start(key_file: &std::path::Path) -> Issuer {
         .unwrap()
         .port();
     let child = Command::new(env!("CARGO_BIN_EXE_dev-issuer"))
-        .args(["--listen", &format!("127.0.0.1:{port}"), "--client-id", "web"])
+        .args([
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--client-id",
+            "web",
+        ])
         .arg("--key-file")
         .arg(key_file)
         .stdout(Stdio::null())
@@ -77,10 +82,15 @@ fn verify(jwks: &Value, token: &str) -> Value {
         .find(|k| k["kid"] == header["kid"])
         .expect("the token's kid is in the JWKS");
     let number = |field: &str| {
-        BigUint::from_bytes_be(&URL_SAFE_NO_PAD.decode(key[field].as_str().unwrap()).unwrap())
+        BigUint::from_bytes_be(
+            &URL_SAFE_NO_PAD
+                .decode(key[field].as_str().unwrap())
+                .unwrap(),
+        )
     };
     let public = RsaPublicKey::new(number("n"), number("e")).unwrap();
-    let signature = Signature::try_from(URL_SAFE_NO_PAD.decode(parts[2]).unwrap().as_slice()).unwrap();
+    let signature =
+        Signature::try_from(URL_SAFE_NO_PAD.decode(parts[2]).unwrap().as_slice()).unwrap();
     VerifyingKey::<Sha256>::new(public)
         .verify(format!("{}.{}", parts[0], parts[1]).as_bytes(), &signature)
         .expect("the signature verifies");
@@ -102,9 +112,15 @@ fn minted_tokens_verify_against_the_jwks_and_survive_a_restart() {
     assert_eq!(claims["client_id"], "web");
     assert_eq!(claims["cognito:groups"], json!(["CUSTOMER"]));
     assert_eq!(claims["exp"], reply["expires_at"]);
-    let (_, id_token) = mint(&issuer, json!({ "sub": "kim", "token_use": "id", "ttl_s": 60 }));
+    let (_, id_token) = mint(
+        &issuer,
+        json!({ "sub": "kim", "token_use": "id", "ttl_s": 60 }),
+    );
     let claims = verify(&jwks, id_token["token"].as_str().unwrap());
-    assert_eq!((claims["aud"].as_str(), claims.get("client_id")), (Some("web"), None));
+    assert_eq!(
+        (claims["aud"].as_str(), claims.get("client_id")),
+        (Some("web"), None)
+    );
 
     // The key is kept: after a restart the old JWKS still verifies new tokens.
     let url = issuer.url.clone();
@@ -123,9 +139,15 @@ fn bad_token_requests_get_400_with_the_reason() {
     for (body, reason) in [
         (json!({ "groups": ["ADMIN"] }), "missing field `sub`"),
         (json!({ "sub": " " }), "`sub` is empty"),
-        (json!({ "sub": "kim", "token_use": "refresh" }), "use `access` or `id`"),
+        (
+            json!({ "sub": "kim", "token_use": "refresh" }),
+            "use `access` or `id`",
+        ),
         (json!({ "sub": "kim", "ttl_s": 0 }), "`ttl_s` must be"),
-        (json!({ "sub": "kim", "admin": true }), "unknown field `admin`"),
+        (
+            json!({ "sub": "kim", "admin": true }),
+            "unknown field `admin`",
+        ),
     ] {
         let (status, reply) = mint(&issuer, body);
         assert_eq!(status, 400, "{reply}");

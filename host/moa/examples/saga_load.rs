@@ -33,6 +33,12 @@ const TERMINAL: &[&str] = &[
 /// Confirmed, Commit, Committed.
 const MSGS_PER_ORDER: usize = 7;
 const STOCKED: i64 = 1_000_000;
+/// Menu items orders are spread over (one hot item would make every reservation conflict).
+const ITEMS: usize = 32;
+
+fn item(i: usize) -> String {
+    format!("item-{:02}", i % ITEMS)
+}
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Mode {
@@ -63,9 +69,11 @@ struct Args {
     /// The broker's bootstrap address.
     #[arg(long)]
     kafka: String,
-    /// MongoDB URL and database the app's `default` document store uses.
+    /// MongoDB URL and database the app's `default` document store uses (chaos: required, to
+    /// check the stores; bench without it: the hosts keep documents embedded, and orders are
+    /// followed through the API).
     #[arg(long)]
-    mongo: String,
+    mongo: Option<String>,
     #[arg(long, default_value = "moa")]
     database: String,
     /// The dev issuer and the Toss emulator.
@@ -87,6 +95,9 @@ struct Args {
     broker_restarts: usize,
     #[arg(long, default_value_t = 7)]
     seed: u64,
+    /// Partitions of the saga's topics, created before the hosts start (as an operator would).
+    #[arg(long, default_value_t = 8)]
+    partitions: i32,
     /// How long to wait for every order to end after the last one was placed.
     #[arg(long, default_value_t = 420)]
     quiet_timeout_s: u64,
@@ -253,6 +264,32 @@ async fn wait_tcp(address: &str) -> Result<()> {
     bail!("nothing listens on {address}")
 }
 
+/// The saga's topics with `partitions` each (a topic that exists is left as it is).
+async fn create_topics(bootstrap: &str, partitions: i32) -> Result<()> {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    let admin: AdminClient<rdkafka::client::DefaultClientContext> = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()?;
+    let names = [
+        "orders.events",
+        "inventory.commands",
+        "inventory.replies",
+        "payment.commands",
+        "payment.replies",
+    ];
+    let topics: Vec<NewTopic> = names
+        .iter()
+        .map(|name| NewTopic::new(name, partitions, TopicReplication::Fixed(1)))
+        .collect();
+    for result in admin.create_topics(&topics, &AdminOptions::new()).await? {
+        match result {
+            Ok(_) | Err((_, rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((topic, code)) => bail!("cannot create topic {topic}: {code}"),
+        }
+    }
+    Ok(())
+}
+
 async fn token(http: &reqwest::Client, issuer: &str, sub: &str, group: &str) -> Result<String> {
     let reply: Value = http
         .post(format!("{issuer}/token"))
@@ -289,7 +326,7 @@ async fn call(
     Ok(serde_json::from_str(&text)?)
 }
 
-/// A store with `kimbap` (stocked plenty) and `sold-out` (none); returns its id.
+/// A store with `ITEMS` items (stocked plenty) and `sold-out` (none); returns its id.
 async fn seed(http: &reqwest::Client, app: &str, owner: &str) -> Result<String> {
     let store = call(
         http,
@@ -305,13 +342,16 @@ async fn seed(http: &reqwest::Client, app: &str, owner: &str) -> Result<String> 
         reqwest::Method::PUT,
         &format!("{app}/stores/{id}/menu"),
         owner,
-        json!({ "items": [
-            { "id": "kimbap", "name": "김밥", "price": 3500 },
-            { "id": "sold-out", "name": "품절 메뉴", "price": 9000 }
-        ]}),
+        json!({ "items": (0..ITEMS)
+            .map(|i| json!({ "id": item(i), "name": format!("김밥 {i}"), "price": 3000 + 100 * i as i64 }))
+            .chain([json!({ "id": "sold-out", "name": "품절 메뉴", "price": 9000 })])
+            .collect::<Vec<_>>() }),
     )
     .await?;
-    for (item, quantity) in [("kimbap", STOCKED), ("sold-out", 0)] {
+    let stock = (0..ITEMS)
+        .map(|i| (item(i), STOCKED))
+        .chain([("sold-out".to_string(), 0)]);
+    for (item, quantity) in stock {
         call(
             http,
             reqwest::Method::PUT,
@@ -325,7 +365,8 @@ async fn seed(http: &reqwest::Client, app: &str, owner: &str) -> Result<String> 
 }
 
 /// Places order `i`, on another host after a connection error or a 5xx, with the same payment key
-/// (a 409 `payment_key_used` then says an earlier try got through). `Some(key)`: accepted.
+/// (a 409 `payment_key_used` then says an earlier try got through). `Some((key, id))`: accepted
+/// (`id` is unknown when only the 409 said so).
 async fn place(
     http: &reqwest::Client,
     processes: &Processes,
@@ -334,10 +375,10 @@ async fn place(
     run: u64,
     i: usize,
     mode: Mode,
-) -> Option<String> {
+) -> Option<(String, Option<String>)> {
     let kind = Kind::of(i, mode);
     let key = format!("pk-{}-{run}-{i}", kind.tag());
-    let mut items = vec![json!({ "item_id": "kimbap", "quantity": 1 })];
+    let mut items = vec![json!({ "item_id": item(i), "quantity": 1 })];
     if kind == Kind::Short {
         items.push(json!({ "item_id": "sold-out", "quantity": 1 }));
     }
@@ -352,11 +393,14 @@ async fn place(
             .send()
             .await;
         match reply {
-            Ok(reply) if reply.status().as_u16() == 202 => return Some(key),
+            Ok(reply) if reply.status().as_u16() == 202 => {
+                let order: Value = reply.json().await.unwrap_or_default();
+                return Some((key, order["id"].as_str().map(str::to_string)));
+            }
             Ok(reply) if reply.status().as_u16() == 409 => {
                 let text = reply.text().await.unwrap_or_default();
                 if text.contains("payment_key_used") {
-                    return Some(key);
+                    return Some((key, None));
                 }
                 eprintln!("order {i}: 409 {text}");
                 return None;
@@ -548,7 +592,7 @@ async fn check(
         p99_order_ms: 0,
     };
     let mut lifetimes = Vec::new();
-    let mut sold = 0;
+    let mut sold: HashMap<String, i64> = HashMap::new();
     let (mut first, mut last) = (i64::MAX, 0);
     for key in accepted {
         let Some(order) = by_key.get(key) else {
@@ -576,7 +620,13 @@ async fn check(
         let charges = paid["charges"].as_i64().unwrap_or(0);
         let net = paid["charged"].as_i64().unwrap_or(0) - paid["refunded"].as_i64().unwrap_or(0);
         let expected = if state == "COMPLETED" {
-            sold += 1;
+            for line in order.get_array("lines").into_iter().flatten() {
+                if let Some(line) = line.as_document() {
+                    *sold
+                        .entry(line.get_str("item_id").unwrap_or_default().to_string())
+                        .or_default() += number(line, "quantity");
+                }
+            }
             number(order, "amount")
         } else {
             0
@@ -605,8 +655,9 @@ async fn check(
             number(item, "reserved"),
             number(item, "sold"),
         );
-        let initial = if id.ends_with("/kimbap") { STOCKED } else { 0 };
-        let expected_sold = if id.ends_with("/kimbap") { sold } else { 0 };
+        let name = id.rsplit('/').next().unwrap_or_default();
+        let initial = if name == "sold-out" { 0 } else { STOCKED };
+        let expected_sold = sold.get(name).copied().unwrap_or(0);
         if available + reserved + sold_now != initial || reserved != 0 || sold_now != expected_sold
         {
             eprintln!(
@@ -623,6 +674,92 @@ async fn check(
         report.orders_per_s = report.terminal as f64 / ((last - first) as f64 / 1000.0);
     }
     Ok(report)
+}
+
+/// Prints the host's mean handler time per component, HTTP request time and outbox publish lag.
+async fn where_time_goes(http: &reqwest::Client, admin: &str) {
+    let Ok(reply) = http.get(format!("{admin}/metrics")).send().await else {
+        return;
+    };
+    let text = reply.text().await.unwrap_or_default();
+    let mut sums: BTreeMap<String, (f64, f64)> = BTreeMap::new();
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let Some((name, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        let Ok(value) = value.parse::<f64>() else {
+            continue;
+        };
+        for (metric, label) in [
+            ("moa_event_handle_duration_seconds", "handle"),
+            ("moa_http_request_duration_seconds", "http"),
+            ("moa_outbox_publish_lag_seconds", "outbox lag"),
+        ] {
+            let component = name
+                .split("component=\"")
+                .nth(1)
+                .and_then(|rest| rest.split('"').next())
+                .unwrap_or("all");
+            let key = format!("{label} {component}");
+            if name.starts_with(&format!("{metric}_sum")) {
+                sums.entry(key).or_default().0 += value;
+            } else if name.starts_with(&format!("{metric}_count")) {
+                sums.entry(key).or_default().1 += value;
+            }
+        }
+    }
+    let means: Vec<String> = sums
+        .iter()
+        .filter(|(_, (_, count))| *count > 0.0)
+        .map(|(key, (sum, count))| format!("{key}: {:.1} ms x {count}", sum / count * 1000.0))
+        .collect();
+    eprintln!("where the time goes (means): {}", means.join("; "));
+}
+
+/// Follows the orders through the API until every one is terminal; returns how many completed
+/// and the seconds from the first order's creation to the last one's end (the orders' own clocks).
+async fn follow(
+    http: &reqwest::Client,
+    app: &str,
+    customer: &str,
+    ids: &[String],
+    timeout_s: u64,
+) -> Result<(usize, f64)> {
+    let deadline = Instant::now() + Duration::from_secs(timeout_s);
+    let mut pending: Vec<&String> = ids.iter().collect();
+    let (mut first, mut last, mut completed) = (i64::MAX, 0i64, 0);
+    while !pending.is_empty() {
+        if Instant::now() > deadline {
+            bail!(
+                "{} orders still in flight after {timeout_s} s",
+                pending.len()
+            );
+        }
+        let mut still = Vec::new();
+        for id in pending {
+            let order = call(
+                http,
+                reqwest::Method::GET,
+                &format!("{app}/orders/{id}"),
+                customer,
+                Value::Null,
+            )
+            .await?;
+            let state = order["state"].as_str().unwrap_or_default();
+            if TERMINAL.contains(&state) {
+                first = first.min(order["created_at_ms"].as_i64().unwrap_or(i64::MAX));
+                last = last.max(order["updated_at_ms"].as_i64().unwrap_or(0));
+                completed += usize::from(state == "COMPLETED");
+            } else {
+                still.push(id);
+            }
+        }
+        pending = still;
+        if !pending.is_empty() {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+    Ok((completed, (last - first).max(1) as f64 / 1000.0))
 }
 
 /// The raw broker: an idempotent acks=all producer with everything in flight and a group consumer
@@ -721,6 +858,7 @@ async fn main() -> Result<()> {
 async fn run(args: &Arc<Args>, http: &reqwest::Client, processes: &Arc<Processes>) -> Result<()> {
     processes.start_broker()?;
     wait_tcp(&args.kafka).await?;
+    create_topics(&args.kafka, args.partitions).await?;
     for host in 0..args.hosts {
         processes.start_host(host)?;
     }
@@ -730,8 +868,6 @@ async fn run(args: &Arc<Args>, http: &reqwest::Client, processes: &Arc<Processes
     let owner = token(http, &args.issuer, "owner-load", "OWNER").await?;
     let customer = token(http, &args.issuer, "customer-load", "CUSTOMER").await?;
     let store = seed(http, &processes.url(0), &owner).await?;
-    let mongo = mongodb::Client::with_uri_str(&args.mongo).await?;
-    let db = mongo.database(&args.database);
     let run_id = args.seed * 1_000_000 + u64::from(std::process::id() % 1_000_000);
     eprintln!(
         "store {store}: {} orders, {} clients, {} host(s)",
@@ -767,10 +903,13 @@ async fn run(args: &Arc<Args>, http: &reqwest::Client, processes: &Arc<Processes
                 if i >= args.orders {
                     return;
                 }
-                if let Some(key) =
+                if let Some(placed) =
                     place(&http, &processes, &customer, &store, run_id, i, args.mode).await
                 {
-                    accepted.lock().unwrap_or_else(|e| e.into_inner()).push(key);
+                    accepted
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .push(placed);
                 }
                 if i % 100 == 99 {
                     eprintln!("{} orders placed", i + 1);
@@ -788,37 +927,69 @@ async fn run(args: &Arc<Args>, http: &reqwest::Client, processes: &Arc<Processes
             eprintln!("chaos: {line}");
         }
     }
-    let quiet = wait_quiet(&db, &store, Duration::from_secs(args.quiet_timeout_s)).await?;
-    let total = started.elapsed();
     let accepted = accepted.lock().unwrap_or_else(|e| e.into_inner()).clone();
-    let report = check(args, http, &db, &store, &accepted).await?;
-    let dead = dead_letters(&args.kafka).unwrap_or(-1);
-    eprintln!(
-        "quiet: {quiet}; {} accepted of {}; states {:?}; dead letters {dead}; charge mismatches {}; {:.1} s in all",
-        accepted.len(),
-        args.orders,
-        report.states,
-        report.charge_mismatch,
-        total.as_secs_f64()
-    );
-    match args.mode {
-        Mode::Chaos => println!(
-            "RESULT saga orders={} terminal={} lost={} double_charges={} stock_mismatch={} orders_per_s={:.1} p99_order_ms={}",
-            report.orders,
-            report.terminal,
-            report.lost + (args.orders - accepted.len()),
-            report.double_charges + report.charge_mismatch,
-            report.stock_mismatch,
-            report.orders_per_s,
-            report.p99_order_ms
-        ),
-        Mode::Bench => {
-            let orders_s = report.terminal as f64 / total.as_secs_f64();
+    match (args.mode, &args.mongo) {
+        (Mode::Bench, None) => {
+            let ids: Vec<String> = accepted.iter().filter_map(|(_, id)| id.clone()).collect();
+            let (completed, seconds) = follow(
+                http,
+                &processes.url(0),
+                &customer,
+                &ids,
+                args.quiet_timeout_s,
+            )
+            .await?;
+            let orders_s = completed as f64 / seconds;
             let raw = raw_kafka(&args.kafka, (args.orders * MSGS_PER_ORDER).min(100_000)).await?;
+            eprintln!(
+                "{completed} of {} orders completed in {seconds:.1} s",
+                args.orders
+            );
+            where_time_goes(http, &processes.admin(0)).await;
             println!(
-                "RESULT saga-bench orders_s={orders_s:.1} raw_msgs_s={raw:.0} msgs_per_order={MSGS_PER_ORDER} ratio={:.3}",
+                "RESULT saga-bench orders_s={orders_s:.1} raw_msgs_s={raw:.0} msgs_per_order={MSGS_PER_ORDER} ratio={:.3} documents=embedded",
                 orders_s * MSGS_PER_ORDER as f64 / raw
             );
+        }
+        (_, None) => bail!("chaos checks the stores: give --mongo"),
+        (mode, Some(url)) => {
+            let db = mongodb::Client::with_uri_str(url)
+                .await?
+                .database(&args.database);
+            let quiet = wait_quiet(&db, &store, Duration::from_secs(args.quiet_timeout_s)).await?;
+            let total = started.elapsed();
+            let keys: Vec<String> = accepted.iter().map(|(key, _)| key.clone()).collect();
+            let report = check(args, http, &db, &store, &keys).await?;
+            let dead = dead_letters(&args.kafka).unwrap_or(-1);
+            eprintln!(
+                "quiet: {quiet}; {} accepted of {}; states {:?}; dead letters {dead}; charge mismatches {}; {:.1} s in all",
+                accepted.len(),
+                args.orders,
+                report.states,
+                report.charge_mismatch,
+                total.as_secs_f64()
+            );
+            if mode == Mode::Chaos {
+                println!(
+                    "RESULT saga orders={} terminal={} lost={} double_charges={} stock_mismatch={} orders_per_s={:.1} p99_order_ms={}",
+                    report.orders,
+                    report.terminal,
+                    report.lost + (args.orders - accepted.len()),
+                    report.double_charges + report.charge_mismatch,
+                    report.stock_mismatch,
+                    report.orders_per_s,
+                    report.p99_order_ms
+                );
+            } else {
+                where_time_goes(http, &processes.admin(0)).await;
+                let raw =
+                    raw_kafka(&args.kafka, (args.orders * MSGS_PER_ORDER).min(100_000)).await?;
+                println!(
+                    "RESULT saga-bench orders_s={:.1} raw_msgs_s={raw:.0} msgs_per_order={MSGS_PER_ORDER} ratio={:.3} documents=mongodb",
+                    report.orders_per_s,
+                    report.orders_per_s * MSGS_PER_ORDER as f64 / raw
+                );
+            }
         }
     }
     Ok(())
