@@ -32,7 +32,7 @@ cleanup() {
 trap cleanup EXIT
 start_saga_stack "$WORK"
 mkdir -p "$WORK/kafka"
-BROKER="exec $MOA_TANSU_PERSISTENT_BIN broker --listener-url tcp://127.0.0.1:$KAFKA_PORT --advertised-listener-url tcp://127.0.0.1:$KAFKA_PORT --storage-engine sqlite://$WORK/kafka/tansu.db"
+BROKER="cd $WORK/kafka && exec $MOA_TANSU_PERSISTENT_BIN broker --listener-url tcp://127.0.0.1:$KAFKA_PORT --advertised-listener-url tcp://127.0.0.1:$KAFKA_PORT --storage-engine sqlite://tansu.db"
 log "work dir $WORK (host, broker and server logs)"
 if run_saga_load chaos "$BROKER" --orders "${ORDERS:-1000}" --clients 16 --hosts 2 --kills 3 \
     --broker-restarts 1 --seed "${SEED:-7}" | tee "$WORK/result.txt"; then
