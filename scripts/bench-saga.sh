@@ -15,13 +15,8 @@ set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 unset RUST_BACKTRACE RUST_LIB_BACKTRACE
 
-ensure_toolchain
-ensure_redis
-ensure_secantus
+prepare_saga_load
 ensure_tansu
-log "building moa, the dev services and the load driver (release)"
-(cd "$MOA_ROOT" && cargo build --release -p moa --bin moa --example saga_load -p moa-toss-emulator -p moa-dev-issuer)
-build_components
 
 WORK="$(mktemp -d)"
 PIDS=()

@@ -158,6 +158,17 @@ TOML
   export MOA_VARIABLE_TOSS_TIMEOUT_MS="1000"
 }
 
+# What both saga scripts need before start_saga_stack: servers installed, moa, the dev services,
+# the load driver and the components built.
+prepare_saga_load() {
+  ensure_toolchain
+  ensure_redis
+  ensure_secantus
+  log "building moa, the dev services and the load driver (release)"
+  (cd "$MOA_ROOT" && cargo build --release -p moa --bin moa --example saga_load -p moa-toss-emulator -p moa-dev-issuer)
+  build_components
+}
+
 run_saga_load() {
   local mode="$1" broker_cmd="$2"; shift 2
   local mongo=()

@@ -13,10 +13,6 @@
 //!   stored / XACKed, counted by the host) reaches the last message.
 
 use anyhow::{Context as _, Result, bail};
-use futures::StreamExt as _;
-use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::message::Message as _;
-use rdkafka::producer::{FutureProducer, FutureRecord};
 use std::io::{BufRead as _, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -62,120 +58,16 @@ fn parse_args() -> Result<Args> {
     })
 }
 
+#[path = "common/raw_kafka.rs"]
+mod raw_kafka;
+
+use raw_kafka::{Rounds, create_topic, raw_kafka};
+
 fn payload(i: usize) -> (String, Vec<u8>) {
     let key = format!("k{}", i % KEYS);
     let mut payload = format!("{key}:{}", i / KEYS).into_bytes();
     payload.resize(PAYLOAD_BYTES, b'x');
     (key, payload)
-}
-
-async fn create_topic(bootstrap: &str, topic: &str) -> Result<()> {
-    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-    let admin: AdminClient<rdkafka::client::DefaultClientContext> = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .create()?;
-    for result in admin
-        .create_topics(
-            &[NewTopic::new(topic, PARTITIONS, TopicReplication::Fixed(1))],
-            &AdminOptions::new(),
-        )
-        .await?
-    {
-        result.map_err(|(t, e)| anyhow::anyhow!("create topic {t}: {e}"))?;
-    }
-    Ok(())
-}
-
-/// Messages per second over rounds of `n` until `min_seconds` of measured time.
-struct Rounds {
-    messages: usize,
-    elapsed: Duration,
-}
-
-impl Rounds {
-    fn new() -> Self {
-        Rounds {
-            messages: 0,
-            elapsed: Duration::ZERO,
-        }
-    }
-
-    fn add(&mut self, messages: usize, elapsed: Duration) {
-        self.messages += messages;
-        self.elapsed += elapsed;
-    }
-
-    fn done(&self, min_seconds: f64) -> bool {
-        self.elapsed.as_secs_f64() >= min_seconds
-    }
-
-    fn rate(&self) -> f64 {
-        self.messages as f64 / self.elapsed.as_secs_f64()
-    }
-}
-
-async fn raw_kafka(bootstrap: &str, n: usize, min_seconds: f64) -> Result<f64> {
-    let topic = format!("raw-{}", std::process::id());
-    create_topic(bootstrap, &topic).await?;
-    let consumer: StreamConsumer = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("group.id", format!("{topic}-group"))
-        .set("enable.auto.commit", "true")
-        .set("enable.auto.offset.store", "false")
-        .set("auto.commit.interval.ms", "1000")
-        .set("auto.offset.reset", "earliest")
-        .create()?;
-    consumer.subscribe(&[&topic])?;
-    // Join the group before the clock starts (the moa case warms up the same way).
-    while consumer.assignment()?.count() == 0 {
-        let _ = tokio::time::timeout(Duration::from_millis(200), consumer.recv()).await;
-    }
-    let producer: FutureProducer = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("enable.idempotence", "true")
-        .set("acks", "all")
-        .set("linger.ms", "1")
-        .create()?;
-    let mut rounds = Rounds::new();
-    while !rounds.done(min_seconds) {
-        let started = Instant::now();
-        let produce = async {
-            let sends = (0..n).map(|i| {
-                let producer = producer.clone();
-                let topic = topic.clone();
-                async move {
-                    let (key, payload) = payload(i);
-                    producer
-                        .send(
-                            FutureRecord::to(&topic).key(&key).payload(&payload),
-                            Duration::from_secs(30),
-                        )
-                        .await
-                        .map(drop)
-                        .map_err(|(e, _)| anyhow::anyhow!("produce: {e}"))
-                }
-            });
-            let results: Vec<Result<()>> = futures::stream::iter(sends)
-                .buffer_unordered(10_000)
-                .collect()
-                .await;
-            results.into_iter().collect::<Result<Vec<()>>>()
-        };
-        let consume = async {
-            let mut seen = 0;
-            while seen < n {
-                let message = consumer.recv().await?;
-                consumer.store_offset(message.topic(), message.partition(), message.offset())?;
-                seen += 1;
-            }
-            anyhow::Ok(())
-        };
-        let (produced, consumed) = tokio::join!(produce, consume);
-        produced?;
-        consumed?;
-        rounds.add(n, started.elapsed());
-    }
-    Ok(rounds.rate())
 }
 
 async fn raw_redis(url: &str, n: usize, min_seconds: f64) -> Result<f64> {
@@ -429,7 +321,7 @@ async fn main() -> Result<()> {
     let n = args.messages;
     eprintln!("== {n} messages of {PAYLOAD_BYTES} bytes, {KEYS} keys, {PARTITIONS} partitions");
 
-    let kafka_raw = raw_kafka(&args.kafka, n, args.seconds).await?;
+    let kafka_raw = raw_kafka(&args.kafka, PARTITIONS, n, args.seconds, payload).await?;
     eprintln!("raw rdkafka produce+consume: {kafka_raw:.0} msg/s");
     // moa's default (a fresh instance per delivery) is the RESULT; instance reuse is for information.
     let mut kafka_moa = 0.0;
@@ -438,7 +330,7 @@ async fn main() -> Result<()> {
         ("max_instance_reuse = 128", 128),
     ] {
         let topic = format!("moa-{}-{reuse}", std::process::id());
-        create_topic(&args.kafka, &topic).await?;
+        create_topic(&args.kafka, &topic, PARTITIONS).await?;
         let rate = through_moa(
             &args,
             &topic,

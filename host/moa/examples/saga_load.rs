@@ -8,9 +8,12 @@
 //! - `bench`: one host, no faults; orders/s end to end beside the raw broker's produce+consume rate
 //!   for the same number of messages. Ends with `RESULT saga-bench ...`.
 
+#[path = "common/raw_kafka.rs"]
+mod raw_kafka;
+
 use anyhow::{Context as _, Result, bail};
 use clap::{Parser, ValueEnum};
-use futures::{StreamExt as _, TryStreamExt as _};
+use futures::TryStreamExt as _;
 use mongodb::bson::{Bson, Document, doc};
 use rand::{Rng as _, SeedableRng as _};
 use serde_json::{Value, json};
@@ -762,84 +765,16 @@ async fn follow(
     Ok((completed, (last - first).max(1) as f64 / 1000.0))
 }
 
-/// The raw broker: an idempotent acks=all producer with everything in flight and a group consumer
-/// storing each offset, `n` messages a round, rounds until 10 s have run.
-async fn raw_kafka(bootstrap: &str, n: usize) -> Result<f64> {
-    use rdkafka::consumer::{Consumer as _, StreamConsumer};
-    use rdkafka::message::Message as _;
-    use rdkafka::producer::{FutureProducer, FutureRecord};
-    let topic = format!("raw-saga-{}", std::process::id());
-    {
-        use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-        let admin: AdminClient<rdkafka::client::DefaultClientContext> =
-            rdkafka::ClientConfig::new()
-                .set("bootstrap.servers", bootstrap)
-                .create()?;
-        admin
-            .create_topics(
-                &[NewTopic::new(&topic, 4, TopicReplication::Fixed(1))],
-                &AdminOptions::new(),
-            )
-            .await?;
-    }
-    let consumer: StreamConsumer = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("group.id", format!("{topic}-group"))
-        .set("enable.auto.commit", "true")
-        .set("enable.auto.offset.store", "false")
-        .set("auto.offset.reset", "earliest")
-        .set("session.timeout.ms", "6000")
-        .set("heartbeat.interval.ms", "500")
-        .create()?;
-    consumer.subscribe(&[&topic])?;
-    while consumer.assignment()?.count() == 0 {
-        let _ = tokio::time::timeout(Duration::from_millis(200), consumer.recv()).await;
-    }
-    let producer: FutureProducer = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("enable.idempotence", "true")
-        .set("acks", "all")
-        .set("linger.ms", "1")
-        .create()?;
-    let (mut total, mut elapsed) = (0usize, Duration::ZERO);
-    while elapsed < Duration::from_secs(10) {
-        let started = Instant::now();
-        let produce = async {
-            let sends = (0..n).map(|i| {
-                let producer = producer.clone();
-                let topic = topic.clone();
-                async move {
-                    let key = format!("ord_{}", i / MSGS_PER_ORDER);
-                    let payload = format!("{{\"type\":\"Reserved\",\"order_id\":\"{key}\"}}");
-                    producer
-                        .send(
-                            FutureRecord::to(&topic).key(&key).payload(&payload),
-                            Duration::from_secs(30),
-                        )
-                        .await
-                        .map(drop)
-                        .map_err(|(e, _)| anyhow::anyhow!("produce: {e}"))
-                }
-            });
-            futures::stream::iter(sends)
-                .buffer_unordered(10_000)
-                .try_collect::<Vec<()>>()
-                .await
-        };
-        let consume = async {
-            for _ in 0..n {
-                let message = consumer.recv().await?;
-                consumer.store_offset(message.topic(), message.partition(), message.offset())?;
-            }
-            anyhow::Ok(())
-        };
-        let (produced, consumed) = tokio::join!(produce, consume);
-        produced?;
-        consumed?;
-        total += n;
-        elapsed += started.elapsed();
-    }
-    Ok(total as f64 / elapsed.as_secs_f64())
+/// A saga-sized message keyed like the saga's: `MSGS_PER_ORDER` messages per order id.
+fn saga_message(i: usize) -> (String, Vec<u8>) {
+    let key = format!("ord_{}", i / MSGS_PER_ORDER);
+    let payload = format!("{{\"type\":\"Reserved\",\"order_id\":\"{key}\"}}").into_bytes();
+    (key, payload)
+}
+
+/// The raw broker for the same messages: `n` a round, 10 s in all, on 8 partitions.
+async fn raw_broker(bootstrap: &str, n: usize) -> Result<f64> {
+    raw_kafka::raw_kafka(bootstrap, 8, n, 10.0, saga_message).await
 }
 
 #[tokio::main]
@@ -940,7 +875,7 @@ async fn run(args: &Arc<Args>, http: &reqwest::Client, processes: &Arc<Processes
             )
             .await?;
             let orders_s = completed as f64 / seconds;
-            let raw = raw_kafka(&args.kafka, (args.orders * MSGS_PER_ORDER).min(100_000)).await?;
+            let raw = raw_broker(&args.kafka, (args.orders * MSGS_PER_ORDER).min(100_000)).await?;
             eprintln!(
                 "{completed} of {} orders completed in {seconds:.1} s",
                 args.orders
@@ -983,7 +918,7 @@ async fn run(args: &Arc<Args>, http: &reqwest::Client, processes: &Arc<Processes
             } else {
                 where_time_goes(http, &processes.admin(0)).await;
                 let raw =
-                    raw_kafka(&args.kafka, (args.orders * MSGS_PER_ORDER).min(100_000)).await?;
+                    raw_broker(&args.kafka, (args.orders * MSGS_PER_ORDER).min(100_000)).await?;
                 println!(
                     "RESULT saga-bench orders_s={:.1} raw_msgs_s={raw:.0} msgs_per_order={MSGS_PER_ORDER} ratio={:.3} documents=mongodb",
                     report.orders_per_s,
