@@ -8,6 +8,7 @@
 # terminal, charges net of refunds equal the completed orders exactly, and stock + sold = stocked.
 #
 #   scripts/chaos-saga.sh            # ORDERS=1000 SEED=7 by default; logs stay in $WORK on failure
+#                                    # (and with KEEP_WORK=1)
 #
 # Ends with: RESULT saga orders=... terminal=... lost=0 double_charges=0 stock_mismatch=0
 #            orders_per_s=... p99_order_ms=...
@@ -32,7 +33,7 @@ log "work dir $WORK (host, broker and server logs)"
 if run_saga_load chaos "$BROKER" --orders "${ORDERS:-1000}" --clients 16 --hosts 2 --kills 3 \
     --broker-restarts 1 --seed "${SEED:-7}" | tee "$WORK/result.txt"; then
   grep -q 'lost=0 double_charges=0 stock_mismatch=0' "$WORK/result.txt" || { log "CHECK FAILED; logs in $WORK"; exit 1; }
-  rm -rf "$WORK"
+  if [ -n "${KEEP_WORK:-}" ]; then log "logs kept in $WORK"; else rm -rf "$WORK"; fi
 else
   log "the run failed; logs in $WORK"
   exit 1

@@ -8,7 +8,11 @@ use moa_sdk::documents::{self, Error, Find, Ops, Store, Transaction};
 use serde_json::{Value, json};
 
 /// Orders looked at per run; the next run takes the rest.
-const PER_RUN: u64 = 200;
+const PER_RUN: u64 = 100;
+/// A run stops starting transactions after this long, well inside the component's deadline (a run
+/// interrupted at its deadline would abort the transaction it is in), and about the schedule's
+/// period: on a slow store the next run goes on where this one stopped.
+const RUN_BUDGET: std::time::Duration = std::time::Duration::from_secs(4);
 
 /// Moves every order past its deadline. Another host moving the same order at the same time is
 /// not an error (the order is looked at again next run).
@@ -24,8 +28,12 @@ pub fn sweep(_scheduled_at: u64, settings: &Settings) -> Result<(), String> {
                 .projection(json!({ "_id": 1 })),
         )
         .map_err(|e| format!("{e:?}"))?;
+    let started = std::time::Instant::now();
     let mut failures = Vec::new();
     for order in &due {
+        if started.elapsed() > RUN_BUDGET {
+            break;
+        }
         let Some(id) = order["_id"].as_str() else {
             continue;
         };

@@ -595,6 +595,7 @@ async fn check(
         p99_order_ms: 0,
     };
     let mut lifetimes = Vec::new();
+    let mut slowest = Vec::new();
     let mut sold: HashMap<String, i64> = HashMap::new();
     let (mut first, mut last) = (i64::MAX, 0);
     for key in accepted {
@@ -617,6 +618,12 @@ async fn check(
             number(order, "updated_at_ms"),
         );
         lifetimes.push(updated - created);
+        slowest.push((
+            updated - created,
+            created,
+            id.to_string(),
+            state.to_string(),
+        ));
         first = first.min(created);
         last = last.max(updated);
         let paid = &ledger["orders"][id];
@@ -670,6 +677,17 @@ async fn check(
         }
     }
     lifetimes.sort_unstable();
+    slowest.sort_unstable_by(|a, b| b.cmp(a));
+    let start = slowest.iter().map(|s| s.1).min().unwrap_or_default();
+    for (ms, created, id, state) in slowest.iter().take(5) {
+        eprintln!(
+            "slow: {id} created at +{:.1} s took {:.1} s to {state}",
+            (created - start) as f64 / 1000.0,
+            *ms as f64 / 1000.0
+        );
+    }
+    let over_10s = slowest.iter().filter(|s| s.0 > 10_000).count();
+    eprintln!("{over_10s} orders took over 10 s");
     if !lifetimes.is_empty() {
         report.p99_order_ms = lifetimes[(lifetimes.len() * 99 / 100).min(lifetimes.len() - 1)];
     }
