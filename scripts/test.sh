@@ -13,6 +13,8 @@ build_components
 cd "$MOA_ROOT"
 log "running tests"
 cargo test --release --workspace --no-fail-fast "$@"
+log "running the unit tests of the components' native libraries (review-text)"
+(cd "$MOA_ROOT/components" && cargo test --release -p review-text)
 if [ "$#" -eq 0 ]; then
   log "checking the commerce API against docs/api/commerce.yaml (schemathesis)"
   MOA_API_CHECK_PREBUILT=1 "$MOA_ROOT/scripts/api-check.sh"

@@ -365,8 +365,25 @@ pub struct Store(wit::Store);
 /// An open transaction; dropping it without [`Transaction::commit`] aborts it.
 pub struct Transaction(wit::Transaction);
 
+/// A transaction the host lent this component (a job chunk's): reads and writes go into it;
+/// the host commits it with the chunk's checkpoint, so do not commit or abort it.
+pub struct LentTransaction<'a>(&'a wit::Transaction);
+
+impl<'a> LentTransaction<'a> {
+    pub fn new(tx: &'a wit::Transaction) -> Self {
+        LentTransaction(tx)
+    }
+
+    /// Stores `message` with the chunk's writes (the transactional outbox).
+    pub fn publish(&self, message: crate::messaging::Message) -> Result<String, Error> {
+        let message: crate::bindings::moa::messaging::types::Message = message.into();
+        self.0.publish(&message)
+    }
+}
+
 raw_ops!(Store);
 raw_ops!(Transaction);
+raw_ops!(LentTransaction<'_>);
 
 impl Store {
     /// Opens the store `label`, which the component's `document_stores` must list.

@@ -1,5 +1,5 @@
 //! moa's guest SDK: typed Rust over moa's own WIT interfaces (`moa:messaging/producer`,
-//! `moa:documents`), for components built for wasm32-wasip2 beside spin-sdk, which covers Spin's.
+//! `moa:documents`, `moa:vectors`), for components built for wasm32-wasip2 beside spin-sdk, which covers Spin's.
 
 mod bindings {
     wit_bindgen::generate!({
@@ -75,3 +75,11 @@ pub mod messaging {
 }
 
 pub mod documents;
+pub mod vectors;
+
+/// The raw generated bindings of moa's interfaces, for a component's own `wit_bindgen::generate!`
+/// to reuse with `with` (a job component's `moa:jobs` export takes a `moa:documents` transaction).
+#[doc(hidden)]
+pub mod wit {
+    pub use crate::bindings::moa::*;
+}

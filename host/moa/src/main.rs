@@ -1,5 +1,5 @@
 //! The `moa` command line: `up` serves an app, `build` builds its components, `new` starts a
-//! component from a template. Errors print as `Error: ...` with a hint, and exit non-zero.
+//! component from a template, `job` runs batch jobs. Errors print as `Error: ...` with a hint, and exit non-zero.
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -29,6 +29,8 @@ enum Command {
     Build(cli::build::BuildArgs),
     /// Create a new component from a template (http-rust, http-wit).
     New(cli::new::NewArgs),
+    /// Run batch jobs (`[[trigger.job]]`) and see their executions.
+    Job(cli::job::JobArgs),
 }
 
 fn main() -> ExitCode {
@@ -37,6 +39,7 @@ fn main() -> ExitCode {
         Command::Up(args) => cli::up::run(args),
         Command::Build(args) => cli::build::run(&args).map(|_| ()),
         Command::New(args) => cli::new::run(&args),
+        Command::Job(args) => cli::job::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -3,7 +3,7 @@
 
 use crate::capabilities::{
     documents, key_value, llm, messaging, outbound_http, outbound_redis, register_capabilities,
-    variables,
+    variables, vectors,
 };
 use crate::invocation::Invocation;
 use crate::telemetry::guest_output::RequestIdCell;
@@ -23,6 +23,7 @@ register_capabilities! {
     messaging: messaging::MessagingCapability,
     llm: llm::LlmCapability,
     documents: documents::DocumentsCapability,
+    vectors: vectors::VectorsCapability,
 }
 
 /// What every component can import whatever it is granted: WASI and wasi:http, both 0.2 and 0.3.

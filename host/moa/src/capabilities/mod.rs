@@ -9,6 +9,7 @@ pub mod messaging;
 pub mod outbound_http;
 pub mod outbound_redis;
 pub mod variables;
+pub mod vectors;
 
 pub(crate) use capability::register_capabilities;
 pub use capability::{

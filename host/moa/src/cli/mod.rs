@@ -1,6 +1,7 @@
 //! The subcommands of the `moa` binary, one file each, plus the manifest lookup they share.
 
 pub mod build;
+pub mod job;
 pub mod new;
 pub mod up;
 

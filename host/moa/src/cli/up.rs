@@ -164,6 +164,8 @@ async fn serve(args: UpArgs, manifest_path: PathBuf, traces_exported: bool) -> R
         .into_iter()
         .map(|trigger| trigger.run(shutdown.clone()));
     futures::future::try_join_all(runs).await?;
+    // Snapshot the vector indexes now, so the next start replays nothing.
+    app.capabilities.vectors.close().await;
     Ok(())
 }
 

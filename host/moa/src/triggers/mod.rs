@@ -1,5 +1,5 @@
 //! Triggers turn outside events into component calls, one folder per kind (HTTP requests; Kafka,
-//! Redis Streams and the embedded log into `moa:messaging/handler`; cron schedules), and the registry.
+//! Redis Streams and the embedded log into `moa:messaging/handler`; cron schedules; batch jobs), and the registry.
 //!
 //! A trigger kind implements [`Trigger`]: it owns its `[[trigger.<kind>]]` section (read and
 //! checked before anything compiles), finds its export in every component it calls once they are
@@ -8,6 +8,7 @@
 pub mod cron;
 pub mod events;
 pub mod http;
+pub mod job;
 pub mod retry;
 
 use crate::app::App;
@@ -137,4 +138,5 @@ register_triggers! {
     http: http::HttpTrigger,
     events: events::EventTriggers,
     cron: cron::CronTriggers,
+    job: job::JobTriggers,
 }

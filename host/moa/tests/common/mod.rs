@@ -45,6 +45,8 @@ impl AppDir {
             "counter",
             "relay",
             "docprobe",
+            "vecprobe",
+            "jobprobe",
             "inbox",
             "auth",
             "store",

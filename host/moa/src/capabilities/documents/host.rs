@@ -21,9 +21,63 @@ pub struct OpenStore {
 /// The value behind a `transaction` handle.
 pub struct OpenTransaction {
     store: Arc<DocumentStore>,
-    /// `None` once committed or aborted.
+    /// `None` once committed or aborted (or, when lent, until first used).
     tx: Option<Box<dyn DocumentTransaction>>,
+    /// A lent transaction that begins on its first operation.
+    begin_on_use: bool,
     staged: usize,
+}
+
+/// What a component left of a lent transaction.
+pub enum Lent {
+    /// It used the transaction: the host commits (or aborts) it.
+    Open(Box<dyn DocumentTransaction>),
+    /// It never touched it (nothing began).
+    Unused,
+    /// It committed or aborted it itself.
+    Ended,
+}
+
+impl OpenTransaction {
+    /// A transaction the host lends to a component (a job chunk's). It begins on the component's
+    /// first operation, so work before its first read or write (an embedding call, say) does not
+    /// hold the store (the embedded store has one writer). The host takes it back with
+    /// [`OpenTransaction::finish`].
+    pub fn lend(store: Arc<DocumentStore>) -> Self {
+        OpenTransaction {
+            store,
+            tx: None,
+            begin_on_use: true,
+            staged: 0,
+        }
+    }
+
+    /// What is left of the lent transaction, and the store whose outbox relay to wake after
+    /// committing, when outbox messages were staged.
+    pub fn finish(self) -> (Lent, Option<Arc<DocumentStore>>) {
+        let wake = (self.staged > 0).then(|| self.store.clone());
+        let lent = match (self.tx, self.begin_on_use) {
+            (Some(tx), _) => Lent::Open(tx),
+            (None, true) => Lent::Unused,
+            (None, false) => Lent::Ended,
+        };
+        (lent, wake)
+    }
+
+    /// The open transaction, begun now if it is lent and unused.
+    async fn active(&mut self) -> Result<&mut Box<dyn DocumentTransaction>, DocumentError> {
+        if self.tx.is_none() && self.begin_on_use {
+            self.tx = Some(self.store.backend.begin().await?);
+            self.begin_on_use = false;
+        }
+        self.tx.as_mut().ok_or_else(closed)
+    }
+
+    /// Takes the transaction to end it (a lent one that was never used ends as nothing).
+    fn take(&mut self) -> Option<Box<dyn DocumentTransaction>> {
+        self.begin_on_use = false;
+        self.tx.take()
+    }
 }
 
 /// Marker type naming this capability in the linker.
@@ -67,10 +121,7 @@ impl Target<'_> {
     async fn run(self, op: Op) -> Result<Output, DocumentError> {
         match self {
             Target::Store(store) => store.backend.run(op).await,
-            Target::Transaction(open) => match open.tx.as_mut() {
-                Some(tx) => tx.run(op).await,
-                None => Err(closed()),
-            },
+            Target::Transaction(open) => open.active().await?.run(op).await,
         }
     }
 }
@@ -487,6 +538,7 @@ impl documents::HostStore for DocumentsView<'_> {
         Ok(Ok(self.table.push(OpenTransaction {
             store,
             tx: Some(tx),
+            begin_on_use: false,
             staged: 0,
         })?))
     }
@@ -695,8 +747,9 @@ impl documents::HostTransaction for DocumentsView<'_> {
             Err(error) => return answer(self.invocation, Err(error)),
         };
         let open = self.table.get_mut(&handle)?;
-        let Some(tx) = open.tx.as_mut() else {
-            return answer(self.invocation, Err(closed()));
+        let tx = match open.active().await {
+            Ok(tx) => tx,
+            Err(error) => return answer(self.invocation, Err(error)),
         };
         let staged = outbox::stage(tx.as_mut(), outgoing).await;
         if staged.is_ok() {
@@ -712,8 +765,9 @@ impl documents::HostTransaction for DocumentsView<'_> {
         message_id: String,
     ) -> Answer<bool> {
         let open = self.table.get_mut(&handle)?;
-        let Some(tx) = open.tx.as_mut() else {
-            return answer(self.invocation, Err(closed()));
+        let tx = match open.active().await {
+            Ok(tx) => tx,
+            Err(error) => return answer(self.invocation, Err(error)),
         };
         answer(
             self.invocation,
@@ -723,7 +777,7 @@ impl documents::HostTransaction for DocumentsView<'_> {
 
     async fn commit(&mut self, handle: Resource<OpenTransaction>) -> Answer<()> {
         let open = self.table.get_mut(&handle)?;
-        let Some(tx) = open.tx.take() else {
+        let Some(tx) = open.take() else {
             return answer(self.invocation, Err(closed()));
         };
         let result = tx.commit().await;
@@ -735,7 +789,7 @@ impl documents::HostTransaction for DocumentsView<'_> {
 
     async fn abort(&mut self, handle: Resource<OpenTransaction>) -> Answer<()> {
         let open = self.table.get_mut(&handle)?;
-        let Some(tx) = open.tx.take() else {
+        let Some(tx) = open.take() else {
             return answer(self.invocation, Err(closed()));
         };
         answer(self.invocation, tx.abort().await)

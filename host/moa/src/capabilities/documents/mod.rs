@@ -24,10 +24,12 @@ use std::sync::Arc;
 use std::time::Duration;
 use wasmtime::component::Linker;
 
-pub use host::{Documents, DocumentsView};
-pub use ops::{DocumentError, Op, Output};
+pub use host::{Documents, DocumentsView, Lent, OpenTransaction};
+pub(crate) use mongo::{map_error as mongo_error, to_bson, to_json};
+pub use ops::{DocumentError, FindSpec, Op, Output, Query, UpdateSpec};
+pub use query::Filter;
 
-mod bindings {
+pub(crate) mod bindings {
     wasmtime::component::bindgen!({
         path: "../../wit",
         world: "moa:host/documents",

@@ -128,7 +128,7 @@ impl DocumentTransaction for MongoTransaction {
 }
 
 /// JSON to BSON: integers as Int32 when they fit, else Int64; other numbers as doubles.
-fn to_bson(value: &Value) -> Bson {
+pub(crate) fn to_bson(value: &Value) -> Bson {
     match value {
         Value::Null => Bson::Null,
         Value::Bool(b) => Bson::Boolean(*b),
@@ -160,7 +160,7 @@ fn value_document(value: &Value) -> Document {
 }
 
 /// BSON to JSON (relaxed extended JSON for types JSON lacks, e.g. `{"$oid": ...}`).
-fn to_json(document: Document) -> Value {
+pub(crate) fn to_json(document: Document) -> Value {
     Bson::Document(document).into_relaxed_extjson()
 }
 

@@ -101,6 +101,37 @@ impl Filter {
         out
     }
 
+    /// Top-level conditions every match meets as "`path` equals one of `values`" (`$eq`, or `$in`
+    /// over scalars; `null`, arrays and objects left out), for lookups in an index of values.
+    pub fn required_values(&self) -> Vec<(&str, Vec<&Value>)> {
+        let scalar = |v: &Value| !(v.is_null() || v.is_object() || v.is_array());
+        let mut out = Vec::new();
+        for condition in &self.conditions {
+            match condition {
+                Condition::Field { path, tests } => {
+                    for test in tests {
+                        match test {
+                            Test::Eq(value) if scalar(value) => {
+                                out.push((path.as_str(), vec![value]))
+                            }
+                            Test::In(values) if values.iter().all(scalar) => {
+                                out.push((path.as_str(), values.iter().collect()))
+                            }
+                            _ => {}
+                        }
+                    }
+                }
+                Condition::And(filters) => {
+                    for filter in filters {
+                        out.extend(filter.required_values());
+                    }
+                }
+                _ => {}
+            }
+        }
+        out
+    }
+
     /// The fields an upsert copies from the filter: top-level equalities (objects included).
     pub fn upsert_seed(&self) -> Map<String, Value> {
         let mut seed = Map::new();
