@@ -47,6 +47,7 @@ impl AppDir {
             "docprobe",
             "vecprobe",
             "jobprobe",
+            "review-job",
             "inbox",
             "auth",
             "store",
