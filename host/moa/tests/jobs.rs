@@ -262,3 +262,46 @@ fn a_killed_host_loses_nothing_and_two_hosts_finish_the_job_together() {
     ids.dedup();
     assert_eq!(ids.len(), 1200, "no record written twice");
 }
+
+#[test]
+fn a_cron_entry_starts_a_job_on_schedule() {
+    let scheduled = APP.replace(
+        "[component.jobprobe]",
+        "[[trigger.cron]]\ncomponent = \"jobprobe\"\njob = \"probe\"\ncron_expression = \"*/2 * * * * *\"\n[component.jobprobe]",
+    );
+    let app = AppDir::new(&scheduled);
+    write_records(&app, "records.jsonl", 50, record);
+    let moa = Moa::start(&app, Options::default());
+    assert!(
+        moa.stdout.iter().any(|l| l.contains("job probe on")),
+        "{:?}",
+        moa.stdout
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let listing = loop {
+        let listing = status_line(&app);
+        if listing.contains("COMPLETED") {
+            break listing;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no scheduled execution completed: {listing}\n{}",
+            moa.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    assert!(listing.contains("scheduled_at="), "{listing}");
+    assert!(listing.contains("written 50"), "{listing}");
+    drop(moa);
+
+    // A cron entry naming a job nobody defines is refused at start, with the line.
+    let broken = APP.replace(
+        "[component.jobprobe]",
+        "[[trigger.cron]]\ncomponent = \"jobprobe\"\njob = \"nope\"\ncron_expression = \"*/2 * * * * *\"\n[component.jobprobe]",
+    );
+    let app = AppDir::new(&broken);
+    let error = Moa::try_start(&app, Options::default())
+        .err()
+        .expect("refused");
+    assert!(error.contains("names job `nope`"), "{error}");
+}

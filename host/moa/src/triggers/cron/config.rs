@@ -1,5 +1,5 @@
 //! The cron trigger's part of spin.toml: `[[trigger.cron]]` entries (Spin's syntax: `component`
-//! and a six-field `cron_expression` with seconds), checked at load.
+//! and a six-field `cron_expression` with seconds; moa's `job` to start a batch job), checked at load.
 
 use moa_manifest::{LoadedManifest, ManifestError, Position};
 use std::str::FromStr as _;
@@ -11,6 +11,8 @@ pub struct CronTrigger {
     /// As written, for the banner and logs.
     pub expression: String,
     pub schedule: cron::Schedule,
+    /// Start an execution of this `[[trigger.job]]` instead of calling `handle-cron-event`.
+    pub job: Option<String>,
     pub position: Position,
 }
 
@@ -19,7 +21,7 @@ pub fn from_manifest(app: &LoadedManifest) -> Result<Vec<CronTrigger>, ManifestE
     let path = &app.path;
     let mut triggers = Vec::new();
     for entry in app.manifest.triggers_of("cron") {
-        entry.check_fields(path, &["cron_expression"], |unknown| {
+        entry.check_fields(path, &["cron_expression", "job"], |unknown| {
             (unknown == "schedule" || unknown == "cron")
                 .then(|| "write `cron_expression = \"0 */5 * * * *\"`".to_string())
         })?;
@@ -56,10 +58,12 @@ pub fn from_manifest(app: &LoadedManifest) -> Result<Vec<CronTrigger>, ManifestE
                 "give a schedule with future times",
             ));
         }
+        let job = entry.get::<String>(path, "job")?.map(|j| j.value);
         triggers.push(CronTrigger {
             component: entry.component.clone(),
             expression: expression.value,
             schedule,
+            job,
             position: entry.position,
         });
     }

@@ -40,6 +40,8 @@ pub struct CronTriggers;
 pub struct PreparedCron {
     triggers: Vec<CronTrigger>,
     handlers: BTreeMap<String, (Arc<AppComponent>, Arc<SpinCronPre<HostState>>)>,
+    /// The jobs that entries with `job = "..."` start.
+    jobs: Arc<super::job::PreparedJobs>,
 }
 
 impl Trigger for CronTriggers {
@@ -53,7 +55,33 @@ impl Trigger for CronTriggers {
 
     fn prepare(triggers: Vec<CronTrigger>, app: &App) -> Result<PreparedCron> {
         let mut handlers = BTreeMap::new();
+        let named: Vec<&str> = triggers.iter().filter_map(|t| t.job.as_deref()).collect();
+        let jobs = super::job::config::from_manifest(&app.manifest)?
+            .into_iter()
+            .filter(|job| named.contains(&job.name.as_str()))
+            .collect();
+        let jobs = super::job::PreparedJobs::prepare(jobs, app)?;
         for trigger in &triggers {
+            if let Some(name) = &trigger.job {
+                let Some(job) = jobs.jobs.get(name) else {
+                    anyhow::bail!(
+                        "{}:{}: [[trigger.cron]] names job `{name}`, which no [[trigger.job]] defines\n  help: the app's jobs are named by their `name` (default: their component)",
+                        app.manifest.path.display(),
+                        trigger.position.line
+                    );
+                };
+                if job.component.id != trigger.component {
+                    anyhow::bail!(
+                        "{}:{}: [[trigger.cron]] starts job `{name}`, whose component is `{}`, not `{}`\n  help: write component = \"{}\"",
+                        app.manifest.path.display(),
+                        trigger.position.line,
+                        job.component.id,
+                        trigger.component,
+                        job.component.id
+                    );
+                }
+                continue;
+            }
             let component = app.component(&trigger.component)?;
             if handlers.contains_key(&component.id) {
                 continue;
@@ -67,7 +95,11 @@ impl Trigger for CronTriggers {
             })?;
             handlers.insert(component.id.clone(), (component.clone(), Arc::new(pre)));
         }
-        Ok(PreparedCron { triggers, handlers })
+        Ok(PreparedCron {
+            triggers,
+            handlers,
+            jobs: Arc::new(jobs),
+        })
     }
 
     fn export_of(prepared: &PreparedCron, id: &str) -> Option<&'static str> {
@@ -79,21 +111,38 @@ impl Trigger for CronTriggers {
 
     async fn start(
         prepared: PreparedCron,
-        _app: &Arc<App>,
+        app: &Arc<App>,
         cx: &TriggerContext,
     ) -> Result<Option<Box<dyn RunningTrigger>>> {
         if prepared.triggers.is_empty() {
             return Ok(None);
         }
+        let job_metrics =
+            (!prepared.jobs.jobs.is_empty()).then(|| super::job::JobMetrics::register(&cx.metrics));
         let mut schedules = Vec::new();
         for trigger in prepared.triggers {
-            let Some((component, handler)) = prepared.handlers.get(&trigger.component) else {
-                continue;
+            let target = match &trigger.job {
+                Some(name) => match (prepared.jobs.jobs.get(name), &job_metrics) {
+                    (Some(job), Some(metrics)) => Target::Job {
+                        app: app.clone(),
+                        job: name.clone(),
+                        jobs: prepared.jobs.clone(),
+                        metrics: metrics.clone(),
+                        component: job.component.clone(),
+                    },
+                    _ => continue,
+                },
+                None => match prepared.handlers.get(&trigger.component) {
+                    Some((component, handler)) => Target::Component {
+                        component: component.clone(),
+                        handler: handler.clone(),
+                    },
+                    None => continue,
+                },
             };
             schedules.push(Schedule {
                 trigger,
-                component: component.clone(),
-                handler: handler.clone(),
+                target,
                 engine: cx.engine.clone(),
                 metrics: cx.metrics.clone(),
             });
@@ -105,11 +154,27 @@ impl Trigger for CronTriggers {
     }
 }
 
+/// What a scheduled time runs.
+enum Target {
+    /// The component's `handle-cron-event`.
+    Component {
+        component: Arc<AppComponent>,
+        handler: Arc<SpinCronPre<HostState>>,
+    },
+    /// An execution of a job, with the fire time as its `scheduled_at` parameter.
+    Job {
+        app: Arc<App>,
+        job: String,
+        jobs: Arc<super::job::PreparedJobs>,
+        metrics: Arc<super::job::JobMetrics>,
+        component: Arc<AppComponent>,
+    },
+}
+
 /// One entry's schedule with what a run needs.
 struct Schedule {
     trigger: CronTrigger,
-    component: Arc<AppComponent>,
-    handler: Arc<SpinCronPre<HostState>>,
+    target: Target,
     engine: Arc<MoaEngine>,
     metrics: Arc<Metrics>,
 }
@@ -123,11 +188,10 @@ struct RunningCron {
 impl RunningTrigger for RunningCron {
     fn banner(&self) -> Vec<String> {
         let mut lines = vec!["Cron triggers:".to_string()];
-        lines.extend(
-            self.schedules
-                .iter()
-                .map(|s| format!("  {} on \"{}\"", s.trigger.component, s.trigger.expression)),
-        );
+        lines.extend(self.schedules.iter().map(|s| match &s.trigger.job {
+            Some(job) => format!("  job {job} on \"{}\"", s.trigger.expression),
+            None => format!("  {} on \"{}\"", s.trigger.component, s.trigger.expression),
+        }));
         lines
     }
 
@@ -175,7 +239,7 @@ impl Schedule {
         loop {
             let Some(next) = self.trigger.schedule.upcoming(chrono::Utc).next() else {
                 tracing::info!(
-                    component = self.component.id,
+                    component = self.component().id,
                     schedule = self.trigger.expression,
                     "cron schedule has no further times"
                 );
@@ -187,19 +251,35 @@ impl Schedule {
                 _ = tokio::time::sleep(wait) => {}
             }
             let timestamp = u64::try_from(next.timestamp()).unwrap_or_default();
-            self.run_once(timestamp).await;
+            self.run_once(timestamp, &shutdown).await;
         }
     }
 
     /// One run on a fresh instance under the component's deadline.
-    async fn run_once(&self, timestamp: u64) {
+    fn component(&self) -> &Arc<AppComponent> {
+        match &self.target {
+            Target::Component { component, .. } | Target::Job { component, .. } => component,
+        }
+    }
+
+    async fn run_once(&self, timestamp: u64, shutdown: &CancellationToken) {
         let started = Instant::now();
-        let id = format!("cron-{}-{timestamp}", self.component.id);
-        let outcome = match self.call(&id, timestamp).await {
+        let id = format!("cron-{}-{timestamp}", self.component().id);
+        let result = match &self.target {
+            Target::Component { .. } => self.call(&id, timestamp).await,
+            Target::Job {
+                app,
+                job,
+                jobs,
+                metrics,
+                ..
+            } => run_job(app, &self.engine, jobs, job, metrics, timestamp, shutdown).await,
+        };
+        let outcome = match result {
             Ok(()) => RunOutcome::Ok,
             Err((outcome, why)) => {
                 tracing::warn!(
-                    component = self.component.id,
+                    component = self.component().id,
                     request_id = id,
                     schedule = self.trigger.expression,
                     outcome = outcome.as_str(),
@@ -210,28 +290,30 @@ impl Schedule {
             }
         };
         self.metrics
-            .cron_run(&self.component.id, outcome.as_str(), started.elapsed());
+            .cron_run(&self.component().id, outcome.as_str(), started.elapsed());
     }
 
     async fn call(&self, id: &str, timestamp: u64) -> Result<(), (RunOutcome, String)> {
-        let timeout = self.component.request_timeout;
+        let timeout = self.component().request_timeout;
         let trapped = |trap: wasmtime::Error| {
             if matches!(
                 trap.downcast_ref::<wasmtime::Trap>(),
                 Some(wasmtime::Trap::Interrupt)
             ) {
-                self.metrics.deadline_hit(&self.component.id);
+                self.metrics.deadline_hit(&self.component().id);
                 (
                     RunOutcome::Deadline,
                     format!("deadline of {} ms exceeded", timeout.as_millis()),
                 )
             } else {
-                self.metrics.trapped(&self.component.id);
+                self.metrics.trapped(&self.component().id);
                 (RunOutcome::Trap, format!("component trapped: {trap:#}"))
             }
         };
-        let mut store = self
-            .component
+        let Target::Component { component, handler } = &self.target else {
+            return Err((RunOutcome::Error, "not a component entry".into()));
+        };
+        let mut store = component
             .new_store(&self.engine, Invocation::new(id, timeout))
             .map_err(|e| {
                 (
@@ -240,17 +322,16 @@ impl Schedule {
                 )
             })?;
         let started = Instant::now();
-        let handler = self
-            .handler
+        let handler = handler
             .instantiate_async(&mut store)
             .await
             .map_err(trapped)?;
         self.metrics
-            .instantiated(&self.component.id, started.elapsed());
+            .instantiated(&self.component().id, started.elapsed());
         let call = handler.call_handle_cron_event(&mut store, Metadata { timestamp });
         match tokio::time::timeout(timeout, call).await {
             Err(_) => {
-                self.metrics.deadline_hit(&self.component.id);
+                self.metrics.deadline_hit(&self.component().id);
                 Err((
                     RunOutcome::Deadline,
                     format!("deadline of {} ms exceeded", timeout.as_millis()),
@@ -260,5 +341,51 @@ impl Schedule {
             Ok(Ok(Err(CronError::Other(message)))) => Err((RunOutcome::Error, message)),
             Ok(Ok(Ok(()))) => Ok(()),
         }
+    }
+}
+
+/// A scheduled execution of a job: its parameters are the job's defaults plus `scheduled_at`
+/// (the fire time, seconds since the epoch), so each time is its own execution.
+async fn run_job(
+    app: &Arc<App>,
+    engine: &Arc<MoaEngine>,
+    jobs: &super::job::PreparedJobs,
+    name: &str,
+    metrics: &Arc<super::job::JobMetrics>,
+    timestamp: u64,
+    shutdown: &CancellationToken,
+) -> Result<(), (RunOutcome, String)> {
+    use super::job::runner::{JobRun, Outcome};
+    let Some(prepared) = jobs.jobs.get(name) else {
+        return Err((RunOutcome::Error, format!("job `{name}` is not prepared")));
+    };
+    let parameters = [("scheduled_at".to_string(), timestamp.to_string())].into();
+    let run = JobRun::begin(app, engine.clone(), prepared, parameters, metrics.clone())
+        .await
+        .map_err(|e| (RunOutcome::Error, format!("{e:#}")))?;
+    tracing::info!(
+        job = name,
+        execution = run.execution.id,
+        records = run.execution.records,
+        "scheduled job started"
+    );
+    let outcome = Arc::new(run)
+        .run(shutdown.child_token())
+        .await
+        .map_err(|e| (RunOutcome::Error, format!("{e:#}")))?;
+    match outcome {
+        Outcome::Completed => {
+            tracing::info!(job = name, "scheduled job completed");
+            Ok(())
+        }
+        Outcome::Failed(message) => {
+            Err((RunOutcome::Error, format!("job `{name}` failed: {message}")))
+        }
+        Outcome::Stopped => Err((
+            RunOutcome::Error,
+            format!(
+                "job `{name}` stopped by the shutdown; resume it with `moa job run {name} --param scheduled_at={timestamp}`"
+            ),
+        )),
     }
 }
