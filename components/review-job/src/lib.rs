@@ -5,7 +5,8 @@
 //! of the `reviews` index (idempotent by review id, so a repeated chunk changes nothing).
 //!
 //! Sentiment: ratings 1-4 negative and 9-10 positive; other reviews get the text classifier's label
-//! when the job's `sentiment_model` parameter names a classifier file mounted into the component.
+//! when the job's `sentiment_model` parameter names the classifier file mounted into the component
+//! (`sentiment-e5-small.json`, trained by `scripts/eval-sentiment.sh`).
 
 wit_bindgen::generate!({
     path: "../../wit",
@@ -78,10 +79,20 @@ fn parse(text: &str) -> Result<Review, String> {
     })
 }
 
-/// A logistic regression over passage embeddings (`scripts/train-sentiment.py` writes it).
+/// The sentiment classifier `scripts/eval-sentiment.sh` trains: a logistic regression over the
+/// cleaned text's hashed n-grams (`review_text::sentiment_features`) and the passage embedding.
 #[derive(serde::Deserialize)]
+struct ClassifierFile {
+    ngram_bits: u32,
+    ngram_weights: Vec<(u32, f32)>,
+    embedding_weights: Vec<f32>,
+    bias: f32,
+}
+
 struct Classifier {
-    weights: Vec<f32>,
+    bits: u32,
+    ngrams: Vec<f32>,
+    embedding: Vec<f32>,
     bias: f32,
 }
 
@@ -89,19 +100,39 @@ impl Classifier {
     fn load(path: &str) -> Result<Classifier, String> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| format!("cannot read the sentiment model {path}: {e}"))?;
-        serde_json::from_str(&text).map_err(|e| format!("sentiment model {path}: {e}"))
+        let file: ClassifierFile =
+            serde_json::from_str(&text).map_err(|e| format!("sentiment model {path}: {e}"))?;
+        if file.ngram_bits > 24 {
+            return Err(format!(
+                "sentiment model {path}: ngram_bits {} is too large",
+                file.ngram_bits
+            ));
+        }
+        let mut ngrams = vec![0.0; 1 << file.ngram_bits];
+        for (bucket, weight) in file.ngram_weights {
+            if let Some(slot) = ngrams.get_mut(bucket as usize) {
+                *slot = weight;
+            }
+        }
+        Ok(Classifier {
+            bits: file.ngram_bits,
+            ngrams,
+            embedding: file.embedding_weights,
+            bias: file.bias,
+        })
     }
 
-    /// Probability of positive.
-    fn positive(&self, vector: &[f32]) -> f32 {
-        let z: f32 = self.bias
-            + self
-                .weights
-                .iter()
-                .zip(vector)
-                .map(|(w, x)| w * x)
-                .sum::<f32>();
-        1.0 / (1.0 + (-z).exp())
+    /// Probability that the review is positive.
+    fn positive(&self, text: &str, vector: &[f32]) -> f32 {
+        let features = review_text::sentiment_features(text, self.bits);
+        let scale = 1.0 / (features.len().max(1) as f32).sqrt();
+        let grams: f32 = features
+            .iter()
+            .map(|b| self.ngrams[*b as usize])
+            .sum::<f32>()
+            * scale;
+        let embedding: f32 = self.embedding.iter().zip(vector).map(|(w, x)| w * x).sum();
+        1.0 / (1.0 + (-(self.bias + grams + embedding)).exp())
     }
 }
 
@@ -188,7 +219,7 @@ impl Guest for ReviewJob {
                     Some(label) => (Some(label), "rating", 1.0),
                     None => match &classifier {
                         Some(model) => {
-                            let p = model.positive(&vector);
+                            let p = model.positive(&review.text, &vector);
                             let label = if p >= 0.5 {
                                 Sentiment::Positive
                             } else {

@@ -108,6 +108,45 @@ pub fn clean(text: &str) -> Option<String> {
     (!out.is_empty()).then_some(out)
 }
 
+/// Buckets of the sentiment classifier's hashed features (`2^bits` of them).
+pub const SENTIMENT_BITS: u32 = 18;
+
+/// 64-bit FNV-1a of `text`'s UTF-8 bytes.
+pub fn fnv1a(text: &str) -> u64 {
+    let mut hash: u64 = 0xCBF2_9CE4_8422_2325;
+    for byte in text.as_bytes() {
+        hash ^= u64::from(*byte);
+        hash = hash.wrapping_mul(0x0100_0000_01B3);
+    }
+    hash
+}
+
+/// The sentiment classifier's text features of a cleaned review, as `scripts/model/sentiment.py`
+/// trains them: every 1-, 2- and 3-character window of the text padded with a space each side
+/// (`"n:window"`) and every word (`"w:word"`), hashed with [`fnv1a`] into `2^bits` buckets; the
+/// distinct buckets, sorted. Each counts `1 / sqrt(len)` in the model.
+pub fn sentiment_features(text: &str, bits: u32) -> Vec<u32> {
+    let padded: Vec<char> = format!(" {text} ").chars().collect();
+    let modulus = 1u64 << bits;
+    let mut found = Vec::with_capacity(padded.len() * 3 + 8);
+    let mut key = String::new();
+    for n in 1..=3usize {
+        for window in padded.windows(n) {
+            key.clear();
+            key.push_str(&n.to_string());
+            key.push(':');
+            key.extend(window);
+            found.push((fnv1a(&key) % modulus) as u32);
+        }
+    }
+    for word in text.split_whitespace() {
+        found.push((fnv1a(&format!("w:{word}")) % modulus) as u32);
+    }
+    found.sort_unstable();
+    found.dedup();
+    found
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -137,6 +176,21 @@ mod tests {
         // 한 as decomposed jamo (NFD) becomes the precomposed syllable.
         let decomposed = "\u{1112}\u{1161}\u{11AB}";
         assert_eq!(clean(decomposed), Some("한".into()));
+    }
+
+    #[test]
+    fn features_match_the_training_script() {
+        // What scripts/model/sentiment.py's `buckets` computes for the same text.
+        assert_eq!(fnv1a("1:a"), 4995622388189805129);
+        let expected = [
+            269, 4627, 12979, 15123, 26526, 34370, 40935, 69849, 82658, 88379, 91591, 107100,
+            107217, 107918, 117232, 134403, 138242, 140123, 140304, 161088, 164017, 181836, 191740,
+            192175, 198249, 200063, 202395, 206166, 206601, 206970, 210884, 233810, 238906, 254371,
+        ];
+        assert_eq!(
+            sentiment_features("재밌어요ㅋㅋ!! 최고", SENTIMENT_BITS),
+            expected
+        );
     }
 
     #[test]

@@ -31,6 +31,7 @@ workers = 2
 skip_limit = 10
 [component.review-job]
 source = "{review-job}"
+files = [{ source = "models", destination = "/models" }]
 document_stores = ["default"]
 vector_indexes = ["reviews"]
 ai_models = ["multilingual-e5-small"]
@@ -80,6 +81,11 @@ fn the_review_job_cleans_labels_embeds_and_indexes_reviews() {
     lines.push(noisy.to_string());
     reviews.push(noisy);
     app.write("reviews.jsonl", &(lines.join("\n") + "\n"));
+    // The trained classifier, mounted into the component for the reviews rated 5-8.
+    let model = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../components/review-job/sentiment-e5-small.json");
+    std::fs::create_dir_all(app.path().join("models")).expect("models dir");
+    std::fs::copy(&model, app.path().join("models/sentiment-e5-small.json")).expect("model copied");
 
     let output = Command::new(env!("CARGO_BIN_EXE_moa"))
         .args([
@@ -88,6 +94,8 @@ fn the_review_job_cleans_labels_embeds_and_indexes_reviews() {
             "review-import",
             "--param",
             "input=reviews.jsonl",
+            "--param",
+            "sentiment_model=/models/sentiment-e5-small.json",
             "--quiet",
             "-f",
         ])
@@ -137,15 +145,25 @@ fn the_review_job_cleans_labels_embeds_and_indexes_reviews() {
         .expect("the noisy review");
     assert_eq!(noisy["text"], "진짜 최고ㅋㅋ!!");
     assert_eq!(noisy["sentiment"], "positive");
+    let mut classified = 0;
     for document in &documents {
-        let rating = document["rating"].as_i64().unwrap_or(0);
-        let expected = match rating {
-            1..=4 => json!("negative"),
-            9..=10 => json!("positive"),
-            _ => Value::Null,
-        };
-        assert_eq!(document["sentiment"], expected, "{document}");
+        match document["rating"].as_i64().unwrap_or(0) {
+            1..=4 => assert_eq!(document["sentiment"], "negative", "{document}"),
+            9..=10 => assert_eq!(document["sentiment"], "positive", "{document}"),
+            _ => {
+                // Rated 5-8: the text classifier decides.
+                assert_eq!(document["sentiment_source"], "classifier", "{document}");
+                assert!(
+                    ["positive", "negative"]
+                        .contains(&document["sentiment"].as_str().unwrap_or(""))
+                );
+                let confidence = document["sentiment_confidence"].as_f64().unwrap_or(0.0);
+                assert!((0.5..=1.0).contains(&confidence), "{document}");
+                classified += 1;
+            }
+        }
     }
+    assert!(classified > 0, "the sample has reviews rated 5-8");
 
     // The vectors: one per review, searchable with the store filter inside the search.
     let info = post(

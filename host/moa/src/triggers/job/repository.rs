@@ -106,9 +106,26 @@ pub enum StartError {
     Source(String),
 }
 
-/// 20 ms doubling to 1 s.
-fn backoff(attempt: u32) -> Duration {
-    Duration::from_millis((20u64 << attempt.min(6)).min(1000))
+/// Runs `work` again on a write conflict or an unavailable store (another host's chunk holding
+/// the embedded store's writer, a MongoDB failover), waiting 20 ms doubling to 1 s, for ~25 s.
+async fn retrying<T, F, Fut>(mut work: F) -> Result<T, DocumentError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, DocumentError>>,
+{
+    let mut attempt = 0u32;
+    loop {
+        match work().await {
+            Err(DocumentError::WriteConflict(_) | DocumentError::Unavailable(_))
+                if attempt < 30 =>
+            {
+                attempt += 1;
+                tokio::time::sleep(Duration::from_millis((20u64 << attempt.min(6)).min(1000)))
+                    .await;
+            }
+            other => return other,
+        }
+    }
 }
 
 pub fn now_ms() -> u64 {
@@ -221,21 +238,9 @@ impl JobRepository {
         Ok(JobRepository { backend })
     }
 
-    /// Runs one repository operation; a write conflict or an unavailable store (another host's
-    /// chunk holding the embedded store's writer, a MongoDB failover) is retried for ~20 s.
+    /// Runs one repository operation, retried as [`retrying`] says.
     async fn run(&self, op: Op) -> Result<Output, DocumentError> {
-        let mut attempt = 0u32;
-        loop {
-            match self.backend.run(op.clone()).await {
-                Err(DocumentError::WriteConflict(_) | DocumentError::Unavailable(_))
-                    if attempt < 30 =>
-                {
-                    attempt += 1;
-                    tokio::time::sleep(backoff(attempt)).await;
-                }
-                other => return other,
-            }
-        }
+        retrying(|| self.backend.run(op.clone())).await
     }
 
     pub async fn execution(&self, id: &str) -> Result<Option<Execution>, DocumentError> {
@@ -361,21 +366,7 @@ impl JobRepository {
         records: u64,
         range_records: u64,
     ) -> Result<bool, DocumentError> {
-        let mut attempt = 0u32;
-        loop {
-            match self
-                .try_create_ranges(execution, host, records, range_records)
-                .await
-            {
-                Err(DocumentError::WriteConflict(_) | DocumentError::Unavailable(_))
-                    if attempt < 30 =>
-                {
-                    attempt += 1;
-                    tokio::time::sleep(backoff(attempt)).await;
-                }
-                other => return other,
-            }
-        }
+        retrying(|| self.try_create_ranges(execution, host, records, range_records)).await
     }
 
     async fn try_create_ranges(
