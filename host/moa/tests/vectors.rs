@@ -304,14 +304,18 @@ fn the_embedded_index_serves_components_and_survives_restarts() {
     // Stopped cleanly: it snapshots, and the next start says it replayed nothing.
     moa.stop();
     let moa = start(&app);
-    assert!(
-        moa.stderr()
-            .lines()
-            .any(|l| l.contains("vector index loaded from its snapshot")
-                && (l.contains("replayed=0") || l.contains("\"replayed\":0"))),
-        "{:?}",
-        moa.stderr()
-    );
+    // (stderr is read by a thread: give it a moment to catch up with stdout.)
+    let loaded = |moa: &Moa| {
+        moa.stderr().lines().any(|l| {
+            l.contains("vector index loaded from its snapshot")
+                && (l.contains("replayed=0") || l.contains("\"replayed\":0"))
+        })
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !loaded(&moa) && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(loaded(&moa), "{}", moa.stderr());
     let after_stop = one(
         &moa,
         "reviews",

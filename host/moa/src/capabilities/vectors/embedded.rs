@@ -91,6 +91,9 @@ struct SnapshotMeta {
     metric: Metric,
     connectivity: usize,
     count: usize,
+    /// Cosine graphs hold unit vectors under inner product (written since this field exists).
+    #[serde(default)]
+    unit_vectors: bool,
 }
 
 /// One embedded index.
@@ -406,7 +409,7 @@ impl EmbeddedIndex {
     fn options(&self, dimensions: usize) -> IndexOptions {
         IndexOptions {
             dimensions,
-            metric: self.settings.metric.usearch_kind(),
+            metric: graph_kind(self.settings.metric),
             quantization: ScalarKind::F32,
             connectivity: self.settings.connectivity,
             expansion_add: self.settings.expansion_add,
@@ -449,6 +452,7 @@ impl EmbeddedIndex {
                     && m.dimensions == dimensions
                     && m.metric == self.settings.metric
                     && m.connectivity == self.settings.connectivity
+                    && m.unit_vectors
             });
             if !fits {
                 continue;
@@ -543,12 +547,12 @@ impl EmbeddedIndex {
                 batch.push((key, from_blob(&blob)));
                 if batch.len() == 4096 {
                     replayed += batch.len();
-                    add_parallel(&graph, &batch, self.threads)?;
+                    add_parallel(&graph, &batch, self.threads, self.settings.metric)?;
                     batch.clear();
                 }
             }
             replayed += batch.len();
-            add_parallel(&graph, &batch, self.threads)?;
+            add_parallel(&graph, &batch, self.threads, self.settings.metric)?;
             let mut deleted = tx
                 .prepare("SELECT key FROM tombstones WHERE seq > ?1")
                 .map_err(sql)?;
@@ -719,7 +723,7 @@ impl EmbeddedIndex {
             );
             additions.push((key, vector));
         }
-        add_parallel(graph, &additions, self.threads)?;
+        add_parallel(graph, &additions, self.threads, self.settings.metric)?;
         *applied_seq = db_seq;
         self.dirty.fetch_add(changes, AtomicOrdering::Relaxed);
         Ok(())
@@ -793,6 +797,7 @@ impl EmbeddedIndex {
                 metric: self.settings.metric,
                 connectivity: self.settings.connectivity,
                 count: graph.size(),
+                unit_vectors: true,
             };
             // The .json first: a graph file without its .json is never loaded.
             std::fs::write(
@@ -927,6 +932,7 @@ impl EmbeddedIndex {
             return Ok((Vec::new(), Plan::Graph));
         };
         check_vector(&request.vector, Some(dimensions))?;
+        let graph_query = graph_vector(self.settings.metric, &request.vector);
         let limit = request.limit;
         let wanted = request.candidates.unwrap_or(limit).max(limit);
         let metric = self.settings.metric;
@@ -949,7 +955,7 @@ impl EmbeddedIndex {
         };
         let Some((_, filter)) = &request.filter else {
             let found = graph
-                .search(&request.vector, wanted)
+                .search(&graph_query, wanted)
                 .map_err(other("searching"))?;
             return Ok((
                 to_matches(found.keys.into_iter().zip(found.distances).collect()),
@@ -993,7 +999,7 @@ impl EmbeddedIndex {
                     .is_some_and(|entry| filter.matches(&entry.metadata))
         };
         let found = graph
-            .filtered_search(&request.vector, wanted, predicate)
+            .filtered_search(&graph_query, wanted, predicate)
             .map_err(other("searching"))?;
         let found: Vec<(u64, f32)> = found.keys.into_iter().zip(found.distances).collect();
         if found.len() >= limit {
@@ -1048,6 +1054,7 @@ fn add_parallel(
     graph: &Index,
     items: &[(u64, Vec<f32>)],
     threads: usize,
+    metric: Metric,
 ) -> Result<(), VectorError> {
     reserve_for(graph, items.len(), threads)?;
     let workers = std::thread::available_parallelism()
@@ -1055,24 +1062,22 @@ fn add_parallel(
         .unwrap_or(1)
         .min(threads - 1)
         .max(1);
-    if items.len() < 64 || workers == 1 {
-        for (key, vector) in items {
-            graph.add(*key, vector).map_err(other("adding a vector"))?;
+    let add = |part: &[(u64, Vec<f32>)]| -> Result<(), VectorError> {
+        for (key, vector) in part {
+            graph
+                .add(*key, &graph_vector(metric, vector))
+                .map_err(other("adding a vector"))?;
         }
-        return Ok(());
+        Ok(())
+    };
+    if items.len() < 64 || workers == 1 {
+        return add(items);
     }
     let chunk = items.len().div_ceil(workers);
     std::thread::scope(|scope| {
         let handles: Vec<_> = items
             .chunks(chunk)
-            .map(|part| {
-                scope.spawn(move || -> Result<(), VectorError> {
-                    for (key, vector) in part {
-                        graph.add(*key, vector).map_err(other("adding a vector"))?;
-                    }
-                    Ok(())
-                })
-            })
+            .map(|part| scope.spawn(move || add(part)))
             .collect();
         for handle in handles {
             handle
@@ -1081,6 +1086,28 @@ fn add_parallel(
         }
         Ok(())
     })
+}
+
+/// The usearch metric of a graph: cosine is inner product over unit vectors (one dot product per
+/// distance instead of three, as hnswlib does it), with the same distance `1 - cos`.
+fn graph_kind(metric: Metric) -> usearch::MetricKind {
+    match metric {
+        Metric::Cosine => usearch::MetricKind::IP,
+        other => other.usearch_kind(),
+    }
+}
+
+/// A vector as the graph holds it: unit length for cosine, as given otherwise.
+fn graph_vector(metric: Metric, vector: &[f32]) -> std::borrow::Cow<'_, [f32]> {
+    if metric != Metric::Cosine {
+        return std::borrow::Cow::Borrowed(vector);
+    }
+    let norm = vector.iter().map(|v| v * v).sum::<f32>().sqrt();
+    if norm == 0.0 || (norm - 1.0).abs() < 1e-6 {
+        std::borrow::Cow::Borrowed(vector)
+    } else {
+        std::borrow::Cow::Owned(vector.iter().map(|v| v / norm).collect())
+    }
 }
 
 impl Drop for EmbeddedIndex {
