@@ -1277,6 +1277,40 @@ mod tests {
     }
 
     #[test]
+    fn a_filter_the_value_index_cannot_narrow_still_returns_every_match() {
+        // 40 of 20,000 items carry `rank`; `$exists` is not an equality, so the graph is walked
+        // with the filter as a predicate: all 40 must come back, nearest first.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut rng = StdRng::seed_from_u64(13);
+        let mut all = items(20_000, &mut rng);
+        for i in (0..20_000).step_by(500) {
+            all[i].metadata.insert("rank".into(), json!(i));
+        }
+        let index = open(dir.path(), |_| {});
+        index.upsert_blocking(all.clone()).expect("upsert");
+        let mut plans = Vec::new();
+        for _ in 0..5 {
+            let query = random_vector(&mut rng);
+            let (found, plan) =
+                search(&index, &query, 40, Some(json!({"rank": {"$exists": true}})));
+            let want = exact_ids(&all, &query, 40, |i| i.metadata.contains_key("rank"));
+            assert_eq!(
+                found.iter().map(|m| m.id.clone()).collect::<Vec<_>>(),
+                want,
+                "{plan:?}"
+            );
+            plans.push(plan);
+        }
+        // (usearch's predicate walk found all 40 in every run here; when it does not, the
+        // fallback must make up the difference, and the assertion above holds either way.)
+        assert!(
+            plans
+                .iter()
+                .all(|p| matches!(p, Plan::FilteredGraph | Plan::ExactFallback))
+        );
+    }
+
+    #[test]
     fn filtered_results_are_the_exact_nearest_matches() {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut rng = StdRng::seed_from_u64(11);
