@@ -27,23 +27,9 @@ if ! "$PY" -c 'import hnswlib' 2>/dev/null; then
   log "installing hnswlib (PyPI) into $MOA_CACHE_HOME/venv-model"
   "$PY" -m pip install -q hnswlib==0.8.0
 fi
-log "building moa-model-runtime, embed_reviews and bench_vectors (release)"
-(cd "$MOA_ROOT" && cargo build --release -p moa-model-runtime --bin moa-model-runtime --example embed_reviews \
-  && cargo build --release -p moa --example bench_vectors)
-
-if [ ! -s "$CACHE/vectors.f32" ]; then
-  PORT="$(free_port)"
-  "$CARGO_TARGET_DIR/release/moa-model-runtime" serve --listen "127.0.0.1:$PORT" \
-    --shutdown-grace-ms 0 --log-format text >"$CACHE.log" 2>&1 &
-  PID=$!
-  trap 'kill $PID 2>/dev/null || true' EXIT
-  log "embedding ${LIMIT:-every} review(s) into $CACHE (once; about 120 reviews/s on 2 cores)"
-  "$CARGO_TARGET_DIR/release/examples/embed_reviews" "http://127.0.0.1:$PORT" "$DATA" "$CACHE.tmp" \
-    ${LIMIT:+--limit "$LIMIT"}
-  rm -rf "$CACHE" && mv "$CACHE.tmp" "$CACHE"
-  kill $PID 2>/dev/null || true
-  trap - EXIT
-fi
+log "building bench_vectors (release)"
+(cd "$MOA_ROOT" && cargo build --release -p moa --example bench_vectors)
+ensure_review_vectors "$CACHE" "$DATA" "$LIMIT"
 
 OUT="$(mktemp)"
 log "moa (embedded index, usearch HNSW, connectivity 16, expansion_add 128)"

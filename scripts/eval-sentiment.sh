@@ -4,7 +4,7 @@
 #
 #   scripts/eval-sentiment.sh                  # held-out stores of ../shared/data/nsmc-reviews.jsonl.gz
 #   scripts/eval-sentiment.sh OTHER.jsonl.gz   # every labelled review of another file (same format)
-#   TRAIN=1 scripts/eval-sentiment.sh          # train components/review-job/sentiment-e5-small.json again
+#   TRAIN=1 scripts/eval-sentiment.sh          # train components/review-job/models/sentiment-e5-small.json again
 #   EVERY=20 EVAL_LIMIT=5000 ...               # sampling: every EVERY-th labelled review for
 #                                              # training; at most EVAL_LIMIT reviews of OTHER
 #
@@ -15,7 +15,7 @@ set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 
 DATA="$MOA_ROOT/../shared/data/nsmc-reviews.jsonl.gz"
-MODEL="$MOA_ROOT/components/review-job/sentiment-e5-small.json"
+MODEL="$MOA_ROOT/components/review-job/models/sentiment-e5-small.json"
 EVERY="${EVERY:-20}"
 EVAL_LIMIT="${EVAL_LIMIT:-5000}"
 WORK="$MOA_CACHE_HOME/sentiment"

@@ -142,6 +142,18 @@ type = "kafka"
 brokers = "127.0.0.1:$KAFKA_PORT"
 properties = { "session.timeout.ms" = "6000", "heartbeat.interval.ms" = "500" }
 
+# The AI chat's questions on Redis Streams, as in production.
+[messaging.brokers.chat]
+type = "redis"
+url = "redis://127.0.0.1:$REDIS_PORT"
+
+[messaging]
+default_broker = "main"
+
+[[messaging.routes]]
+topics = ["chat.*"]
+broker = "chat"
+
 [key_value_store.default]
 type = "redis"
 url = "redis://127.0.0.1:$REDIS_PORT"
@@ -188,4 +200,27 @@ ensure_schemathesis() {
     "$venv/bin/pip" install -q "schemathesis==4.32.5"
   fi
   export MOA_SCHEMATHESIS="$venv/bin/schemathesis"
+}
+
+# Review embeddings (multilingual-e5-small, `passage`, as the review job stores them) for the vector
+# benchmark and the retrieval evaluation, computed once through moa-model-runtime:
+#   ensure_review_vectors CACHE_DIR REVIEWS.jsonl.gz [LIMIT]   -> CACHE_DIR/{vectors.f32,meta.jsonl}
+ensure_review_vectors() {
+  local cache="$1" data="$2" limit="${3:-}"
+  log "building moa-model-runtime and embed_reviews (release)"
+  (cd "$MOA_ROOT" && cargo build --release -p moa-model-runtime --bin moa-model-runtime --example embed_reviews)
+  [ -s "$cache/vectors.f32" ] && return 0
+  local port pid
+  port="$(free_port)"
+  "$CARGO_TARGET_DIR/release/moa-model-runtime" serve --listen "127.0.0.1:$port" \
+    --shutdown-grace-ms 0 --log-format text >"$cache.log" 2>&1 &
+  pid=$!
+  log "embedding ${limit:-every} review(s) into $cache (once; about 110 reviews/s on 2 cores)"
+  if ! "$CARGO_TARGET_DIR/release/examples/embed_reviews" "http://127.0.0.1:$port" "$data" "$cache.tmp" \
+    ${limit:+--limit "$limit"}; then
+    kill "$pid" 2>/dev/null || true
+    return 1
+  fi
+  kill "$pid" 2>/dev/null || true
+  rm -rf "$cache" && mv "$cache.tmp" "$cache"
 }

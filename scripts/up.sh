@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Sets up a fresh machine, builds the host and the reference app, and serves it on embedded
 # defaults (no servers needed) on http://127.0.0.1:3000: the commerce app (/stores, /orders, ...;
-# see the README's tour and ./scripts/seed.sh) and the examples /hello, /p2, /counter.
+# see the README's tour and ./scripts/seed.sh), the AI chat (/chat; reviews from
+# ./scripts/seed-reviews.sh) and the examples /hello, /p2, /counter.
 # It also starts the two local stand-ins the app's dev defaults point at, and stops them on exit:
 #   the Toss Payments emulator   http://127.0.0.1:3082  (TOSS_EMULATOR_LISTEN)
 #   the dev token issuer         http://127.0.0.1:3081  (DEV_ISSUER_LISTEN; key in .moa/)
@@ -9,6 +10,8 @@
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 ensure_toolchain
+# The AI chat's embeddings run in-process on embedded defaults: the model (about 1 min once).
+"$(dirname "$0")/fetch-model.sh"
 build_host
 build_dev_services
 build_components

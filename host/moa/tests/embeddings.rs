@@ -5,10 +5,8 @@
 
 mod common;
 
-use common::{AppDir, Moa, Options, free_port, wait_for_port};
+use common::{AppDir, Moa, ModelRuntime, Options, free_port};
 use reqwest::Method;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 
 const AI_APP: &str = r#"
 spin_manifest_version = 2
@@ -114,57 +112,6 @@ fn components_get_embeddings_from_the_in_process_runtime() {
     embeddings_behaviour(&moa);
     let metrics = common::blocking(Method::GET, &format!("{}/metrics", moa.admin_url), None).1;
     assert!(metrics.contains("moa_embed_texts_total 4"), "{metrics}");
-}
-
-/// A `moa-model-runtime serve` on a free port (JSON log in `log`), killed when dropped.
-struct ModelRuntime {
-    child: Child,
-    endpoint: String,
-    log: PathBuf,
-}
-
-impl ModelRuntime {
-    fn start(log: PathBuf) -> ModelRuntime {
-        // Built beside `moa` by `cargo test --workspace`.
-        let binary = PathBuf::from(env!("CARGO_BIN_EXE_moa")).with_file_name("moa-model-runtime");
-        assert!(
-            binary.exists(),
-            "{} is missing: build the workspace (cargo test --workspace builds it)",
-            binary.display()
-        );
-        let (port, admin) = (free_port(), free_port());
-        let child = Command::new(binary)
-            .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
-            .args(["--admin-listen", &format!("127.0.0.1:{admin}")])
-            .args(["--shutdown-grace-ms", "0", "--log-format", "json"])
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
-        wait_for_port(admin, "moa-model-runtime admin");
-        // Ready once the model is loaded (a few seconds).
-        let ready = format!("http://127.0.0.1:{admin}/readyz");
-        let loaded = (0..600).any(|_| {
-            let ok = common::blocking(Method::GET, &ready, None).0 == 200;
-            if !ok {
-                std::thread::sleep(std::time::Duration::from_millis(50));
-            }
-            ok
-        });
-        assert!(loaded, "moa-model-runtime did not load its model");
-        ModelRuntime {
-            child,
-            endpoint: format!("http://127.0.0.1:{port}"),
-            log,
-        }
-    }
-}
-
-impl Drop for ModelRuntime {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 fn grpc_options(app: &AppDir, endpoint: &str, extra: &str) -> Options {

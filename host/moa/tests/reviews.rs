@@ -83,7 +83,7 @@ fn the_review_job_cleans_labels_embeds_and_indexes_reviews() {
     app.write("reviews.jsonl", &(lines.join("\n") + "\n"));
     // The trained classifier, mounted into the component for the reviews rated 5-8.
     let model = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../components/review-job/sentiment-e5-small.json");
+        .join("../../components/review-job/models/sentiment-e5-small.json");
     std::fs::create_dir_all(app.path().join("models")).expect("models dir");
     std::fs::copy(&model, app.path().join("models/sentiment-e5-small.json")).expect("model copied");
 

@@ -73,6 +73,11 @@ pub struct RunArgs {
     #[arg(long)]
     pub quiet: bool,
 
+    /// Write this host's metrics (Prometheus text: moa_job_*, moa_llm_*, ...) to FILE when the
+    /// run ends, for a node exporter's textfile collector or a benchmark.
+    #[arg(long, value_name = "FILE")]
+    pub metrics_file: Option<PathBuf>,
+
     #[command(flatten)]
     pub app: AppArgs,
 }
@@ -235,6 +240,10 @@ async fn run_job(args: RunArgs) -> Result<()> {
     let (written, skipped) = totals.map(|p| (p.written, p.skipped)).unwrap_or_default();
     let seconds = started.elapsed().as_secs_f64();
     loaded.app.capabilities.vectors.close().await;
+    if let Some(path) = &args.metrics_file {
+        std::fs::write(path, loaded.metrics.render())
+            .with_context(|| format!("cannot write the metrics to {}", path.display()))?;
+    }
     match outcome? {
         Outcome::Completed => {
             println!(

@@ -138,6 +138,9 @@ async fn serve(args: UpArgs, manifest_path: PathBuf, traces_exported: bool) -> R
     if let Some(backend) = app.capabilities.llm.backend() {
         println!("Embeddings: {}", backend.describe());
     }
+    if let Some(inference) = app.capabilities.llm.inference() {
+        println!("LLM inference: {}", inference.endpoint());
+    }
     if let Some(admin) = args.admin_listen {
         let admin_listener = tokio::net::TcpListener::bind(admin)
             .await

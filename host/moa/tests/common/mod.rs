@@ -48,6 +48,8 @@ impl AppDir {
             "vecprobe",
             "jobprobe",
             "review-job",
+            "chat",
+            "ai-chat",
             "inbox",
             "auth",
             "store",
@@ -747,6 +749,57 @@ impl MongoServer {
 }
 
 impl Drop for MongoServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A `moa-model-runtime serve` on a free port (JSON log in `log`), killed when dropped.
+pub struct ModelRuntime {
+    child: Child,
+    pub endpoint: String,
+    pub log: PathBuf,
+}
+
+impl ModelRuntime {
+    pub fn start(log: PathBuf) -> ModelRuntime {
+        // Built beside `moa` by `cargo test --workspace`.
+        let binary = PathBuf::from(env!("CARGO_BIN_EXE_moa")).with_file_name("moa-model-runtime");
+        assert!(
+            binary.exists(),
+            "{} is missing: build the workspace (cargo test --workspace builds it)",
+            binary.display()
+        );
+        let (port, admin) = (free_port(), free_port());
+        let child = Command::new(binary)
+            .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+            .args(["--admin-listen", &format!("127.0.0.1:{admin}")])
+            .args(["--shutdown-grace-ms", "0", "--log-format", "json"])
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        wait_for_port(admin, "moa-model-runtime admin");
+        // Ready once the model is loaded (a few seconds).
+        let ready = format!("http://127.0.0.1:{admin}/readyz");
+        let loaded = (0..600).any(|_| {
+            let ok = blocking(reqwest::Method::GET, &ready, None).0 == 200;
+            if !ok {
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            ok
+        });
+        assert!(loaded, "moa-model-runtime did not load its model");
+        ModelRuntime {
+            child,
+            endpoint: format!("http://127.0.0.1:{port}"),
+            log,
+        }
+    }
+}
+
+impl Drop for ModelRuntime {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();

@@ -1,10 +1,14 @@
-//! Embeddings for components: Spin's `fermyon:spin/llm@2.0.0` `generate-embeddings`
-//! (`spin_sdk::llm::generate_embeddings`), served by moa's model runtime in-process or over gRPC.
+//! Spin's `fermyon:spin/llm@2.0.0` for components: `generate-embeddings` served by moa's model
+//! runtime (in-process or over gRPC), `infer` by an OpenAI-compatible endpoint ([`inference`]).
 //!
 //! `[embedding]` in the runtime config picks the backend: `type = "grpc"` with an `endpoint`, or
 //! (the default) `type = "in_process"`, which loads the model into `moa up` itself when a
 //! component lists a model under `ai_models`. A model name may end in `:passage` or `:raw` to get
 //! the document prefix or none (default: the query prefix); the grant names the bare model.
+//! `[llm_compute]` (Spin's section) names the inference endpoint; without it `infer` answers
+//! `model-not-supported`.
+
+pub mod inference;
 
 use crate::capabilities::{
     Capability, ComponentContext, ConfigureContext, HasCapability, InstanceParts,
@@ -13,6 +17,7 @@ use crate::invocation::Invocation;
 use crate::runtime_config::RuntimeConfig;
 use anyhow::{Context as _, Result};
 use bindings::fermyon::spin::llm::{self, EmbeddingsResult, EmbeddingsUsage, Error};
+use inference::{ChatCompletions, InferError, Sampling};
 use moa_manifest::LoadedManifest;
 use moa_model_runtime::{
     ClientSettings, EmbedCall, Embedded, ModelRuntime, RemoteRuntime, RuntimeError, RuntimeMetrics,
@@ -91,7 +96,7 @@ pub struct LlmCapability;
 
 impl Capability for LlmCapability {
     const NAME: &'static str = "llm";
-    const RUNTIME_CONFIG_SECTIONS: &'static [&'static str] = &["embedding"];
+    const RUNTIME_CONFIG_SECTIONS: &'static [&'static str] = &["embedding", "llm_compute"];
     const MANIFEST_KEYS: &'static [&'static str] = &["ai_models"];
     const IMPORTS: &'static [&'static str] = &["fermyon:spin/llm@2.0.0"];
 
@@ -106,9 +111,13 @@ impl Capability for LlmCapability {
     }
 
     async fn configure(cx: &ConfigureContext<'_>) -> Result<AiModels> {
-        let models = AiModels::configure(cx.runtime_config, cx.app).await?;
+        let mut models = AiModels::configure(cx.runtime_config, cx.app).await?;
         if let Some(runtime_metrics) = models.metrics() {
             cx.metrics.attach(runtime_metrics);
+        }
+        models.inference = ChatCompletions::configure(cx.runtime_config, cx.metrics)?;
+        if models.backend.is_some() {
+            models.calls = Some(EmbeddingCalls::register(cx.metrics));
         }
         Ok(models)
     }
@@ -136,10 +145,43 @@ pub struct LlmView<'a> {
 }
 
 /// The app's embedding backend: configured once at load, `None` when no component lists
-/// `ai_models` (then nothing is loaded).
+/// `ai_models` (then nothing is loaded); and the inference endpoint, if `[llm_compute]` names one.
 #[derive(Clone, Default)]
 pub struct AiModels {
     backend: Option<EmbeddingBackend>,
+    inference: Option<Arc<ChatCompletions>>,
+    calls: Option<EmbeddingCalls>,
+}
+
+/// `moa_llm_embedding_*`: `generate-embeddings` calls as components see them (queueing, batching
+/// and the network included), beside the runtime's own `moa_embed_*`.
+#[derive(Clone)]
+struct EmbeddingCalls {
+    seconds: prometheus_client::metrics::histogram::Histogram,
+    texts: prometheus_client::metrics::counter::Counter,
+}
+
+impl EmbeddingCalls {
+    fn register(metrics: &crate::telemetry::Metrics) -> EmbeddingCalls {
+        use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+        let calls = EmbeddingCalls {
+            seconds: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
+            texts: prometheus_client::metrics::counter::Counter::default(),
+        };
+        let mut registry = prometheus_client::registry::Registry::default();
+        registry.register(
+            "moa_llm_embedding_call_seconds",
+            "generate-embeddings calls from components, end to end",
+            calls.seconds.clone(),
+        );
+        registry.register(
+            "moa_llm_embedded_texts",
+            "Texts components had embedded",
+            calls.texts.clone(),
+        );
+        metrics.add_source(Arc::new(registry));
+        calls
+    }
 }
 
 impl AiModels {
@@ -150,7 +192,7 @@ impl AiModels {
         }
         let section = runtime_config.section::<EmbeddingSection>("embedding")?;
         if !wanted {
-            return Ok(AiModels { backend: None });
+            return Ok(AiModels::default());
         }
         let describe = runtime_config.describe();
         let backend = match section.unwrap_or(EmbeddingSection::InProcess {
@@ -226,7 +268,13 @@ impl AiModels {
         };
         Ok(AiModels {
             backend: Some(backend),
+            ..AiModels::default()
         })
+    }
+
+    /// The inference endpoint, if `[llm_compute]` names one.
+    pub fn inference(&self) -> Option<&Arc<ChatCompletions>> {
+        self.inference.as_ref()
     }
 
     pub fn backend(&self) -> Option<&EmbeddingBackend> {
@@ -246,6 +294,8 @@ impl AiModels {
         AiModelsGrant {
             models: Arc::new(models.iter().cloned().collect()),
             backend: self.backend.clone(),
+            inference: self.inference.clone(),
+            calls: self.calls.clone(),
         }
     }
 }
@@ -255,6 +305,8 @@ impl AiModels {
 pub struct AiModelsGrant {
     models: Arc<BTreeSet<String>>,
     backend: Option<EmbeddingBackend>,
+    inference: Option<Arc<ChatCompletions>>,
+    calls: Option<EmbeddingCalls>,
 }
 
 /// Marker type naming this capability in the linker.
@@ -293,14 +345,51 @@ impl llm::Host for LlmView<'_> {
     async fn infer(
         &mut self,
         model: String,
-        _prompt: String,
-        _params: Option<llm::InferencingParams>,
+        prompt: String,
+        params: Option<llm::InferencingParams>,
     ) -> wasmtime::Result<Result<llm::InferencingResult, Error>> {
         if !self.grant.models.contains(&model) {
             return Ok(Err(access_denied(&model)));
         }
-        // moa's model runtime serves embedding models; text generation is not offered (yet).
-        Ok(Err(Error::ModelNotSupported))
+        // Without `[llm_compute]` there is no text generation: Spin's answer for a model it
+        // cannot run, which components take as "no LLM here".
+        let Some(inference) = &self.grant.inference else {
+            return Ok(Err(Error::ModelNotSupported));
+        };
+        let sampling = params.map_or_else(Sampling::default, |p| Sampling {
+            max_tokens: Some(p.max_tokens),
+            temperature: Some(p.temperature),
+            top_p: Some(p.top_p),
+        });
+        let started = Instant::now();
+        let result = inference
+            .infer(
+                &model,
+                &prompt,
+                sampling,
+                self.invocation.traceparent.as_deref(),
+            )
+            .await;
+        tracing::debug!(
+            model,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            ok = result.is_ok(),
+            "infer"
+        );
+        Ok(match result {
+            Ok(inferred) => Ok(llm::InferencingResult {
+                text: inferred.text,
+                usage: llm::InferencingUsage {
+                    prompt_token_count: inferred.prompt_tokens,
+                    generated_token_count: inferred.generated_tokens,
+                },
+            }),
+            Err(InferError::Refused {
+                status: 400 | 413 | 422,
+                message,
+            }) => Err(Error::InvalidInput(message)),
+            Err(error) => Err(Error::RuntimeError(error.to_string())),
+        })
     }
 
     async fn generate_embeddings(
@@ -334,6 +423,12 @@ impl llm::Host for LlmView<'_> {
                 ..Default::default()
             })
             .await;
+        if let Some(calls) = &self.grant.calls {
+            calls.seconds.observe(started.elapsed().as_secs_f64());
+            if result.is_ok() {
+                calls.texts.inc_by(count as u64);
+            }
+        }
         tracing::debug!(
             model = base,
             texts = count,
