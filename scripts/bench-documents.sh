@@ -26,7 +26,7 @@ ensure_toolchain
 ensure_redis
 ensure_secantus
 log "building moa and the raw driver loop (release)"
-(cd "$MOA_ROOT" && cargo build --release -p moa --bin moa --example mongo_raw)
+(cd "$MOA_ROOT" && cargo build --release --workspace --bin moa --example mongo_raw)
 build_components
 
 WORK="$(mktemp -d)"

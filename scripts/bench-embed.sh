@@ -31,7 +31,7 @@ DATA="$MOA_ROOT/../shared/data/nsmc-reviews.jsonl.gz"
 ensure_toolchain
 "$MOA_ROOT/scripts/fetch-model.sh"
 log "building moa-model-runtime and the benchmark driver (release)"
-(cd "$MOA_ROOT" && cargo build --release -p moa-model-runtime --bin moa-model-runtime --example bench_embed)
+(cd "$MOA_ROOT" && cargo build --release --workspace --bin moa-model-runtime --example bench_embed)
 
 WORK="$(mktemp -d)"
 PID=""

@@ -22,7 +22,7 @@ ensure_toolchain
 ensure_redis
 ensure_tansu
 log "building moa and the benchmark driver (release)"
-(cd "$MOA_ROOT" && cargo build --release -p moa --bin moa --example bench_events)
+(cd "$MOA_ROOT" && cargo build --release --workspace --bin moa --example bench_events)
 build_components
 
 WORK="$(mktemp -d)"

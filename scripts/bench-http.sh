@@ -37,7 +37,7 @@ if ! "$WASMTIME" --version 2>/dev/null | grep -q '^wasmtime 48.0.8'; then
   CARGO_TARGET_DIR="$MOA_CACHE_HOME/tools-target" cargo install wasmtime-cli --version 48.0.8 --locked --root "$TOOLS"
 fi
 log "building moa and the bare hyper server (release)"
-(cd "$MOA_ROOT" && cargo build --release -p moa --bin moa --example hyper_hello)
+(cd "$MOA_ROOT" && cargo build --release --workspace --bin moa --example hyper_hello)
 build_components
 
 HELLO="$MOA_ROOT/components/target/wasm32-wasip2/release/hello.wasm"

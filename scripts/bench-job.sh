@@ -29,8 +29,7 @@ if [ -n "${MOA_REUSE_BUILD:-}" ] && [ -x "$MOA_BIN" ]; then
   log "MOA_REUSE_BUILD: using the binaries and components already built"
 else
   log "building moa, moa-model-runtime and embed_reviews (release), and the components"
-  (cd "$MOA_ROOT" && cargo build --release -p moa --bin moa \
-    && cargo build --release -p moa-model-runtime --bin moa-model-runtime --example embed_reviews)
+  (cd "$MOA_ROOT" && cargo build --release --workspace --bin moa --bin moa-model-runtime --example embed_reviews)
   build_components
 fi
 
@@ -68,6 +67,8 @@ type = "grpc"
 endpoint = "http://127.0.0.1:$PORT"
 timeout_ms = 120000
 TOML
+# The reference app requires the Toss secret key at load; the review job never calls Toss.
+export MOA_VARIABLE_TOSS_SECRET_KEY="${MOA_VARIABLE_TOSS_SECRET_KEY:-test_sk_unused_by_the_review_job}"
 BUSY_BEFORE="$(busy)"
 log "(b) the review job over ${LIMIT:-every} review(s) of $(basename "$DATA")"
 START="$(date +%s.%N)"

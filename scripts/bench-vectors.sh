@@ -28,7 +28,7 @@ if ! "$PY" -c 'import hnswlib' 2>/dev/null; then
   "$PY" -m pip install -q hnswlib==0.8.0
 fi
 log "building bench_vectors (release)"
-(cd "$MOA_ROOT" && cargo build --release -p moa --example bench_vectors)
+(cd "$MOA_ROOT" && cargo build --release --workspace --example bench_vectors)
 ensure_review_vectors "$CACHE" "$DATA" "$LIMIT"
 
 OUT="$(mktemp)"

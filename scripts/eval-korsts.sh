@@ -22,7 +22,7 @@ FILE="$(cd "$(dirname "$FILE")" && pwd)/$(basename "$FILE")"
 
 ensure_toolchain
 log "building moa-model-runtime and the evaluator (release)"
-(cd "$MOA_ROOT" && cargo build --release -p moa-model-runtime --bin moa-model-runtime --example eval_korsts)
+(cd "$MOA_ROOT" && cargo build --release --workspace --bin moa-model-runtime --example eval_korsts)
 
 ENDPOINT="${MOA_EVAL_ENDPOINT:-}"
 if [ -z "$ENDPOINT" ]; then

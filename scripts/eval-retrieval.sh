@@ -32,7 +32,7 @@ fi
 ensure_toolchain
 "$MOA_ROOT/scripts/fetch-model.sh"
 log "building eval_retrieval (release)"
-(cd "$MOA_ROOT" && cargo build --release -p moa --example eval_retrieval)
+(cd "$MOA_ROOT" && cargo build --release --workspace --example eval_retrieval)
 ensure_review_vectors "$CACHE" "$DATA" "$LIMIT"
 
 PORT="$(free_port)"

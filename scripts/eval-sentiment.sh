@@ -23,7 +23,7 @@ WORK="$MOA_CACHE_HOME/sentiment"
 ensure_toolchain
 "$MOA_ROOT/scripts/fetch-model.sh"
 log "building moa-model-runtime and embed_reviews (release)"
-(cd "$MOA_ROOT" && cargo build --release -p moa-model-runtime --bin moa-model-runtime --example embed_reviews)
+(cd "$MOA_ROOT" && cargo build --release --workspace --bin moa-model-runtime --example embed_reviews)
 PY="$MOA_CACHE_HOME/venv-model/bin/python"
 
 PORT="$(free_port)"

@@ -84,6 +84,9 @@ build_components() {
   (cd "$MOA_ROOT/components" && env -u CARGO_TARGET_DIR cargo build --target wasm32-wasip2 --release --target-dir target)
 }
 
+# Benchmark scripts build with `--workspace` and at least one example: that selects the features
+# `cargo test --release --workspace` built with (dev-dependencies' features included), so a script
+# run after scripts/test.sh reuses its build instead of rebuilding the host with other features.
 build_host() {
   log "building the moa host (release)"
   (cd "$MOA_ROOT" && cargo build --release -p moa)
@@ -177,7 +180,7 @@ prepare_saga_load() {
   ensure_redis
   ensure_secantus
   log "building moa, the dev services and the load driver (release)"
-  (cd "$MOA_ROOT" && cargo build --release -p moa --bin moa --example saga_load -p moa-toss-emulator -p moa-dev-issuer)
+  (cd "$MOA_ROOT" && cargo build --release --workspace --bin moa --example saga_load --bin toss-emulator --bin dev-issuer)
   build_components
 }
 
@@ -208,7 +211,7 @@ ensure_schemathesis() {
 ensure_review_vectors() {
   local cache="$1" data="$2" limit="${3:-}"
   log "building moa-model-runtime and embed_reviews (release)"
-  (cd "$MOA_ROOT" && cargo build --release -p moa-model-runtime --bin moa-model-runtime --example embed_reviews)
+  (cd "$MOA_ROOT" && cargo build --release --workspace --bin moa-model-runtime --example embed_reviews)
   [ -s "$cache/vectors.f32" ] && return 0
   local port pid
   port="$(free_port)"

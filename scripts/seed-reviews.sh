@@ -30,5 +30,7 @@ else
     mv "$INPUT.tmp" "$INPUT"
   fi
 fi
+# The reference app requires the Toss secret key at load; the review job never calls Toss.
+export MOA_VARIABLE_TOSS_SECRET_KEY="${MOA_VARIABLE_TOSS_SECRET_KEY:-test_sk_unused_by_the_review_job}"
 log "review job over $INPUT"
 "$MOA_BIN" job run review-import -f spin.toml --param "input=$INPUT" "$@"

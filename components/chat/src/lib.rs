@@ -9,7 +9,7 @@
 //!   then `answer` (answered or failed) and the end; after `chat_events_max_ms` without an answer, a
 //!   `timeout` event and the end (reconnect to go on following).
 
-use commerce::{ApiError, ApiResult, Identity, json_reply, read_json};
+use commerce::{ApiError, ApiResult, Identity, documents, json_reply, now_ms, read_json};
 use futures::SinkExt as _;
 use moa_sdk::documents::{Ops, Store};
 use moa_sdk::messaging::Message;
@@ -51,24 +51,13 @@ fn bytes_of(text: String) -> bytes::Bytes {
 async fn route(req: Request) -> ApiResult<Response<BoxBody>> {
     let identity = Identity::required(req.headers())?;
     let path = req.uri().path().to_string();
-    let parts: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+    let parts = commerce::segments(&path);
     match (req.method().as_str(), parts.as_slice()) {
         ("POST", ["chat"]) => Ok(boxed(ask(&identity, read_json(req).await?)?)),
         ("GET", ["chat", id]) => Ok(boxed(json_reply(200, &view(&own(&identity, id)?)))),
         ("GET", ["chat", id, "events"]) => events(&identity, id).await,
         _ => Err(ApiError::not_found("route")),
     }
-}
-
-fn documents() -> ApiResult<Store> {
-    Ok(Store::open("default")?)
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 /// The chat as clients see it.

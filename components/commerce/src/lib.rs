@@ -62,3 +62,22 @@ pub fn new_id() -> String {
         .map(|b| format!("{b:02x}"))
         .collect()
 }
+
+/// Milliseconds since the Unix epoch (0 if the clock is before it).
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+#[cfg(feature = "http")]
+/// The app's `default` document store, or 503 when it cannot be opened.
+pub fn documents() -> ApiResult<moa_sdk::documents::Store> {
+    Ok(moa_sdk::documents::Store::open("default")?)
+}
+
+/// A request path's non-empty segments (`/orders/o1/cancel` -> `["orders", "o1", "cancel"]`).
+pub fn segments(path: &str) -> Vec<&str> {
+    path.split('/').filter(|s| !s.is_empty()).collect()
+}

@@ -8,8 +8,8 @@
 //!   must and ends the order `CANCELLED_BY_CUSTOMER`.
 
 use commerce::saga::{self, Line, OrderEvent};
-use commerce::{ApiError, ApiResult, Identity, json_reply, read_json};
-use moa_sdk::documents::{Find, Ops, Store};
+use commerce::{ApiError, ApiResult, Identity, documents, json_reply, now_ms, read_json};
+use moa_sdk::documents::{Find, Ops};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use spin_sdk::http::{IntoResponse, Request};
@@ -46,12 +46,7 @@ async fn handle(req: Request) -> anyhow::Result<impl IntoResponse> {
 async fn route(req: Request) -> ApiResult<http::Response<String>> {
     let identity = Identity::required(req.headers())?;
     let path = req.uri().path().to_string();
-    let parts: Vec<String> = path
-        .split('/')
-        .filter(|s| !s.is_empty())
-        .map(str::to_string)
-        .collect();
-    let parts: Vec<&str> = parts.iter().map(String::as_str).collect();
+    let parts = commerce::segments(&path);
     match (req.method().as_str(), parts.as_slice()) {
         ("POST", ["orders"]) => create(identity, read_json(req).await?).await,
         ("GET", ["orders"]) => mine(&identity),
@@ -59,17 +54,6 @@ async fn route(req: Request) -> ApiResult<http::Response<String>> {
         ("POST", ["orders", id, "cancel"]) => cancel(&identity, id),
         _ => Err(ApiError::not_found("route")),
     }
-}
-
-fn documents() -> ApiResult<Store> {
-    Ok(Store::open("default")?)
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 fn view(order: &Value) -> Value {

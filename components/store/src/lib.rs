@@ -8,8 +8,8 @@
 //!
 //! Other components read a store's menu (prices) with `GET http://store.spin.internal/stores/:id`.
 
-use commerce::{ApiError, ApiResult, Identity, json_reply, read_json};
-use moa_sdk::documents::{Find, Ops, Store};
+use commerce::{ApiError, ApiResult, Identity, documents, json_reply, read_json};
+use moa_sdk::documents::{Find, Ops};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use spin_sdk::http::{IntoResponse, Request};
@@ -54,10 +54,6 @@ fn view(store: &StoreDoc) -> serde_json::Value {
     json!({ "id": store.id, "name": store.name, "owner": store.owner, "menu": store.menu })
 }
 
-fn documents() -> ApiResult<Store> {
-    Ok(Store::open("default")?)
-}
-
 #[http_service]
 async fn handle(req: Request) -> anyhow::Result<impl IntoResponse> {
     Ok(match route(req).await {
@@ -68,7 +64,7 @@ async fn handle(req: Request) -> anyhow::Result<impl IntoResponse> {
 
 async fn route(req: Request) -> ApiResult<http::Response<String>> {
     let path = req.uri().path().to_string();
-    let parts: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+    let parts = commerce::segments(&path);
     let method = req.method().clone();
     match (method.as_str(), parts.as_slice()) {
         ("GET", ["stores"]) => list(),

@@ -6,11 +6,13 @@
 //!   DIR holds vectors.f32 and meta.jsonl (embed_reviews); the last Q vectors are the queries and
 //!   are not indexed. Prints `moa ef=… recall10=… qps=…` lines and a `moa build_s=… rss_mb=…` line.
 
+#[path = "support/review_vectors.rs"]
+mod review_vectors;
+
 use moa::capabilities::vectors::{
     EmbeddedIndex, EmbeddedSettings, Metric, VectorBackend, VectorItem, parse_search,
 };
-use serde_json::{Map, Value, json};
-use std::io::BufRead;
+use serde_json::{Map, json};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -46,28 +48,15 @@ async fn main() -> anyhow::Result<()> {
     let Some(dir) = args.first() else {
         anyhow::bail!("usage: bench_vectors DIR [--queries Q] [--k K]");
     };
-    let number = |name: &str, default: usize| -> usize {
-        args.iter()
-            .position(|a| a == name)
-            .and_then(|at| args.get(at + 1)?.parse().ok())
-            .unwrap_or(default)
-    };
-    let (queries, k) = (number("--queries", 1000), number("--k", 10));
-    let meta: Vec<Value> =
-        std::io::BufReader::new(std::fs::File::open(format!("{dir}/meta.jsonl"))?)
-            .lines()
-            .map(|l| Ok(serde_json::from_str(&l?)?))
-            .collect::<anyhow::Result<_>>()?;
-    let raw = std::fs::read(format!("{dir}/vectors.f32"))?;
-    let dims = raw.len() / 4 / meta.len();
-    let vectors: Vec<Vec<f32>> = raw
-        .chunks_exact(dims * 4)
-        .map(|row| {
-            row.chunks_exact(4)
-                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                .collect()
-        })
-        .collect();
+    let (queries, k) = (
+        review_vectors::number(&args, "--queries", 1000),
+        review_vectors::number(&args, "--k", 10),
+    );
+    let review_vectors::ReviewVectors {
+        meta,
+        vectors,
+        dims,
+    } = review_vectors::load(dir)?;
     let n = vectors.len() - queries;
     eprintln!(
         "{n} vectors of {dims} dimensions, {queries} queries; usearch {} (SIMD compiled: {}; available: {})",

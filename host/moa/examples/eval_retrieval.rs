@@ -11,13 +11,15 @@
 //! the seed's retrieval (a global top-100, then the store filter) and the store's first reviews in
 //! file order (no retrieval at all) are the baselines. Ends with `RESULT retrieval store_precision=… ndcg10=… n=…`.
 
+#[path = "support/review_vectors.rs"]
+mod review_vectors;
+
 use moa::capabilities::vectors::{
     EmbeddedIndex, EmbeddedSettings, Metric, VectorBackend, VectorItem, parse_search,
 };
 use moa_model_runtime::{ClientSettings, EmbedCall, RemoteRuntime, TextKind, client};
-use serde_json::{Map, Value, json};
+use serde_json::{Map, json};
 use std::collections::BTreeMap;
-use std::io::BufRead;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -117,29 +119,16 @@ async fn main() -> anyhow::Result<()> {
     let [endpoint, dir, ..] = args.as_slice() else {
         anyhow::bail!("usage: eval_retrieval ENDPOINT DIR [--questions N] [--k K]");
     };
-    let number = |name: &str, default: usize| -> usize {
-        args.iter()
-            .position(|a| a == name)
-            .and_then(|at| args.get(at + 1)?.parse().ok())
-            .unwrap_or(default)
-    };
-    let (max_questions, k) = (number("--questions", 700), number("--k", 10));
+    let (max_questions, k) = (
+        review_vectors::number(&args, "--questions", 700),
+        review_vectors::number(&args, "--k", 10),
+    );
 
-    let meta: Vec<Value> =
-        std::io::BufReader::new(std::fs::File::open(format!("{dir}/meta.jsonl"))?)
-            .lines()
-            .map(|l| Ok(serde_json::from_str(&l?)?))
-            .collect::<anyhow::Result<_>>()?;
-    let raw = std::fs::read(format!("{dir}/vectors.f32"))?;
-    let dims = raw.len() / 4 / meta.len().max(1);
-    let vectors: Vec<Vec<f32>> = raw
-        .chunks_exact(dims * 4)
-        .map(|row| {
-            row.chunks_exact(4)
-                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                .collect()
-        })
-        .collect();
+    let review_vectors::ReviewVectors {
+        meta,
+        vectors,
+        dims,
+    } = review_vectors::load(dir)?;
     let store_of = |i: usize| meta[i]["store_id"].as_str().unwrap_or_default().to_string();
     let mut stores: BTreeMap<String, Vec<usize>> = BTreeMap::new();
     for i in 0..meta.len() {
