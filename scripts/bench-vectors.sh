@@ -6,6 +6,7 @@
 #   scripts/bench-vectors.sh               # every review of ../shared/data/nsmc-reviews.jsonl.gz
 #   LIMIT=100000 scripts/bench-vectors.sh  # the first LIMIT reviews (a quicker run)
 #   QUERIES=1000                           # held-out query vectors (not indexed)
+#   QUANTIZATION=f16                       # moa's graph in f16 or i8 (default f32)
 #
 # The embeddings (multilingual-e5-small, `passage` as the review job stores them) are computed once
 # through moa-model-runtime and cached in $MOA_CACHE_HOME/vectors-<LIMIT|all>.
@@ -33,7 +34,8 @@ ensure_review_vectors "$CACHE" "$DATA" "$LIMIT"
 
 OUT="$(mktemp)"
 log "moa (embedded index, usearch HNSW, connectivity 16, expansion_add 128)"
-"$CARGO_TARGET_DIR/release/examples/bench_vectors" "$CACHE" --queries "$QUERIES" | tee "$OUT"
+"$CARGO_TARGET_DIR/release/examples/bench_vectors" "$CACHE" --queries "$QUERIES" \
+  --quantization "${QUANTIZATION:-f32}" | tee "$OUT"
 log "hnswlib 0.8.0 (M 16, ef_construction 128), one query thread"
 "$PY" "$MOA_ROOT/scripts/model/bench_hnswlib.py" "$CACHE" "$QUERIES" 10 | tee -a "$OUT"
 

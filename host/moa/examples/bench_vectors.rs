@@ -2,7 +2,7 @@
 //! single-query QPS over a sweep of search candidates (ef), against exact search on the same vectors;
 //! plus a store-filtered search's exactness. `scripts/bench-vectors.sh` runs it beside hnswlib.
 //!
-//! usage: bench_vectors DIR [--queries Q] [--k K]
+//! usage: bench_vectors DIR [--queries Q] [--k K] [--quantization f32|f16|i8]
 //!   DIR holds vectors.f32 and meta.jsonl (embed_reviews); the last Q vectors are the queries and
 //!   are not indexed. Prints `moa ef=… recall10=… qps=…` lines and a `moa build_s=… rss_mb=…` line.
 
@@ -10,7 +10,7 @@
 mod review_vectors;
 
 use moa::capabilities::vectors::{
-    EmbeddedIndex, EmbeddedSettings, Metric, VectorBackend, VectorItem, parse_search,
+    EmbeddedIndex, EmbeddedSettings, Metric, Quantization, VectorBackend, VectorItem, parse_search,
 };
 use serde_json::{Map, json};
 use std::sync::Arc;
@@ -65,11 +65,34 @@ async fn main() -> anyhow::Result<()> {
         usearch::hardware_acceleration_available()
     );
 
+    {
+        // Which distance kernels a graph of these options runs (numkong's dynamic dispatch).
+        let probe = usearch::Index::new(&usearch::IndexOptions {
+            dimensions: dims,
+            metric: usearch::MetricKind::IP,
+            quantization: usearch::ScalarKind::F32,
+            ..Default::default()
+        })
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+        eprintln!(
+            "usearch kernels for f32 inner product: {}",
+            probe.hardware_acceleration()
+        );
+    }
     let work = tempfile::tempdir()?;
     let mut settings = EmbeddedSettings::new(work.path().join("index"));
     settings.metric = Metric::Cosine;
     // The requests' `candidates` set the search breadth (ef) in the sweep, not the default floor of 64.
     settings.expansion_search = 10;
+    settings.quantization = match args
+        .iter()
+        .position(|a| a == "--quantization")
+        .and_then(|at| args.get(at + 1))
+    {
+        None => Quantization::F32,
+        Some(kind) => serde_json::from_value(json!(kind))
+            .map_err(|_| anyhow::anyhow!("--quantization is f32, f16 or i8, not {kind}"))?,
+    };
     let index = EmbeddedIndex::open(settings)?;
     let backend: Arc<dyn VectorBackend> = Arc::new(index.clone());
     let rss_before = rss_mb();

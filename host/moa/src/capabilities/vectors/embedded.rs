@@ -18,7 +18,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use serde_json::{Map, Value};
 use std::cmp::Ordering;
 use std::collections::{BinaryHeap, HashMap, HashSet};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard, Weak};
 use std::time::Duration;
@@ -33,6 +33,8 @@ pub struct EmbeddedSettings {
     pub connectivity: usize,
     pub expansion_add: usize,
     pub expansion_search: usize,
+    /// How the graph stores vectors (the items' own vectors stay f32 in SQLite).
+    pub quantization: Quantization,
     pub exact_search_below: usize,
     pub filter_fields: Option<Vec<String>>,
     pub snapshot_interval: Duration,
@@ -50,6 +52,7 @@ impl EmbeddedSettings {
             connectivity: 16,
             expansion_add: 128,
             expansion_search: 64,
+            quantization: Quantization::F32,
             exact_search_below: 5000,
             filter_fields: None,
             snapshot_interval: Duration::from_secs(30),
@@ -82,6 +85,27 @@ pub enum Opened {
     Built { items: usize },
 }
 
+/// How the HNSW graph stores its vectors: f32 as given, or half precision / 8-bit integers (less
+/// memory and faster distances; scores and recall a little less exact).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Quantization {
+    #[default]
+    F32,
+    F16,
+    I8,
+}
+
+impl Quantization {
+    fn scalar_kind(self) -> ScalarKind {
+        match self {
+            Quantization::F32 => ScalarKind::F32,
+            Quantization::F16 => ScalarKind::F16,
+            Quantization::I8 => ScalarKind::I8,
+        }
+    }
+}
+
 /// What `graph-<seq>.json` says of `graph-<seq>.usearch`.
 #[derive(Debug, serde::Serialize, serde::Deserialize, PartialEq)]
 struct SnapshotMeta {
@@ -94,6 +118,8 @@ struct SnapshotMeta {
     /// Cosine graphs hold unit vectors under inner product (written since this field exists).
     #[serde(default)]
     unit_vectors: bool,
+    #[serde(default)]
+    quantization: Quantization,
 }
 
 /// One embedded index.
@@ -410,7 +436,7 @@ impl EmbeddedIndex {
         IndexOptions {
             dimensions,
             metric: graph_kind(self.settings.metric),
-            quantization: ScalarKind::F32,
+            quantization: self.settings.quantization.scalar_kind(),
             connectivity: self.settings.connectivity,
             expansion_add: self.settings.expansion_add,
             expansion_search: self.settings.expansion_search,
@@ -424,6 +450,22 @@ impl EmbeddedIndex {
             .reserve_capacity_and_threads(capacity.max(1024), self.threads)
             .map_err(other("reserving graph memory"))?;
         Ok(graph)
+    }
+
+    /// Whether the snapshot described by `json` holds changes up to `seq` in a graph of this
+    /// index's settings.
+    fn snapshot_fits(&self, json: &Path, seq: i64, dimensions: usize) -> bool {
+        let meta: Option<SnapshotMeta> = std::fs::read(json)
+            .ok()
+            .and_then(|bytes| serde_json::from_slice(&bytes).ok());
+        meta.is_some_and(|m| {
+            m.seq == seq
+                && m.dimensions == dimensions
+                && m.metric == self.settings.metric
+                && m.connectivity == self.settings.connectivity
+                && m.quantization == self.settings.quantization
+                && m.unit_vectors
+        })
     }
 
     /// The newest snapshot that fits this index's settings and loads, with the sequence number
@@ -444,17 +486,7 @@ impl EmbeddedIndex {
             .collect();
         snapshots.sort_by_key(|(seq, _)| std::cmp::Reverse(*seq));
         for (seq, path) in snapshots {
-            let meta: Option<SnapshotMeta> = std::fs::read(path.with_extension("json"))
-                .ok()
-                .and_then(|bytes| serde_json::from_slice(&bytes).ok());
-            let fits = meta.is_some_and(|m| {
-                m.seq == seq
-                    && m.dimensions == dimensions
-                    && m.metric == self.settings.metric
-                    && m.connectivity == self.settings.connectivity
-                    && m.unit_vectors
-            });
-            if !fits {
+            if !self.snapshot_fits(&path.with_extension("json"), seq, dimensions) {
                 continue;
             }
             let Ok(graph) = Index::new(&self.options(dimensions)) else {
@@ -600,8 +632,15 @@ impl EmbeddedIndex {
                 items: graph.size(),
             }
         };
-        if replayed > 0 {
-            self.dirty.store(replayed as u64, AtomicOrdering::Relaxed);
+        // Replayed changes, or a whole rebuild, go into the next snapshot (periodic or at
+        // shutdown), so the next start loads it instead of building again.
+        let unsaved = match opened {
+            Opened::Snapshot { replayed } => replayed as u64,
+            Opened::Built { items } => items as u64,
+            Opened::Empty => 0,
+        };
+        if unsaved > 0 {
+            self.dirty.store(unsaved, AtomicOrdering::Relaxed);
         }
         state.graph = Some(graph);
         state.dimensions = Some(dimensions);
@@ -779,7 +818,7 @@ impl EmbeddedIndex {
             let changes = self.dirty.swap(0, AtomicOrdering::Relaxed);
             let seq = state.applied_seq;
             let file = dir.join(format!("graph-{seq}.usearch"));
-            if file.exists() {
+            if self.snapshot_fits(&file.with_extension("json"), seq, dimensions) {
                 return Ok(());
             }
             let tmp = dir.join(format!("graph-{seq}.usearch.{}.tmp", std::process::id()));
@@ -798,14 +837,21 @@ impl EmbeddedIndex {
                 connectivity: self.settings.connectivity,
                 count: graph.size(),
                 unit_vectors: true,
+                quantization: self.settings.quantization,
             };
-            // The .json first: a graph file without its .json is never loaded.
+            // A graph file without its .json is never loaded: the old .json goes first (a graph
+            // of other settings may hold this seq), then the graph, then its .json.
+            let json = file.with_extension("json");
+            match std::fs::remove_file(&json) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io(e)),
+                _ => {}
+            }
+            std::fs::rename(&tmp, &file).map_err(io)?;
             std::fs::write(
-                file.with_extension("json"),
+                &json,
                 serde_json::to_vec(&meta).map_err(|e| VectorError::Other(e.to_string()))?,
             )
             .map_err(io)?;
-            std::fs::rename(&tmp, &file).map_err(io)?;
             seq
         };
         for entry in std::fs::read_dir(dir).map_err(io)?.flatten() {
@@ -1459,6 +1505,30 @@ mod tests {
         }
         let index = open(dir.path(), |_| {});
         assert_eq!(index.opened(), Opened::Built { items: 3_002 });
+    }
+
+    #[test]
+    fn a_graph_of_another_quantization_is_rebuilt_not_loaded() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut rng = StdRng::seed_from_u64(8);
+        let all = items(2_000, &mut rng);
+        let index = open(dir.path(), |_| {});
+        index.upsert_blocking(all.clone()).expect("upsert");
+        drop(index); // snapshots an f32 graph
+        let index = open(dir.path(), |s| s.quantization = Quantization::F16);
+        assert_eq!(index.opened(), Opened::Built { items: 2_003 });
+        // Half precision keeps the neighbours: the exact top 10 of every 20th item, mostly found.
+        let (mut hits, mut wanted) = (0, 0);
+        for query in all.iter().step_by(20) {
+            let want = exact_ids(&all, &query.vector, 10, |_| true);
+            let (found, _) = search(&index, &query.vector, 10, None);
+            hits += found.iter().filter(|m| want.contains(&m.id)).count();
+            wanted += want.len();
+        }
+        assert!(hits * 100 >= wanted * 95, "recall@10 {hits}/{wanted}");
+        drop(index);
+        let index = open(dir.path(), |s| s.quantization = Quantization::F16);
+        assert_eq!(index.opened(), Opened::Snapshot { replayed: 0 });
     }
 
     #[test]

@@ -24,7 +24,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use wasmtime::component::Linker;
 
-pub use embedded::{EmbeddedIndex, EmbeddedSettings};
+pub use embedded::{EmbeddedIndex, EmbeddedSettings, Quantization};
 pub use host::{Vectors, VectorsView};
 pub use metric::Metric;
 
@@ -227,6 +227,9 @@ enum IndexConfig {
         expansion_search: Option<usize>,
         /// A filter that matches at most this many items is searched exactly (default 5000).
         exact_search_below: Option<usize>,
+        /// How the graph stores vectors: "f32" (default), "f16" or "i8".
+        #[serde(default)]
+        quantization: Quantization,
         /// Metadata fields whose values the planner indexes (default: every top-level field).
         filter_fields: Option<Vec<String>>,
         /// How often a changed graph is written to disk (default 30000).
@@ -324,6 +327,7 @@ impl VectorIndexes {
                     expansion_add,
                     expansion_search,
                     exact_search_below,
+                    quantization,
                     filter_fields,
                     snapshot_interval_ms,
                 }) => {
@@ -345,6 +349,7 @@ impl VectorIndexes {
                         expansion_search.unwrap_or(settings.expansion_search);
                     settings.exact_search_below =
                         exact_search_below.unwrap_or(settings.exact_search_below);
+                    settings.quantization = quantization;
                     settings.filter_fields = filter_fields;
                     if let Some(ms) = snapshot_interval_ms {
                         settings.snapshot_interval = Duration::from_millis(ms.max(100));
