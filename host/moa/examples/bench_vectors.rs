@@ -10,9 +10,9 @@
 mod review_vectors;
 
 use moa::capabilities::vectors::{
-    EmbeddedIndex, EmbeddedSettings, Metric, Quantization, VectorBackend, VectorItem, parse_search,
+    EmbeddedIndex, EmbeddedSettings, Metric, Quantization, VectorBackend, parse_search,
 };
-use serde_json::{Map, json};
+use serde_json::json;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -52,11 +52,8 @@ async fn main() -> anyhow::Result<()> {
         review_vectors::number(&args, "--queries", 1000),
         review_vectors::number(&args, "--k", 10),
     );
-    let review_vectors::ReviewVectors {
-        meta,
-        vectors,
-        dims,
-    } = review_vectors::load(dir)?;
+    let loaded = review_vectors::load(dir)?;
+    let (meta, vectors, dims) = (&loaded.meta, &loaded.vectors, loaded.dims);
     let n = vectors.len() - queries;
     eprintln!(
         "{n} vectors of {dims} dimensions, {queries} queries; usearch {} (SIMD compiled: {}; available: {})",
@@ -97,22 +94,7 @@ async fn main() -> anyhow::Result<()> {
     let backend: Arc<dyn VectorBackend> = Arc::new(index.clone());
     let rss_before = rss_mb();
     let started = Instant::now();
-    for start in (0..n).step_by(4096) {
-        let items = (start..(start + 4096).min(n))
-            .map(|i| VectorItem {
-                id: i.to_string(),
-                vector: vectors[i].clone(),
-                metadata: json!({"store_id": meta[i]["store_id"]})
-                    .as_object()
-                    .cloned()
-                    .unwrap_or_else(Map::new),
-            })
-            .collect();
-        backend
-            .upsert(items)
-            .await
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
-    }
+    loaded.fill(backend.as_ref(), n).await?;
     let build_s = started.elapsed().as_secs_f64();
     let rss = rss_mb();
     println!(
@@ -121,7 +103,7 @@ async fn main() -> anyhow::Result<()> {
     );
 
     let truth: Vec<Vec<usize>> = (n..vectors.len())
-        .map(|q| exact(&vectors, 0..n, &vectors[q], k))
+        .map(|q| exact(vectors, 0..n, &vectors[q], k))
         .collect();
     for ef in [10, 16, 24, 32, 48, 64, 96, 128, 192, 256] {
         let ef = ef.max(k);
@@ -154,7 +136,7 @@ async fn main() -> anyhow::Result<()> {
     for (round, q) in (n..n + checks).enumerate() {
         let store = meta[(round * 7919) % n]["store_id"].clone();
         let members: Vec<usize> = (0..n).filter(|i| meta[*i]["store_id"] == store).collect();
-        let want = exact(&vectors, members.into_iter(), &vectors[q], k);
+        let want = exact(vectors, members.into_iter(), &vectors[q], k);
         let filter = json!({"store_id": store}).to_string();
         let request = parse_search(vectors[q].clone(), k as u32, Some(&filter), None, false)
             .map_err(|e| anyhow::anyhow!("{e}"))?;

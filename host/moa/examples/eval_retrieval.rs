@@ -15,10 +15,10 @@
 mod review_vectors;
 
 use moa::capabilities::vectors::{
-    EmbeddedIndex, EmbeddedSettings, Metric, VectorBackend, VectorItem, parse_search,
+    EmbeddedIndex, EmbeddedSettings, Metric, VectorBackend, parse_search,
 };
 use moa_model_runtime::{ClientSettings, EmbedCall, RemoteRuntime, TextKind, client};
-use serde_json::{Map, json};
+use serde_json::json;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -124,11 +124,8 @@ async fn main() -> anyhow::Result<()> {
         review_vectors::number(&args, "--k", 10),
     );
 
-    let review_vectors::ReviewVectors {
-        meta,
-        vectors,
-        dims,
-    } = review_vectors::load(dir)?;
+    let loaded = review_vectors::load(dir)?;
+    let (meta, dims) = (&loaded.meta, loaded.dims);
     let store_of = |i: usize| meta[i]["store_id"].as_str().unwrap_or_default().to_string();
     let mut stores: BTreeMap<String, Vec<usize>> = BTreeMap::new();
     for i in 0..meta.len() {
@@ -146,22 +143,7 @@ async fn main() -> anyhow::Result<()> {
     settings.metric = Metric::Cosine;
     let index = EmbeddedIndex::open(settings)?;
     let backend: Arc<dyn VectorBackend> = Arc::new(index.clone());
-    for start in (0..meta.len()).step_by(4096) {
-        let items = (start..(start + 4096).min(meta.len()))
-            .map(|i| VectorItem {
-                id: i.to_string(),
-                vector: vectors[i].clone(),
-                metadata: json!({"store_id": store_of(i)})
-                    .as_object()
-                    .cloned()
-                    .unwrap_or_else(Map::new),
-            })
-            .collect();
-        backend
-            .upsert(items)
-            .await
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
-    }
+    loaded.fill(backend.as_ref(), meta.len()).await?;
 
     client::wait_until_serving(endpoint, Duration::from_secs(120)).await?;
     let remote = RemoteRuntime::connect_lazy(endpoint, ClientSettings::default())?;

@@ -1,7 +1,9 @@
 //! What the review benchmarks share: the embedded reviews `embed_reviews` writes (`vectors.f32`,
-//! little-endian rows, and `meta.jsonl`, one review per line), and their command-line numbers.
+//! little-endian rows, and `meta.jsonl`, one review per line), filling an index with them, and
+//! their command-line numbers.
 
-use serde_json::Value;
+use moa::capabilities::vectors::{VectorBackend, VectorItem};
+use serde_json::{Map, Value, json};
 use std::io::BufRead;
 
 /// Embedded reviews: each review's metadata and its vector.
@@ -46,4 +48,28 @@ pub fn number(args: &[String], name: &str, default: usize) -> usize {
         .position(|a| a == name)
         .and_then(|at| args.get(at + 1)?.parse().ok())
         .unwrap_or(default)
+}
+
+impl ReviewVectors {
+    /// Upserts the first `n` reviews into `index` (id = position, metadata = the store id), as
+    /// the review job fills it.
+    pub async fn fill(&self, index: &dyn VectorBackend, n: usize) -> anyhow::Result<()> {
+        for start in (0..n).step_by(4096) {
+            let items = (start..(start + 4096).min(n))
+                .map(|i| VectorItem {
+                    id: i.to_string(),
+                    vector: self.vectors[i].clone(),
+                    metadata: json!({"store_id": self.meta[i]["store_id"]})
+                        .as_object()
+                        .cloned()
+                        .unwrap_or_else(Map::new),
+                })
+                .collect();
+            index
+                .upsert(items)
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+        }
+        Ok(())
+    }
 }
