@@ -158,6 +158,17 @@ fn operations_and_filters(moa: &Moa) {
         vec![json!("bulgogi"), json!("kimchi")]
     );
     assert_eq!(names(json!({ "_id": { "$nin": [1, 2, 3] } })).len(), 2);
+    // `_id` lists are looked up by key in the embedded store: numbers equal across int and
+    // float, strings are not numbers, and the rest of the filter still decides.
+    assert_eq!(
+        names(json!({ "_id": { "$in": [3, 1.0, "2", generated] } })),
+        vec![json!("bibimbap"), json!("kimchi"), json!("tea")]
+    );
+    assert_eq!(
+        names(json!({ "_id": { "$in": [1, 3] }, "price": { "$gt": 5000 } })),
+        vec![json!("bibimbap")]
+    );
+    assert!(names(json!({ "_id": { "$in": [] } })).is_empty());
     assert_eq!(
         names(json!({ "name": { "$ne": "tea" }, "alcohol": { "$exists": false } })).len(),
         3

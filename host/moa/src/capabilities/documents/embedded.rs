@@ -683,6 +683,21 @@ enum Keep {
     Count,
 }
 
+/// The most `_id` values a filter may list and still be looked up by key (SQLite binds at most
+/// 32,766 parameters; a longer list scans the collection, as before).
+const MAX_ID_LOOKUPS: usize = 4096;
+
+/// The `_id` keys every match must have one of, when a top-level `_id` condition lists them
+/// (`$eq` or `$in` over scalars, each convertible to a key).
+fn id_keys(filter: &super::query::Filter) -> Option<Vec<String>> {
+    let (_, values) = filter
+        .required_values()
+        .into_iter()
+        .filter(|(path, values)| *path == "_id" && values.len() <= MAX_ID_LOOKUPS)
+        .min_by_key(|(_, values)| values.len())?;
+    values.into_iter().map(|v| id_key(v).ok()).collect()
+}
+
 /// The largest total size of matching documents one operation holds in memory: a filter that
 /// matches more (for a sort, or a find without a limit) is `too-large`, not a host out of memory.
 const MAX_MATCHED_BYTES: usize = 64 * 1024 * 1024;
@@ -705,11 +720,15 @@ fn matching(
     let mut sql = format!("SELECT seq, body FROM documents WHERE collection = '{collection}'");
     let mut args: Vec<rusqlite::types::Value> = Vec::new();
     let equalities = filter.equalities();
-    if let Some((_, id)) = equalities.iter().find(|(path, _)| *path == "_id")
-        && let Ok(key) = id_key(id)
-    {
-        sql.push_str(" AND id = ?1");
-        args.push(key.into());
+    if let Some(keys) = id_keys(filter) {
+        // `_id` equals one of a few values (`$eq`, or `$in` as a chunk's delete-then-insert
+        // sends): those rows by the primary key, not a scan of the collection.
+        let marks = (1..=keys.len())
+            .map(|i| format!("?{i}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        sql.push_str(&format!(" AND id IN ({marks})"));
+        args.extend(keys.into_iter().map(Into::into));
     } else if let Some((path, value)) = equalities.iter().find(|(path, value)| {
         (value.is_string() || value.is_number())
             && indexes

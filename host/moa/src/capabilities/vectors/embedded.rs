@@ -138,6 +138,8 @@ pub struct EmbeddedIndex {
     threads: usize,
     /// Changes applied since the last snapshot.
     dirty: AtomicU64,
+    /// When the last snapshot was written (or the index opened).
+    last_snapshot: Mutex<std::time::Instant>,
     snapshotting: Mutex<()>,
     opened: Opened,
 }
@@ -267,6 +269,14 @@ impl ValueIndex {
         }
         result
     }
+}
+
+/// A snapshot rewrites the whole graph (about 1.7 KB per 384-d item), so a periodic one waits
+/// until the changes since the last are at least a quarter of the graph, or the last is older than
+/// ten intervals: a bulk load writes about five graphs' worth in all instead of one graph per
+/// interval, and a restart replays at most a fifth of the graph (or ten intervals of changes).
+pub fn snapshot_due(changes: u64, size: usize, since_last: Duration, interval: Duration) -> bool {
+    changes > 0 && (changes.saturating_mul(4) >= size as u64 || since_last >= interval * 10)
 }
 
 fn other(context: &str) -> impl Fn(cxx::Exception) -> VectorError + '_ {
@@ -415,6 +425,7 @@ impl EmbeddedIndex {
             search_slots: Arc::new(tokio::sync::Semaphore::new(threads - 1)),
             threads,
             dirty: AtomicU64::new(0),
+            last_snapshot: Mutex::new(std::time::Instant::now()),
             snapshotting: Mutex::new(()),
             opened: Opened::Empty,
             settings,
@@ -781,7 +792,8 @@ impl EmbeddedIndex {
         self.refresh()
     }
 
-    /// Starts the task that snapshots the graph every `snapshot_interval` when it changed.
+    /// Starts the task that checks every `snapshot_interval` whether a snapshot is due
+    /// ([`snapshot_due`]) and writes it.
     pub fn spawn_snapshots(self: &Arc<Self>) {
         let weak: Weak<Self> = Arc::downgrade(self);
         let interval = self.settings.snapshot_interval;
@@ -789,7 +801,14 @@ impl EmbeddedIndex {
             loop {
                 tokio::time::sleep(interval).await;
                 let Some(index) = weak.upgrade() else { return };
-                if index.dirty.load(AtomicOrdering::Relaxed) == 0 {
+                let changes = index.dirty.load(AtomicOrdering::Relaxed);
+                let size = index.read_state().graph.as_ref().map_or(0, |g| g.size());
+                let age = index
+                    .last_snapshot
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .elapsed();
+                if !snapshot_due(changes, size, age, interval) {
                     continue;
                 }
                 let result = tokio::task::spawn_blocking(move || index.snapshot()).await;
@@ -852,6 +871,8 @@ impl EmbeddedIndex {
                 serde_json::to_vec(&meta).map_err(|e| VectorError::Other(e.to_string()))?,
             )
             .map_err(io)?;
+            *self.last_snapshot.lock().unwrap_or_else(|e| e.into_inner()) =
+                std::time::Instant::now();
             seq
         };
         for entry in std::fs::read_dir(dir).map_err(io)?.flatten() {
@@ -1421,6 +1442,23 @@ mod tests {
         let (found, _) = search(&index, &all[42].vector, 1, None);
         assert_eq!(found[0].id, "r42");
         assert!((found[0].score - 1.0).abs() < 1e-4);
+    }
+
+    #[test]
+    fn snapshots_wait_for_a_quarter_of_the_graph_or_ten_intervals() {
+        let tick = Duration::from_secs(30);
+        assert!(!snapshot_due(0, 0, tick * 100, tick), "nothing changed");
+        assert!(
+            snapshot_due(3, 10, tick, tick),
+            "a small index snapshots at once"
+        );
+        assert!(
+            !snapshot_due(20_000, 100_000, tick, tick),
+            "a fifth of the graph waits"
+        );
+        assert!(snapshot_due(25_000, 100_000, tick, tick));
+        assert!(snapshot_due(1, 100_000, tick * 10, tick), "the age bound");
+        assert!(!snapshot_due(1, 100_000, tick * 9, tick));
     }
 
     #[test]
