@@ -1,6 +1,6 @@
 //! Test component for `[[trigger.job]]`: each record `{"id": ..., "n": ...}` becomes a document of
 //! `job_out` (inserted, so a chunk written twice fails on duplicate ids); `"bad": true` records are
-//! skipped with a reason, `"trap": true` ones trap. Parameters: `flaky=1` fails every chunk's first
+//! skipped with a reason, `"trap": true` ones trap, `"fatal": true` ones stop the job. Parameters: `flaky=1` fails every chunk's first
 //! attempt transiently; `sleep_ms=N` sleeps per chunk.
 
 wit_bindgen::generate!({
@@ -75,6 +75,12 @@ impl Guest for Probe {
                     reason: format!("record {} is marked bad", record["id"]),
                 });
                 continue;
+            }
+            if record["fatal"] == true {
+                return Err(ChunkError::Fatal(format!(
+                    "record {} says nothing can go on",
+                    record["id"]
+                )));
             }
             if record["trap"] == true {
                 panic!("record {} traps", record["id"]);

@@ -173,7 +173,7 @@ impl Guest for ReviewJob {
             return Ok(skipped);
         }
         let classifier = match parameter(&context, "sentiment_model") {
-            Some(path) => Some(Classifier::load(path).map_err(ChunkError::Failed)?),
+            Some(path) => Some(Classifier::load(path).map_err(ChunkError::Fatal)?),
             None => None,
         };
 
@@ -182,6 +182,10 @@ impl Guest for ReviewJob {
         let embedded = llm::generate_embeddings(EmbeddingModel::Other(PASSAGE_MODEL), &texts)
             .map_err(|error| match error {
                 llm::Error::RuntimeError(m) => ChunkError::Transient(format!("embeddings: {m}")),
+                // No review can be embedded until the operator serves or grants the model.
+                llm::Error::ModelNotSupported => ChunkError::Fatal(format!(
+                    "embeddings: `{PASSAGE_MODEL}` is not served here (ai_models, [embedding] in the runtime config)"
+                )),
                 other => ChunkError::Failed(format!("embeddings: {other:?}")),
             })?;
         if embedded.embeddings.len() != reviews.len() {
@@ -254,8 +258,13 @@ impl Guest for ReviewJob {
         tx.insert_many("reviews", &documents)
             .map_err(document_error)?;
         let label = parameter(&context, "index").unwrap_or("reviews");
-        let index =
-            Index::open(label).map_err(|e| ChunkError::Failed(format!("vectors: {e:?}")))?;
+        let index = Index::open(label).map_err(|error| match error {
+            moa_sdk::vectors::Error::Unavailable(m) => {
+                ChunkError::Transient(format!("vectors: {m}"))
+            }
+            // Not granted or not configured: no chunk can be written until that is fixed.
+            other => ChunkError::Fatal(format!("vectors: index `{label}`: {other:?}")),
+        })?;
         index.upsert(&items).map_err(|error| match error {
             moa_sdk::vectors::Error::Unavailable(m) => {
                 ChunkError::Transient(format!("vectors: {m}"))

@@ -1,6 +1,7 @@
 //! Batch jobs (`[[trigger.job]]`) through the real `moa job run` / `moa job status` processes on
 //! the embedded store: bad records skipped with their reasons, flaky chunks retried, a trapping
-//! record found by the chunk scan, a completed execution refused, and a host killed mid-job whose
+//! record found by the chunk scan, a fatal error failing the execution at once (resumed after the
+//! fix), a completed execution refused, and a host killed mid-job whose
 //! execution two other hosts finish together with no record written twice or left out.
 
 mod common;
@@ -190,6 +191,49 @@ fn bad_records_are_skipped_with_reasons_and_flaky_chunks_retried() {
         attempts.iter().any(|a| a["n"].as_i64() >= Some(2)),
         "flaky chunks ran again: {attempts:?}"
     );
+}
+
+#[test]
+fn a_fatal_chunk_error_fails_the_job_at_once_and_the_same_run_resumes_after_the_fix() {
+    let app = AppDir::new(APP);
+    let fatal = |i: usize| match i {
+        35 => json!({"id": "r35", "n": 35, "fatal": true}).to_string(),
+        i => record(i),
+    };
+    write_records(&app, "records.jsonl", 60, fatal);
+    let failed = run(&app, &["run", "probe", "--quiet"]);
+    assert!(!failed.status.success(), "{}", text(&failed));
+    assert!(
+        text(&failed).contains("FAILED")
+            && text(&failed).contains("the component stopped the job")
+            && text(&failed).contains("\"r35\" says nothing can go on"),
+        "{}",
+        text(&failed)
+    );
+    let status = status_line(&app);
+    assert!(
+        status.contains("FAILED") && status.contains("skipped 0"),
+        "nothing is skipped for a fatal error: {status}"
+    );
+
+    // The cause fixed, the same command resumes the execution and writes every record once.
+    write_records(&app, "records.jsonl", 60, record);
+    let resumed = run(&app, &["run", "probe", "--quiet"]);
+    assert!(resumed.status.success(), "{}", text(&resumed));
+    assert!(
+        text(&resumed).contains("60 records written, 0 skipped"),
+        "{}",
+        text(&resumed)
+    );
+    let out = documents(&app, "default", "job_out");
+    let mut ids: Vec<String> = out
+        .iter()
+        .filter_map(|d| d["_id"].as_str().map(String::from))
+        .collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), 60, "every record once: {out:?}");
+    assert_eq!(out.len(), 60);
 }
 
 #[test]

@@ -43,6 +43,8 @@ enum ChunkFailure {
     Transient(String),
     /// Scan it record by record.
     Failed(String),
+    /// Fail the execution now (the component says no record can succeed).
+    Fatal(String),
     /// The range is no longer this host's (its lease ran out and another host took it).
     Lost,
 }
@@ -348,6 +350,15 @@ impl JobRun {
             Ok(committed) => Ok(committed),
             Err(ChunkFailure::Lost) => return Ok(false),
             Err(ChunkFailure::Transient(why)) => Err(why),
+            Err(ChunkFailure::Fatal(why)) => {
+                self.metrics
+                    .chunk(&self.job.name, "failed", started.elapsed());
+                anyhow::bail!(
+                    "records {}..{}: the component stopped the job: {why}",
+                    from + 1,
+                    to
+                )
+            }
             Err(ChunkFailure::Failed(why)) => {
                 tracing::warn!(
                     job = self.job.name,
@@ -447,6 +458,12 @@ impl JobRun {
                 Err(ChunkFailure::Transient(why)) => {
                     anyhow::bail!("record {} failed with transient errors: {why}", number + 1)
                 }
+                Err(ChunkFailure::Fatal(why)) => {
+                    anyhow::bail!(
+                        "record {}: the component stopped the job: {why}",
+                        number + 1
+                    )
+                }
                 Err(ChunkFailure::Failed(why)) => {
                     let mut with_this = before;
                     with_this.push(SkippedRecord {
@@ -460,7 +477,11 @@ impl JobRun {
                     {
                         Ok(done) => done,
                         Err(ChunkFailure::Lost) => return Ok(false),
-                        Err(ChunkFailure::Transient(why) | ChunkFailure::Failed(why)) => {
+                        Err(
+                            ChunkFailure::Transient(why)
+                            | ChunkFailure::Failed(why)
+                            | ChunkFailure::Fatal(why),
+                        ) => {
                             anyhow::bail!("cannot record the skip of record {}: {why}", number + 1)
                         }
                     }
@@ -476,7 +497,11 @@ impl JobRun {
             {
                 Ok(done) => self.metrics.records(&self.job.name, done.0, done.1),
                 Err(ChunkFailure::Lost) => return Ok(false),
-                Err(ChunkFailure::Transient(why) | ChunkFailure::Failed(why)) => {
+                Err(
+                    ChunkFailure::Transient(why)
+                    | ChunkFailure::Failed(why)
+                    | ChunkFailure::Fatal(why),
+                ) => {
                     anyhow::bail!("cannot commit the checkpoint at record {to}: {why}")
                 }
             }
@@ -584,6 +609,7 @@ impl JobRun {
                 ))),
                 Ok(Ok(Err(ChunkError::Transient(m)))) => Some(ChunkFailure::Transient(m)),
                 Ok(Ok(Err(ChunkError::Failed(m)))) => Some(ChunkFailure::Failed(m)),
+                Ok(Ok(Err(ChunkError::Fatal(m)))) => Some(ChunkFailure::Fatal(m)),
                 Ok(Ok(Ok(component_skips))) => {
                     let mut bad = Vec::new();
                     for skip in component_skips {
