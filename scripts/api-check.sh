@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Checks the commerce API against its OpenAPI document (docs/api/commerce.yaml) with schemathesis:
+# Checks the commerce and chat APIs against their OpenAPI documents (docs/api/commerce.yaml,
+# docs/api/chat.yaml) with schemathesis:
 # starts the reference app on embedded defaults (own state dir, free ports) with the Toss emulator
 # and the dev issuer, seeds it, then lets schemathesis generate requests for every operation as an
 # ADMIN (every route) and as a CUSTOMER. Fails on any 5xx, an undocumented status, or a response
@@ -44,17 +45,19 @@ MOA_TOKENS_FILE="$WORK/tokens.env" "$MOA_ROOT/scripts/seed.sh" "http://127.0.0.1
 source "$WORK/tokens.env"
 
 status=0
-for who in ADMIN CUSTOMER; do
-  token_var="${who}_TOKEN"
-  log "schemathesis as $who"
-  (cd "$WORK" && "$MOA_SCHEMATHESIS" run "$MOA_ROOT/docs/api/commerce.yaml" --url "http://127.0.0.1:$APP_PORT" \
-    -H "Authorization: Bearer ${!token_var}" \
-    --checks not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance \
-    --max-examples "${MAX_EXAMPLES:-30}" --seed 1 --workers 2 --generation-database none \
-    --phases examples,coverage,fuzzing --no-color) || status=1
+for api in commerce chat; do
+  for who in ADMIN CUSTOMER; do
+    token_var="${who}_TOKEN"
+    log "schemathesis: docs/api/$api.yaml as $who"
+    (cd "$WORK" && "$MOA_SCHEMATHESIS" run "$MOA_ROOT/docs/api/$api.yaml" --url "http://127.0.0.1:$APP_PORT" \
+      -H "Authorization: Bearer ${!token_var}" \
+      --checks not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance \
+      --max-examples "${MAX_EXAMPLES:-30}" --seed 1 --workers 2 --generation-database none \
+      --phases examples,coverage,fuzzing --no-color) || status=1
+  done
 done
 if [ "$status" -ne 0 ]; then
-  log "the API does not match docs/api/commerce.yaml; moa's log:"
+  log "the API does not match docs/api/{commerce,chat}.yaml; moa's log:"
   grep -E '"level":"(ERROR|WARN)"' "$WORK/moa.log" | tail -20 || true
 fi
 exit "$status"

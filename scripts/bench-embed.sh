@@ -131,6 +131,6 @@ PEAK_SHARE="$(python3 -c "print(f'{$GFLOPS / $PEAK:.3f}')")"
 log "$TOKENS tokens in $TEXT_COUNT texts, $FLOPS_PER_TOKEN matmul FLOPs per token: moa does $GFLOPS GFLOP/s of a $PEAK GFLOP/s FP32 peak"
 P99="$(value p99_ms "$SINGLE")"
 ratio() { python3 -c "import sys; a,b=sys.argv[1:]; print('n/a' if 'n/a' in (a,b) else f'{float(a)/float(b):.2f}')" "$1" "$2"; }
-MODEL="$(python3 -c 'import json,sys;print(json.load(open(sys.argv[1]))["model_id"].split("/")[-1])' \
+MODEL="$(python3 -c 'import json,sys;c=json.load(open(sys.argv[1]));print(c["model_id"].split("/")[-1]+("-"+c["weights"] if c.get("weights") else ""))' \
   "${MOA_MODEL_DIR:-$MOA_CACHE_HOME/models/multilingual-e5-small}/moa.json")"
 echo "RESULT embed model=$MODEL moa_sent_s=$MOA bare_ort_sent_s=$BARE_S moa_vs_bare=$(ratio "$MOA" "$BARE_S") python_st_sent_s=$PY_ST moa_vs_python=$(ratio "$MOA" "$PY_ST") gflops=$GFLOPS peak_share=$PEAK_SHARE p99_ms_single=$P99"

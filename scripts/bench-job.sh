@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The review job (the reference app's `review-import`) over the shared reviews, end to end, beside
 # the model runtime's own embedding rate on the same texts, in one run on one model runtime:
-#   (a) the runtime alone: embed_reviews sends the first SAMPLE reviews (cleaned as the job cleans
-#       them, `passage`) in batches of 128, 4 in flight: the rate the job cannot beat;
+#   (a) the runtime alone: embed_reviews sends SAMPLE reviews spread over the job's input (every
+#       K-th, cleaned as the job cleans them, `passage`) in batches of 128, 4 in flight, once before
+#       and once after the job (the mean: a 2-core box drifts over an hour): the rate the job cannot beat;
 #   (b) the job: `moa job run review-import` with [embedding] over gRPC to that runtime, documents
 #       and vectors on the embedded defaults, the sentiment classifier on; reviews/s end to end.
 # embed_share: of the chunks' time in the job, the share spent in generate-embeddings calls;
@@ -12,6 +13,8 @@
 #   LIMIT=20000 scripts/bench-job.sh   # the first LIMIT reviews
 #   SAMPLE=4000                        # texts for (a)
 #   MOA_REUSE_BUILD=1                  # skip the build (use what scripts/test.sh built)
+#   MOA_MODEL_DIR=~/.cache/moa/models/multilingual-e5-small-int8   # the int8 model (fetch-model.sh --int8)
+#   MOA_RUNTIME_ARGS="--no-spinning"   # more flags for moa-model-runtime serve (both (a) and (b))
 #
 # Ends with: RESULT job reviews=... reviews_s=... embed_share=... model_runtime_util=...
 #            runtime_sent_s=... ratio=...   (target: ratio >= 0.8)
@@ -42,7 +45,8 @@ cleanup() {
 trap cleanup EXIT
 PORT="$(free_port)"; ADMIN="$(free_port)"
 "$CARGO_TARGET_DIR/release/moa-model-runtime" serve --listen "127.0.0.1:$PORT" \
-  --admin-listen "127.0.0.1:$ADMIN" --shutdown-grace-ms 0 --log-format text >"$WORK/runtime.log" 2>&1 &
+  --admin-listen "127.0.0.1:$ADMIN" --shutdown-grace-ms 0 --log-format text ${MOA_RUNTIME_ARGS:-} \
+  >"$WORK/runtime.log" 2>&1 &
 PID=$!
 for _ in $(seq 1 1200); do
   curl -fsS "http://127.0.0.1:$ADMIN/readyz" >/dev/null 2>&1 && break
@@ -50,17 +54,23 @@ for _ in $(seq 1 1200); do
 done
 busy() { curl -fsS "http://127.0.0.1:$ADMIN/metrics" | awk '/inference_seconds_sum/ {print $2}'; }
 
-log "(a) the model runtime alone: the first $SAMPLE reviews"
-"$CARGO_TARGET_DIR/release/examples/embed_reviews" "http://127.0.0.1:$PORT" "$DATA" "$WORK/sample" \
-  --limit "$SAMPLE" | tee "$WORK/sample.txt"
-RUNTIME_RATE="$(sed -n 's/.*per_s=\([0-9.]*\).*/\1/p' "$WORK/sample.txt")"
-
 if [ -n "$LIMIT" ]; then
   INPUT="$WORK/reviews.jsonl"
   { gzip -cd "$DATA" | head -n "$LIMIT" >"$INPUT"; } || true
+  LINES="$(wc -l <"$INPUT")"
 else
   INPUT="$DATA"
+  LINES="$(gzip -cd "$DATA" | wc -l)"
 fi
+EVERY=$(( LINES / SAMPLE > 1 ? LINES / SAMPLE : 1 ))
+runtime_alone() {
+  log "(a) the model runtime alone ($1): every ${EVERY}th of $LINES reviews, at most $SAMPLE"
+  rm -rf "$WORK/sample"
+  "$CARGO_TARGET_DIR/release/examples/embed_reviews" "http://127.0.0.1:$PORT" "$INPUT" "$WORK/sample" \
+    --every "$EVERY" --limit "$SAMPLE" | tee "$WORK/sample-$1.txt"
+  sed -n 's/.*per_s=\([0-9.]*\).*/\1/p' "$WORK/sample-$1.txt"
+}
+RATE_BEFORE="$(runtime_alone before | tail -n 1)"
 cat >"$WORK/runtime-config.toml" <<TOML
 [embedding]
 type = "grpc"
@@ -76,6 +86,9 @@ START="$(date +%s.%N)"
   --state-dir "$WORK/state" --param "input=$INPUT" --quiet --metrics-file "$WORK/job.prom" | tee "$WORK/job.txt"
 END="$(date +%s.%N)"
 BUSY_AFTER="$(busy)"
+RATE_AFTER="$(runtime_alone after | tail -n 1)"
+RUNTIME_RATE="$(python3 -c "import sys; print((float(sys.argv[1]) + float(sys.argv[2])) / 2)" "$RATE_BEFORE" "$RATE_AFTER")"
+log "the runtime alone: $RATE_BEFORE sentences/s before the job, $RATE_AFTER after"
 
 python3 - "$WORK/job.prom" "$WORK/job.txt" "$START" "$END" "$BUSY_BEFORE" "$BUSY_AFTER" "$RUNTIME_RATE" <<'PY'
 import re, sys

@@ -68,10 +68,11 @@ if [ "${1:-}" = "--int8" ]; then
     mkdir -p "$INT8"
     "$VENV/bin/python" "$MOA_ROOT/scripts/model/quantize_int8.py" "$DIR/model.onnx" "$INT8/model.onnx.tmp"
     mv "$INT8/model.onnx.tmp" "$INT8/model.onnx"
-    cp "$DIR/tokenizer.json" "$INT8/tokenizer.json"
-    sed 's#"model_id": "intfloat/multilingual-e5-small"#"model_id": "intfloat/multilingual-e5-small-int8"#' \
-      "$DIR/moa.json" >"$INT8/moa.json"
   fi
+  cp "$DIR/tokenizer.json" "$INT8/tokenizer.json"
+  # The same model under the same name (components ask for `multilingual-e5-small`), int8 weights.
+  sed 's#"output": "last_hidden_state"#"output": "last_hidden_state",\n  "weights": "int8"#' \
+    "$DIR/moa.json" >"$INT8/moa.json"
   log "int8 model: $INT8"
 fi
 if [ "${1:-}" = "--verify" ]; then

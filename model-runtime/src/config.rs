@@ -34,6 +34,10 @@ pub struct ModelConfig {
     pub inputs: Vec<String>,
     /// The graph's output holding token vectors `[batch, tokens, dimension]`.
     pub output: String,
+    /// How the graph stores its weights, when not fp32 (`int8` for a quantized copy). The model
+    /// keeps its name: components asking for `multilingual-e5-small` get either.
+    #[serde(default)]
+    pub weights: Option<String>,
 }
 
 fn yes() -> bool {

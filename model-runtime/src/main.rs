@@ -175,6 +175,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
             .context("the model loader panicked")??;
             tracing::info!(
                 model = runtime.model_name(),
+                weights = runtime.embedder().config().weights.as_deref().unwrap_or("fp32"),
                 dir = %settings.model_dir.display(),
                 threads = settings.embedder.intra_threads,
                 load_ms = started.elapsed().as_millis() as u64,
