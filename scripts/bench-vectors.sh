@@ -19,7 +19,7 @@ source "$(dirname "$0")/lib.sh"
 DATA="$MOA_ROOT/../shared/data/nsmc-reviews.jsonl.gz"
 LIMIT="${LIMIT:-}"
 QUERIES="${QUERIES:-1000}"
-CACHE="$MOA_CACHE_HOME/vectors-${LIMIT:-all}"
+CACHE="$MOA_CACHE_HOME/vectors-${LIMIT:-all}${MOA_MODEL_DIR:+-$(basename "$MOA_MODEL_DIR")}"
 PY="$MOA_CACHE_HOME/venv-model/bin/python"
 
 ensure_toolchain

@@ -9,6 +9,7 @@
 #   scripts/eval-retrieval.sh                   # the first LIMIT (50,000) reviews of the shared file
 #   scripts/eval-retrieval.sh REVIEWS.jsonl.gz  # every review of that file (same format)
 #   LIMIT=all scripts/eval-retrieval.sh         # all 637k (embedding takes about 90 min once)
+#   MOA_MODEL_DIR=~/.cache/moa/models/multilingual-e5-small-int8 scripts/eval-retrieval.sh   # the int8 weights
 #
 # Baselines in the same run: the seed's retrieval (global top 100, then the store filter) and the
 # store's first reviews without retrieval. Fails if any search returned another store's review or
@@ -21,12 +22,12 @@ if [ $# -ge 1 ]; then
   DATA="$(cd "$(dirname "$1")" && pwd)/$(basename "$1")"
   [ -f "$DATA" ] || { echo "eval-retrieval: no file $1" >&2; exit 1; }
   LIMIT=""
-  CACHE="$MOA_CACHE_HOME/vectors-$(md5sum "$DATA" | cut -c1-12)"
+  CACHE="$MOA_CACHE_HOME/vectors-$(md5sum "$DATA" | cut -c1-12)${MOA_MODEL_DIR:+-$(basename "$MOA_MODEL_DIR")}"
 else
   DATA="$MOA_ROOT/../shared/data/nsmc-reviews.jsonl.gz"
   LIMIT="${LIMIT:-50000}"
   [ "$LIMIT" = all ] && LIMIT=""
-  CACHE="$MOA_CACHE_HOME/vectors-${LIMIT:-all}"
+  CACHE="$MOA_CACHE_HOME/vectors-${LIMIT:-all}${MOA_MODEL_DIR:+-$(basename "$MOA_MODEL_DIR")}"
 fi
 
 ensure_toolchain
