@@ -12,6 +12,7 @@
 # through moa-model-runtime and cached in $MOA_CACHE_HOME/vectors-<LIMIT|all>.
 # QPS is compared at matched recall: moa's fastest setting with recall@10 >= 0.95, and hnswlib's
 # fastest setting with at least that recall.
+# A candidate graph, host/hnsw (moa-hnsw), runs the same sweep and gets its own matched-recall line.
 # Ends with: RESULT vectors n=... dim=... recall10=... qps=... hnswlib_qps_at_same_recall=... ratio=... build_s=... rss_mb=...
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
@@ -28,8 +29,8 @@ if ! "$PY" -c 'import hnswlib' 2>/dev/null; then
   log "installing hnswlib (PyPI) into $MOA_CACHE_HOME/venv-model"
   "$PY" -m pip install -q hnswlib==0.8.0
 fi
-log "building bench_vectors (release)"
-(cd "$MOA_ROOT" && cargo build --release --workspace --example bench_vectors)
+log "building bench_vectors and bench_hnsw (release)"
+(cd "$MOA_ROOT" && cargo build --release --workspace --example bench_vectors --example bench_hnsw)
 ensure_review_vectors "$CACHE" "$DATA" "$LIMIT"
 
 OUT="$(mktemp)"
@@ -38,6 +39,8 @@ log "moa (embedded index, usearch HNSW, connectivity 16, expansion_add 128)"
   --quantization "${QUANTIZATION:-f32}" | tee "$OUT"
 log "hnswlib 0.8.0 (M 16, ef_construction 128), one query thread"
 "$PY" "$MOA_ROOT/scripts/model/bench_hnswlib.py" "$CACHE" "$QUERIES" 10 | tee -a "$OUT"
+log "candidate: moa-hnsw (host/hnsw: hnswlib's layout in Rust, M 16, ef_construction 128), one thread"
+"$CARGO_TARGET_DIR/release/examples/bench_hnsw" "$CACHE" "$QUERIES" 10 | tee -a "$OUT"
 
 "$PY" - "$OUT" <<'PYEOF'
 import re, sys
@@ -53,11 +56,19 @@ def value(prefix, key):
     for line in lines:
         if line.startswith(prefix) and f"{key}=" in line:
             return re.search(rf"{key}=([\d.]+)", line)[1]
-moa, hnsw = sweep("moa"), sweep("hnswlib")
-good = [r for r in moa if r[1] >= 0.95] or [max(moa, key=lambda r: r[1])]
-best = max(good, key=lambda r: r[2])
-rivals = [r for r in hnsw if r[1] >= best[1]]
-rival = max(rivals, key=lambda r: r[2]) if rivals else max(hnsw, key=lambda r: r[1])
+def matched(ours, theirs):
+    good = [r for r in ours if r[1] >= 0.95] or [max(ours, key=lambda r: r[1])]
+    best = max(good, key=lambda r: r[2])
+    rivals = [r for r in theirs if r[1] >= best[1]]
+    rival = max(rivals, key=lambda r: r[2]) if rivals else max(theirs, key=lambda r: r[1])
+    return best, rival
+moa, hnsw, candidate = sweep("moa"), sweep("hnswlib"), sweep("hnsw")
+best, rival = matched(moa, hnsw)
+if candidate:
+    c_best, c_rival = matched(candidate, hnsw)
+    print(f"candidate moa-hnsw recall10={c_best[1]:.4f} qps={c_best[2]:.0f} "
+          f"hnswlib_qps_at_same_recall={c_rival[2]:.0f} ratio={c_best[2] / c_rival[2]:.2f} "
+          f"build_s={value('hnsw build', 'build_s')} (one thread)")
 print(f"filtered search exactness: {value('moa filtered', 'filtered_recall10')}")
 print(f"hnswlib build_s={value('hnswlib build', 'build_s')} rss_mb={value('hnswlib build', 'rss_mb')}")
 print(f"RESULT vectors n={value('moa build', 'n')} dim={value('moa build', 'dim')} recall10={best[1]:.4f} "
