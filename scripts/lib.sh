@@ -43,6 +43,15 @@ ensure_redis() {
   fi
 }
 
+# An OCI registry for the registry tests (Debian's docker-registry, distribution 2.8); the tests
+# start their own on free ports, so the packaged service stays stopped.
+ensure_oci_registry() {
+  if ! command -v docker-registry >/dev/null; then
+    log "installing docker-registry (Debian)"
+    apt-get update -qq && apt-get install -y -qq --no-install-recommends docker-registry
+  fi
+}
+
 # SecantusDB (PyPI, GPL-2.0, a separate test server; nothing of it is linked into moa): a
 # MongoDB-compatible one-node replica set on WiredTiger, for the documents tests and benchmark.
 ensure_secantus() {

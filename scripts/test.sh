@@ -8,6 +8,7 @@ ensure_toolchain
 ensure_redis
 ensure_tansu
 ensure_secantus
+ensure_oci_registry
 "$MOA_ROOT/scripts/fetch-model.sh"
 build_components
 cd "$MOA_ROOT"

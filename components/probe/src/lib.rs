@@ -1,5 +1,5 @@
 //! Test component: does on request what the host's tests need to observe (trap, spin, sleep,
-//! allocate, key-value, variables, outbound HTTP, publish, embeddings, echo), dispatching on `spin-path-info`;
+//! allocate, files, key-value, variables, outbound HTTP, publish, embeddings, echo), dispatching on `spin-path-info`;
 //! anything else answers with the request's headers, one `name: value` per line.
 
 use spin_sdk::http::body::IncomingBodyExt as _;
@@ -36,6 +36,11 @@ async fn handle(req: Request) -> anyhow::Result<impl IntoResponse> {
     let parts: Vec<&str> = info.split('/').filter(|s| !s.is_empty()).collect();
     match parts.as_slice() {
         ["trap"] => panic!("probe was asked to trap"),
+        // A file the component's `files` mount shows it, read through WASI.
+        ["file", path @ ..] => match std::fs::read(format!("/{}", path.join("/"))) {
+            Ok(bytes) => reply(200, String::from_utf8_lossy(&bytes).into_owned()),
+            Err(err) => reply(404, format!("{err}\n")),
+        },
         ["spin"] => {
             let mut x: u64 = 0;
             loop {

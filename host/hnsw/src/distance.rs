@@ -1,11 +1,15 @@
-//! Dot product and squared L2 distance over f32 slices, with AVX2+FMA kernels chosen at run time
-//! (the release build targets plain x86-64) and portable fallbacks.
+//! Dot product and squared L2 distance over f32 slices, with AVX-512 or AVX2+FMA kernels chosen at
+//! run time (the release build targets plain x86-64) and portable fallbacks.
 
 /// A distance kernel over two slices of equal length.
 pub type Kernel = fn(&[f32], &[f32]) -> f32;
 
 /// The dot-product kernel for this CPU.
 pub fn dot_kernel() -> Kernel {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512f") {
+        return dot_avx512;
+    }
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
         return dot_avx2;
@@ -16,6 +20,10 @@ pub fn dot_kernel() -> Kernel {
 /// The squared-L2 kernel for this CPU.
 pub fn l2_kernel() -> Kernel {
     #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512f") {
+        return l2_avx512;
+    }
+    #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
         return l2_avx2;
     }
@@ -24,6 +32,10 @@ pub fn l2_kernel() -> Kernel {
 
 /// Which kernels [`dot_kernel`] and [`l2_kernel`] picked, for benchmark logs.
 pub fn kernel_name() -> &'static str {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512f") {
+        return "avx512f";
+    }
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
         return "avx2+fma";
@@ -50,6 +62,60 @@ fn dot_portable(a: &[f32], b: &[f32]) -> f32 {
 
 fn l2_portable(a: &[f32], b: &[f32]) -> f32 {
     a.iter().zip(b).map(|(x, y)| (x - y) * (x - y)).sum()
+}
+
+#[cfg(target_arch = "x86_64")]
+fn dot_avx512(a: &[f32], b: &[f32]) -> f32 {
+    // SAFETY: only returned by `dot_kernel` when the CPU has AVX-512F.
+    unsafe { sum_avx512::<false>(a, b) }
+}
+
+#[cfg(target_arch = "x86_64")]
+fn l2_avx512(a: &[f32], b: &[f32]) -> f32 {
+    // SAFETY: only returned by `l2_kernel` when the CPU has AVX-512F.
+    unsafe { sum_avx512::<true>(a, b) }
+}
+
+/// Σ a·b, or Σ (a - b)² when `L2`, 32 lanes per step in two accumulators, the tail masked.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn sum_avx512<const L2: bool>(a: &[f32], b: &[f32]) -> f32 {
+    use std::arch::x86_64::*;
+    let term = |x: __m512, y: __m512, sum: __m512| {
+        if L2 {
+            let d = _mm512_sub_ps(x, y);
+            _mm512_fmadd_ps(d, d, sum)
+        } else {
+            _mm512_fmadd_ps(x, y, sum)
+        }
+    };
+    let n = a.len().min(b.len());
+    let (pa, pb) = (a.as_ptr(), b.as_ptr());
+    let mut acc = [_mm512_setzero_ps(); 2];
+    let mut i = 0;
+    // SAFETY (loads): every offset read is below `n`, the length of both slices; the masked
+    // load reads only the lanes below `n`.
+    while i + 32 <= n {
+        for (lane, sum) in acc.iter_mut().enumerate() {
+            let x = unsafe { _mm512_loadu_ps(pa.add(i + lane * 16)) };
+            let y = unsafe { _mm512_loadu_ps(pb.add(i + lane * 16)) };
+            *sum = term(x, y, *sum);
+        }
+        i += 32;
+    }
+    while i < n {
+        let left = (n - i).min(16);
+        let mask: __mmask16 = if left == 16 {
+            0xffff
+        } else {
+            (1u16 << left) - 1
+        };
+        let x = unsafe { _mm512_maskz_loadu_ps(mask, pa.add(i)) };
+        let y = unsafe { _mm512_maskz_loadu_ps(mask, pb.add(i)) };
+        acc[0] = term(x, y, acc[0]);
+        i += left;
+    }
+    _mm512_reduce_add_ps(_mm512_add_ps(acc[0], acc[1]))
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -138,6 +204,13 @@ mod tests {
                 (dot_portable(&a, &b) - dot).abs() < 1e-3,
                 "portable dot n={n}"
             );
+            #[cfg(target_arch = "x86_64")]
+            if std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("fma")
+            {
+                assert!((dot_avx2(&a, &b) - dot).abs() < 1e-3, "avx2 dot n={n}");
+                assert!((l2_avx2(&a, &b) - l2).abs() < 1e-3, "avx2 l2 n={n}");
+            }
         }
     }
 }

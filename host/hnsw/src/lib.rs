@@ -273,6 +273,24 @@ impl Hnsw {
         Ok(())
     }
 
+    /// Removed nodes still in the graph as waypoints.
+    pub fn removed(&self) -> usize {
+        self.keys.len() - self.slots.len()
+    }
+
+    /// A new graph of the live items only (inserted in node order, so the same graph gives the
+    /// same result), for when removed waypoints outnumber live items.
+    pub fn compacted(&self) -> Result<Hnsw, HnswError> {
+        let mut graph = Hnsw::new(self.params);
+        graph.reserve(self.slots.len());
+        for (node, &key) in self.keys.iter().enumerate() {
+            if !self.deleted[node] {
+                graph.insert(key, self.vector(node as u32))?;
+            }
+        }
+        Ok(graph)
+    }
+
     /// The `k` nearest live items to `query` that `accept` lets through, nearest first, as (key,
     /// distance). `ef` is the search breadth (at least `k`).
     pub fn search(
@@ -602,12 +620,19 @@ impl Hnsw {
         let nodes = header[6] as usize;
         graph.max_level = header[7] as usize;
         graph.entry = (header[8] != u64::MAX).then_some(header[8] as u32);
-        let mut bytes = vec![0u8; nodes * graph.block * 4];
-        input.read_exact(&mut bytes)?;
-        graph.data = bytes
-            .chunks_exact(4)
-            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-            .collect();
+        // In pieces, so a large graph never sits in memory twice.
+        let words = nodes * graph.block;
+        graph.data = Vec::with_capacity(words);
+        let mut bytes = vec![0u8; 1 << 20];
+        while graph.data.len() < words {
+            let take = ((words - graph.data.len()) * 4).min(bytes.len());
+            input.read_exact(&mut bytes[..take])?;
+            graph.data.extend(
+                bytes[..take]
+                    .chunks_exact(4)
+                    .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]])),
+            );
+        }
         for node in 0..nodes {
             let mut head = [0u8; 10];
             input.read_exact(&mut head)?;
@@ -781,6 +806,14 @@ mod tests {
                 loaded.search(&q, 10, 50, &|_| true).expect("search")
             );
         }
+        let compacted = graph.compacted().expect("compact");
+        assert_eq!((compacted.len(), compacted.removed()), (1499, 0));
+        assert_eq!(graph.removed(), 1);
+        assert!(!compacted.contains(5));
+        let q = &clustered(1, 24, 8)[0];
+        let want = exact(&data, q, 10, |i| i != 5);
+        let got = compacted.search(q, 10, 64, &|_| true).expect("search");
+        assert!(got.iter().filter(|(k, _)| want.contains(k)).count() >= 9);
         let other = Params::new(25, Metric::InnerProduct);
         assert!(Hnsw::load(other, &mut bytes.as_slice()).is_err());
         assert!(Hnsw::load(*graph.params(), &mut &bytes[..bytes.len() / 2]).is_err());

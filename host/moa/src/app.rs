@@ -293,6 +293,71 @@ async fn load_component(
     })
 }
 
+/// The files an app needs beside its manifest, relative to its directory, for `moa registry push`:
+/// each component's `source`, then every regular file under the directories its `files` mount.
+pub fn app_files(app: &LoadedManifest) -> Result<(Vec<PathBuf>, Vec<PathBuf>)> {
+    let outside = |path: &Path| {
+        anyhow::anyhow!(
+            "{} is outside the app directory {}; a registry app carries only files under the directory of its spin.toml\n  help: move it under {} and point the manifest there",
+            path.display(),
+            app.base_dir.display(),
+            app.base_dir.display()
+        )
+    };
+    // Lexically: a symlink under the app directory is the app's (its target is read at push).
+    let relative = |path: &Path| -> Result<PathBuf> {
+        let full = app.base_dir.join(path);
+        let inside = full
+            .strip_prefix(&app.base_dir)
+            .map_err(|_| outside(&full))?;
+        if inside.components().any(|c| {
+            !matches!(
+                c,
+                std::path::Component::Normal(_) | std::path::Component::CurDir
+            )
+        }) {
+            return Err(outside(&full));
+        }
+        if !full.exists() {
+            anyhow::bail!("{}: {} does not exist", app.path.display(), full.display());
+        }
+        Ok(inside.to_path_buf())
+    };
+    let mut components = Vec::new();
+    let mut files = Vec::new();
+    for component in app.manifest.components.values() {
+        let source = relative(&component.source.value).with_context(|| {
+            format!(
+                "component `{}`: its source is missing\n  help: run `moa build` first (or `moa registry push --build`)",
+                component.id
+            )
+        })?;
+        components.push(source);
+        for (dir, _) in mounts(app, component)? {
+            let mut pending = vec![relative(&dir)?];
+            while let Some(next) = pending.pop() {
+                let full = app.base_dir.join(&next);
+                let mut entries: Vec<_> = std::fs::read_dir(&full)
+                    .with_context(|| format!("cannot list {}", full.display()))?
+                    .collect::<std::io::Result<_>>()
+                    .with_context(|| format!("cannot list {}", full.display()))?;
+                entries.sort_by_key(|e| e.file_name());
+                for entry in entries {
+                    let path = next.join(entry.file_name());
+                    let kind = std::fs::metadata(entry.path())
+                        .with_context(|| format!("cannot read {}", entry.path().display()))?;
+                    if kind.is_dir() {
+                        pending.push(path);
+                    } else if kind.is_file() && !files.contains(&path) {
+                        files.push(path);
+                    }
+                }
+            }
+        }
+    }
+    Ok((components, files))
+}
+
 /// Turns `files` entries into directory mounts. A glob mounts the directory before its first
 /// wildcard at the same relative path in the guest (read-only).
 fn mounts(app: &LoadedManifest, component: &Component) -> Result<Vec<(PathBuf, String)>> {

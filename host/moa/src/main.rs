@@ -1,5 +1,6 @@
 //! The `moa` command line: `up` serves an app, `build` builds its components, `new` starts a
-//! component from a template, `job` runs batch jobs. Errors print as `Error: ...` with a hint, and exit non-zero.
+//! component from a template, `job` runs batch jobs, `registry` pushes and pulls apps.
+//! Errors print as `Error: ...` with a hint, and exit non-zero.
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -31,6 +32,8 @@ enum Command {
     New(cli::new::NewArgs),
     /// Run batch jobs (`[[trigger.job]]`) and see their executions.
     Job(cli::job::JobArgs),
+    /// Push apps to an OCI registry and pull them (`moa up --from REF` runs one).
+    Registry(cli::registry::RegistryArgs),
 }
 
 fn main() -> ExitCode {
@@ -40,6 +43,7 @@ fn main() -> ExitCode {
         Command::Build(args) => cli::build::run(&args).map(|_| ()),
         Command::New(args) => cli::new::run(&args),
         Command::Job(args) => cli::job::run(args),
+        Command::Registry(args) => cli::registry::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -3,6 +3,7 @@
 pub mod build;
 pub mod job;
 pub mod new;
+pub mod registry;
 pub mod up;
 
 use anyhow::{Result, bail};

@@ -18,9 +18,17 @@ use tokio_util::sync::CancellationToken;
 
 #[derive(Args, Debug)]
 pub struct UpArgs {
-    /// The app's manifest, or a directory holding spin.toml.
-    #[arg(short = 'f', long = "from", value_name = "MANIFEST")]
+    /// The app's manifest, a directory holding spin.toml, or a registry reference
+    /// (HOST[:PORT]/REPOSITORY[:TAG|@sha256:DIGEST]) pushed with `moa registry push`.
+    #[arg(short = 'f', long = "from", value_name = "MANIFEST|REFERENCE")]
     pub from: Option<PathBuf>,
+
+    /// Run the app pushed as this registry reference (pulled, digest-checked and cached first).
+    #[arg(long, value_name = "REFERENCE", conflicts_with = "from")]
+    pub from_registry: Option<String>,
+
+    #[command(flatten)]
+    pub registry: super::registry::AccessArgs,
 
     /// Address to serve HTTP triggers on (port 0 picks a free port).
     #[arg(long, default_value = "127.0.0.1:3000", env = "MOA_LISTEN")]
@@ -52,8 +60,27 @@ pub struct UpArgs {
     pub drain_timeout: u64,
 }
 
-pub fn run(args: UpArgs) -> Result<()> {
-    let manifest_path = super::manifest_path(args.from.as_deref())?;
+pub fn run(mut args: UpArgs) -> Result<()> {
+    let reference = args.from_registry.clone().or_else(|| {
+        args.from
+            .as_deref()
+            .filter(|from| super::registry::is_registry_reference(from))
+            .and_then(|from| from.to_str().map(str::to_string))
+    });
+    let manifest_path = match &reference {
+        Some(reference) => {
+            if args.build {
+                anyhow::bail!(
+                    "--build builds a local app; {reference} is a registry app\n  help: build and push it with `moa registry push --build {reference}`"
+                );
+            }
+            let manifest = super::registry::pull_app(reference, &args.registry)?;
+            // A pulled app's directory is a shared cache: its state lives where moa runs.
+            args.state_dir.get_or_insert_with(|| PathBuf::from(".moa"));
+            manifest
+        }
+        None => super::manifest_path(args.from.as_deref())?,
+    };
     if args.build {
         super::build::run(&super::build::BuildArgs {
             from: Some(manifest_path.clone()),

@@ -121,11 +121,24 @@ impl Moa {
 
     /// Starts moa and waits for it to print its address; `Err` holds stderr if it exited.
     pub fn try_start(app: &AppDir, options: Options) -> Result<Moa, String> {
+        Self::try_start_from(
+            app.manifest().as_os_str(),
+            &app.path().join(".moa"),
+            options,
+        )
+    }
+
+    /// [`Moa::try_start`] with `--from` as given (a manifest or a registry reference).
+    pub fn try_start_from(
+        from: &std::ffi::OsStr,
+        state_dir: &Path,
+        options: Options,
+    ) -> Result<Moa, String> {
         let mut command = Command::new(env!("CARGO_BIN_EXE_moa"));
         command
             .arg("up")
             .arg("-f")
-            .arg(app.manifest())
+            .arg(from)
             .args([
                 "--listen",
                 "127.0.0.1:0",
@@ -135,7 +148,7 @@ impl Moa {
                 "2",
             ])
             .arg("--state-dir")
-            .arg(app.path().join(".moa"))
+            .arg(state_dir)
             .args(&options.args)
             .env(
                 "MOA_CACHE_DIR",
@@ -800,6 +813,59 @@ impl ModelRuntime {
 }
 
 impl Drop for ModelRuntime {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Debian's `docker-registry` (distribution 2.8) on a free 127.0.0.1 port with its own storage,
+/// killed when dropped.
+pub struct OciRegistry {
+    child: Child,
+    pub address: String,
+    pub storage: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl OciRegistry {
+    pub fn start() -> OciRegistry {
+        let binary =
+            std::env::var("MOA_DOCKER_REGISTRY").unwrap_or_else(|_| "docker-registry".into());
+        let dir = tempfile::tempdir().unwrap();
+        let storage = dir.path().join("storage");
+        let port = free_port();
+        let config = dir.path().join("config.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n",
+                storage.display()
+            ),
+        )
+        .unwrap();
+        let child = Command::new(&binary)
+            .arg("serve")
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "cannot start {binary}: {e} (install Debian's docker-registry; .ci/run does)"
+                )
+            });
+        wait_for_port(port, "docker-registry");
+        OciRegistry {
+            child,
+            address: format!("127.0.0.1:{port}"),
+            storage,
+            _dir: dir,
+        }
+    }
+}
+
+impl Drop for OciRegistry {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();

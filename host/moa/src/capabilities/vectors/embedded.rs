@@ -1,12 +1,13 @@
 //! The embedded vector index (the default): items in SQLite (the durable truth, with a change
-//! sequence), an HNSW graph (usearch) in memory, snapshotted to disk and brought up to date at start
-//! by replaying the changes after the snapshot, so a restart never rebuilds the graph.
+//! sequence), an HNSW graph in memory (moa-hnsw; usearch when quantized), snapshotted to disk and
+//! brought up to date at start by replaying the changes after it, so a restart never rebuilds it.
 //!
 //! Searches with a filter plan as Atlas and Qdrant do: the planner looks the filter's equalities up
 //! in an index of metadata values; when few items can match it scores them exactly, otherwise it
 //! walks the graph with the filter as a predicate, and falls back to exact scoring when the walk
 //! finds fewer matches than exist. A filter never post-filters a top-k.
 
+use super::graph::{Graph, GraphKind, graph_vector};
 use super::{
     IndexInfo, Metric, SearchRequest, VectorBackend, VectorError, VectorItem, VectorMatch,
     check_vector,
@@ -22,7 +23,6 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard, Weak};
 use std::time::Duration;
-use usearch::{Index, IndexOptions, ScalarKind};
 
 /// How an embedded index is set up (`[vector_index.<label>]` with `type = "embedded"`).
 #[derive(Debug, Clone)]
@@ -96,17 +96,7 @@ pub enum Quantization {
     I8,
 }
 
-impl Quantization {
-    fn scalar_kind(self) -> ScalarKind {
-        match self {
-            Quantization::F32 => ScalarKind::F32,
-            Quantization::F16 => ScalarKind::F16,
-            Quantization::I8 => ScalarKind::I8,
-        }
-    }
-}
-
-/// What `graph-<seq>.json` says of `graph-<seq>.usearch`.
+/// What `graph-<seq>.json` says of the graph file beside it (`graph-<seq>.hnsw` or `.usearch`).
 #[derive(Debug, serde::Serialize, serde::Deserialize, PartialEq)]
 struct SnapshotMeta {
     /// Every change up to this sequence number is in the graph file.
@@ -120,6 +110,8 @@ struct SnapshotMeta {
     unit_vectors: bool,
     #[serde(default)]
     quantization: Quantization,
+    #[serde(default)]
+    graph: GraphKind,
 }
 
 /// One embedded index.
@@ -133,7 +125,7 @@ pub struct EmbeddedIndex {
     refreshing: Mutex<()>,
     last_refresh: Mutex<std::time::Instant>,
     state: RwLock<State>,
-    /// One per usearch thread slot, less one kept for the writer.
+    /// Concurrent searches (one per usearch thread slot, less one kept for the writer).
     search_slots: Arc<tokio::sync::Semaphore>,
     threads: usize,
     /// Changes applied since the last snapshot.
@@ -145,7 +137,7 @@ pub struct EmbeddedIndex {
 }
 
 struct State {
-    graph: Option<Index>,
+    graph: Option<Graph>,
     dimensions: Option<usize>,
     entries: HashMap<u64, Entry>,
     values: ValueIndex,
@@ -277,10 +269,6 @@ impl ValueIndex {
 /// interval, and a restart replays at most a fifth of the graph (or ten intervals of changes).
 pub fn snapshot_due(changes: u64, size: usize, since_last: Duration, interval: Duration) -> bool {
     changes > 0 && (changes.saturating_mul(4) >= size as u64 || since_last >= interval * 10)
-}
-
-fn other(context: &str) -> impl Fn(cxx::Exception) -> VectorError + '_ {
-    move |e| VectorError::Other(format!("{context}: {e}"))
 }
 
 fn sql(e: rusqlite::Error) -> VectorError {
@@ -443,24 +431,8 @@ impl EmbeddedIndex {
         Ok(Arc::new(index))
     }
 
-    fn options(&self, dimensions: usize) -> IndexOptions {
-        IndexOptions {
-            dimensions,
-            metric: graph_kind(self.settings.metric),
-            quantization: self.settings.quantization.scalar_kind(),
-            connectivity: self.settings.connectivity,
-            expansion_add: self.settings.expansion_add,
-            expansion_search: self.settings.expansion_search,
-            multi: false,
-        }
-    }
-
-    fn new_graph(&self, dimensions: usize, capacity: usize) -> Result<Index, VectorError> {
-        let graph = Index::new(&self.options(dimensions)).map_err(other("creating the graph"))?;
-        graph
-            .reserve_capacity_and_threads(capacity.max(1024), self.threads)
-            .map_err(other("reserving graph memory"))?;
-        Ok(graph)
+    fn new_graph(&self, dimensions: usize, capacity: usize) -> Result<Graph, VectorError> {
+        Graph::new(&self.settings, dimensions, capacity, self.threads)
     }
 
     /// Whether the snapshot described by `json` holds changes up to `seq` in a graph of this
@@ -476,12 +448,14 @@ impl EmbeddedIndex {
                 && m.connectivity == self.settings.connectivity
                 && m.quantization == self.settings.quantization
                 && m.unit_vectors
+                && m.graph == GraphKind::of(&self.settings)
         })
     }
 
     /// The newest snapshot that fits this index's settings and loads, with the sequence number
     /// it covers.
-    fn load_snapshot(&self, dimensions: usize) -> Option<(Index, i64)> {
+    fn load_snapshot(&self, dimensions: usize) -> Option<(Graph, i64)> {
+        let extension = format!(".{}", GraphKind::of(&self.settings).extension());
         let mut snapshots: Vec<(i64, PathBuf)> = std::fs::read_dir(&self.settings.dir)
             .ok()?
             .filter_map(|entry| {
@@ -489,7 +463,7 @@ impl EmbeddedIndex {
                 let name = path.file_name()?.to_str()?;
                 let seq = name
                     .strip_prefix("graph-")?
-                    .strip_suffix(".usearch")?
+                    .strip_suffix(extension.as_str())?
                     .parse()
                     .ok()?;
                 Some((seq, path))
@@ -500,23 +474,12 @@ impl EmbeddedIndex {
             if !self.snapshot_fits(&path.with_extension("json"), seq, dimensions) {
                 continue;
             }
-            let Ok(graph) = Index::new(&self.options(dimensions)) else {
-                continue;
-            };
-            let loaded = path.to_str().is_some_and(|p| graph.load(p).is_ok());
-            if !loaded {
-                tracing::warn!(file = %path.display(), "a vector index snapshot does not load; trying an older one");
-                continue;
+            match Graph::load(&self.settings, dimensions, &path, self.threads) {
+                Ok(graph) => return Some((graph, seq)),
+                Err(error) => {
+                    tracing::warn!(file = %path.display(), %error, "a vector index snapshot does not load; trying an older one");
+                }
             }
-            graph.change_expansion_search(self.settings.expansion_search);
-            graph.change_expansion_add(self.settings.expansion_add);
-            if graph
-                .reserve_capacity_and_threads((graph.size() * 2).max(1024), self.threads)
-                .is_err()
-            {
-                continue;
-            }
-            return Some((graph, seq));
         }
         None
     }
@@ -566,7 +529,7 @@ impl EmbeddedIndex {
             self.load_snapshot(dimensions)
         };
         let started = std::time::Instant::now();
-        let (graph, since, from_snapshot) = match snapshot {
+        let (mut graph, since, from_snapshot) = match snapshot {
             Some((graph, seq)) => (graph, seq, true),
             None => (self.new_graph(dimensions, state.entries.len())?, 0, false),
         };
@@ -584,18 +547,15 @@ impl EmbeddedIndex {
             for row in rows {
                 let (key, blob) = row.map_err(sql)?;
                 let key = key as u64;
-                if graph.contains(key) {
-                    graph.remove(key).map_err(other("replaying a change"))?;
-                }
                 batch.push((key, from_blob(&blob)));
                 if batch.len() == 4096 {
                     replayed += batch.len();
-                    add_parallel(&graph, &batch, self.threads, self.settings.metric)?;
+                    graph.add(&batch, self.settings.metric, self.threads)?;
                     batch.clear();
                 }
             }
             replayed += batch.len();
-            add_parallel(&graph, &batch, self.threads, self.settings.metric)?;
+            graph.add(&batch, self.settings.metric, self.threads)?;
             let mut deleted = tx
                 .prepare("SELECT key FROM tombstones WHERE seq > ?1")
                 .map_err(sql)?;
@@ -605,7 +565,7 @@ impl EmbeddedIndex {
             for key in keys {
                 let key = key.map_err(sql)? as u64;
                 if graph.contains(key) {
-                    graph.remove(key).map_err(other("replaying a delete"))?;
+                    graph.remove(key)?;
                     replayed += 1;
                 }
             }
@@ -742,24 +702,19 @@ impl EmbeddedIndex {
             applied_seq,
             ..
         } = &mut *state;
-        let Some(graph) = graph.as_ref() else {
+        let Some(graph) = graph.as_mut() else {
             *applied_seq = db_seq;
             return Ok(());
         };
         let changes = (rows.len() + deleted.len()) as u64;
         for key in deleted {
-            if graph.contains(key) {
-                graph.remove(key).map_err(other("deleting a vector"))?;
-            }
+            graph.remove(key)?;
             if let Some(old) = entries.remove(&key) {
                 values.remove(key, &old.metadata);
             }
         }
         let mut additions = Vec::with_capacity(rows.len());
         for (key, id, vector, metadata) in rows {
-            if graph.contains(key) {
-                graph.remove(key).map_err(other("replacing a vector"))?;
-            }
             if let Some(old) = entries.remove(&key) {
                 values.remove(key, &old.metadata);
             }
@@ -773,9 +728,14 @@ impl EmbeddedIndex {
             );
             additions.push((key, vector));
         }
-        add_parallel(graph, &additions, self.threads, self.settings.metric)?;
+        graph.add(&additions, self.settings.metric, self.threads)?;
         *applied_seq = db_seq;
         self.dirty.fetch_add(changes, AtomicOrdering::Relaxed);
+        if graph.compact_if_sparse()? {
+            // The next snapshot holds the compact graph.
+            self.dirty
+                .fetch_add(graph.size() as u64, AtomicOrdering::Relaxed);
+        }
         Ok(())
     }
 
@@ -823,7 +783,8 @@ impl EmbeddedIndex {
         });
     }
 
-    /// Writes the graph as `graph-<seq>.usearch` (with its `.json`), then removes older ones.
+    /// Writes the graph as `graph-<seq>.hnsw` or `.usearch` (with its `.json`), then removes older
+    /// ones.
     /// Several processes may snapshot one directory: each file names the changes it holds.
     pub fn snapshot(&self) -> Result<(), VectorError> {
         let _one = self.snapshotting.lock().unwrap_or_else(|e| e.into_inner());
@@ -836,18 +797,20 @@ impl EmbeddedIndex {
             };
             let changes = self.dirty.swap(0, AtomicOrdering::Relaxed);
             let seq = state.applied_seq;
-            let file = dir.join(format!("graph-{seq}.usearch"));
+            let kind = GraphKind::of(&self.settings);
+            let file = dir.join(format!("graph-{seq}.{}", kind.extension()));
             if self.snapshot_fits(&file.with_extension("json"), seq, dimensions) {
                 return Ok(());
             }
-            let tmp = dir.join(format!("graph-{seq}.usearch.{}.tmp", std::process::id()));
-            let tmp_text = tmp
-                .to_str()
-                .ok_or_else(|| VectorError::Other(format!("{} is not UTF-8", tmp.display())))?;
-            if let Err(e) = graph.save(tmp_text) {
+            let tmp = dir.join(format!(
+                "graph-{seq}.{}.{}.tmp",
+                kind.extension(),
+                std::process::id()
+            ));
+            if let Err(e) = graph.save(&tmp) {
                 self.dirty.fetch_add(changes, AtomicOrdering::Relaxed);
                 let _ = std::fs::remove_file(&tmp);
-                return Err(VectorError::Other(format!("saving the graph: {e}")));
+                return Err(e);
             }
             let meta = SnapshotMeta {
                 seq,
@@ -857,6 +820,7 @@ impl EmbeddedIndex {
                 count: graph.size(),
                 unit_vectors: true,
                 quantization: self.settings.quantization,
+                graph: kind,
             };
             // A graph file without its .json is never loaded: the old .json goes first (a graph
             // of other settings may hold this seq), then the graph, then its .json.
@@ -1021,13 +985,8 @@ impl EmbeddedIndex {
                 .collect()
         };
         let Some((_, filter)) = &request.filter else {
-            let found = graph
-                .search(&graph_query, wanted)
-                .map_err(other("searching"))?;
-            return Ok((
-                to_matches(found.keys.into_iter().zip(found.distances).collect()),
-                Plan::Graph,
-            ));
+            let found = graph.search(&graph_query, wanted, self.settings.expansion_search, None)?;
+            return Ok((to_matches(found), Plan::Graph));
         };
         let candidates = state.values.candidates(filter);
         let exact = |keys: &mut dyn Iterator<Item = u64>| -> Vec<(u64, f32)> {
@@ -1040,7 +999,7 @@ impl EmbeddedIndex {
                 if !filter.matches(&entry.metadata) {
                     continue;
                 }
-                if graph.get(key, &mut buffer).unwrap_or(0) == 0 {
+                if !graph.get(key, &mut buffer) {
                     continue;
                 }
                 let distance = metric.distance(&request.vector, &buffer);
@@ -1065,10 +1024,12 @@ impl EmbeddedIndex {
                     .get(&key)
                     .is_some_and(|entry| filter.matches(&entry.metadata))
         };
-        let found = graph
-            .filtered_search(&graph_query, wanted, predicate)
-            .map_err(other("searching"))?;
-        let found: Vec<(u64, f32)> = found.keys.into_iter().zip(found.distances).collect();
+        let found = graph.search(
+            &graph_query,
+            wanted,
+            self.settings.expansion_search,
+            Some(&predicate),
+        )?;
         if found.len() >= limit {
             return Ok((to_matches(found), Plan::FilteredGraph));
         }
@@ -1102,78 +1063,6 @@ impl EmbeddedIndex {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
-    }
-}
-
-/// Grows the graph so `more` vectors fit (usearch needs room reserved before an add).
-fn reserve_for(graph: &Index, more: usize, threads: usize) -> Result<(), VectorError> {
-    let needed = graph.size() + more;
-    if needed > graph.capacity() {
-        graph
-            .reserve_capacity_and_threads(needed.max(graph.capacity() * 2).max(1024), threads)
-            .map_err(other("reserving graph memory"))?;
-    }
-    Ok(())
-}
-
-/// Adds vectors from up to all cores (usearch's adds are thread-safe once room is reserved).
-fn add_parallel(
-    graph: &Index,
-    items: &[(u64, Vec<f32>)],
-    threads: usize,
-    metric: Metric,
-) -> Result<(), VectorError> {
-    reserve_for(graph, items.len(), threads)?;
-    let workers = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1)
-        .min(threads - 1)
-        .max(1);
-    let add = |part: &[(u64, Vec<f32>)]| -> Result<(), VectorError> {
-        for (key, vector) in part {
-            graph
-                .add(*key, &graph_vector(metric, vector))
-                .map_err(other("adding a vector"))?;
-        }
-        Ok(())
-    };
-    if items.len() < 64 || workers == 1 {
-        return add(items);
-    }
-    let chunk = items.len().div_ceil(workers);
-    std::thread::scope(|scope| {
-        let handles: Vec<_> = items
-            .chunks(chunk)
-            .map(|part| scope.spawn(move || add(part)))
-            .collect();
-        for handle in handles {
-            handle
-                .join()
-                .map_err(|_| VectorError::Other("adding vectors panicked".into()))??;
-        }
-        Ok(())
-    })
-}
-
-/// The usearch metric of a graph: cosine is inner product over unit vectors (one dot product per
-/// distance instead of three, as hnswlib does it), with the same distance `1 - cos`.
-fn graph_kind(metric: Metric) -> usearch::MetricKind {
-    match metric {
-        Metric::Cosine => usearch::MetricKind::IP,
-        other => other.usearch_kind(),
-    }
-}
-
-/// A vector as the graph holds it: unit length for cosine, as given otherwise.
-fn graph_vector(metric: Metric, vector: &[f32]) -> std::borrow::Cow<'_, [f32]> {
-    if metric != Metric::Cosine {
-        return std::borrow::Cow::Borrowed(vector);
-    }
-    let norm = vector.iter().map(|v| v * v).sum::<f32>().sqrt();
-    if norm == 0.0 || (norm - 1.0).abs() < 1e-6 {
-        std::borrow::Cow::Borrowed(vector)
-    } else {
-        std::borrow::Cow::Owned(vector.iter().map(|v| v / norm).collect())
     }
 }
 
@@ -1368,7 +1257,7 @@ mod tests {
             );
             plans.push(plan);
         }
-        // (usearch's predicate walk found all 40 in every run here; when it does not, the
+        // (the graph's predicate walk found all 40 in every run here; when it does not, the
         // fallback must make up the difference, and the assertion above holds either way.)
         assert!(
             plans
@@ -1567,6 +1456,43 @@ mod tests {
         drop(index);
         let index = open(dir.path(), |s| s.quantization = Quantization::F16);
         assert_eq!(index.opened(), Opened::Snapshot { replayed: 0 });
+        // Back to f32: the usearch snapshot is not a moa-hnsw graph, so one rebuild again.
+        drop(index);
+        let index = open(dir.path(), |_| {});
+        assert_eq!(index.opened(), Opened::Built { items: 2_003 });
+        drop(index);
+        let index = open(dir.path(), |_| {});
+        assert_eq!(index.opened(), Opened::Snapshot { replayed: 0 });
+    }
+
+    #[test]
+    fn replaced_vectors_do_not_pile_up_in_the_graph() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut rng = StdRng::seed_from_u64(21);
+        let index = open(dir.path(), |_| {});
+        let mut all = items(1_500, &mut rng);
+        index.upsert_blocking(all.clone()).expect("upsert");
+        let nodes = |index: &EmbeddedIndex| match index.read_state().graph.as_ref() {
+            Some(Graph::Native(graph)) => graph.nodes(),
+            _ => panic!("an f32 index holds a moa-hnsw graph"),
+        };
+        // Every item gets a new vector, three times over: the removed nodes would be 4 503.
+        for round in 0..3 {
+            for item in all.iter_mut() {
+                item.vector = random_vector(&mut rng);
+            }
+            for chunk in all.chunks(500) {
+                index.upsert_blocking(chunk.to_vec()).expect("replace");
+            }
+            assert_eq!(index.len(), 1_503, "round {round}");
+        }
+        assert!(nodes(&index) <= 1_503 * 2, "{} nodes", nodes(&index));
+        // Searches see only the newest vectors.
+        for query in all.iter().step_by(50) {
+            let (found, _) = search(&index, &query.vector, 1, None);
+            assert_eq!(found[0].id, query.id);
+            assert!(found[0].score > 0.999, "{}", found[0].score);
+        }
     }
 
     #[test]

@@ -7,6 +7,7 @@
 
 mod atlas;
 mod embedded;
+mod graph;
 mod host;
 mod metric;
 
