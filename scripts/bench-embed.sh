@@ -86,7 +86,7 @@ kill "$PID"; wait "$PID" 2>/dev/null || true; PID=""
 
 log "(c) Python sentence-transformers (torch CPU), batch 32"
 PY_ST="n/a"
-if ST_OUT="$("$MOA_ROOT/scripts/model/setup-st.sh" 2>"$WORK/st-setup.err")"; then
+if "$MOA_ROOT/scripts/model/setup-st.sh" >/dev/null 2>"$WORK/st-setup.err"; then
   ST_LINE="$("$MOA_CACHE_HOME/venv-st/bin/python" "$MOA_ROOT/scripts/model/bench_st.py" \
     --model "$MOA_CACHE_HOME/models/multilingual-e5-small-hf" --texts-file "$WORK/texts.txt" \
     --batch 32 --threads "$THREADS" | tail -n 1)"

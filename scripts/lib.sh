@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Shared settings for moa's scripts (sourced, not run).
 # Build outputs live outside the clone so a fresh clone (and CI right after a session) reuses them.
 MOA_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
