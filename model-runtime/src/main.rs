@@ -95,30 +95,79 @@ fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve(args) => {
-            init_logging(args.log_format)?;
-            tokio::runtime::Builder::new_multi_thread()
+            let traces = init_logging(args.log_format)?;
+            let result = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()
                 .context("cannot start the async runtime")?
-                .block_on(serve(args))
+                .block_on(serve(args));
+            // Pending spans go out before the process ends.
+            if let Some(provider) = traces {
+                let _ = provider.shutdown();
+            }
+            result
         }
     }
 }
 
-fn init_logging(format: LogFormat) -> Result<()> {
+/// JSON (or text) logs on stderr, and OTLP span export when `OTEL_EXPORTER_OTLP_ENDPOINT` (or
+/// `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`) is set; `OTEL_SERVICE_NAME` defaults to moa-model-runtime.
+fn init_logging(format: LogFormat) -> Result<Option<opentelemetry_sdk::trace::SdkTracerProvider>> {
+    use opentelemetry::trace::TracerProvider as _;
+    use tracing_subscriber::Layer as _;
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
     let filter = std::env::var("MOA_LOG")
         .or_else(|_| std::env::var("RUST_LOG"))
         .unwrap_or_else(|_| "info".into());
     let filter = EnvFilter::try_new(&filter)
         .map_err(|e| anyhow::anyhow!("invalid MOA_LOG filter `{filter}`: {e}"))?;
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Json => builder.json().flatten_event(true).init(),
-        LogFormat::Text => builder.init(),
-    }
-    Ok(())
+    let fmt_layer = match format {
+        LogFormat::Json => tracing_subscriber::fmt::layer()
+            .json()
+            .flatten_event(true)
+            .with_writer(std::io::stderr)
+            .boxed(),
+        LogFormat::Text => tracing_subscriber::fmt::layer()
+            .with_writer(std::io::stderr)
+            .boxed(),
+    };
+    let provider = if std::env::var_os("OTEL_EXPORTER_OTLP_ENDPOINT").is_some()
+        || std::env::var_os("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT").is_some()
+    {
+        let exporter = opentelemetry_otlp::SpanExporter::builder()
+            .with_http()
+            .build()
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "cannot set up OTLP export (check OTEL_EXPORTER_OTLP_ENDPOINT): {e}"
+                )
+            })?;
+        let service =
+            std::env::var("OTEL_SERVICE_NAME").unwrap_or_else(|_| "moa-model-runtime".into());
+        Some(
+            opentelemetry_sdk::trace::SdkTracerProvider::builder()
+                .with_batch_exporter(exporter)
+                .with_resource(
+                    opentelemetry_sdk::Resource::builder()
+                        .with_service_name(service)
+                        .build(),
+                )
+                .build(),
+        )
+    } else {
+        None
+    };
+    let otel_layer = provider
+        .as_ref()
+        .map(|p| tracing_opentelemetry::layer().with_tracer(p.tracer("moa-model-runtime")));
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(fmt_layer)
+        .with(otel_layer)
+        .try_init()
+        .map_err(|e| anyhow::anyhow!("cannot install the logger: {e}"))?;
+    Ok(provider)
 }
 
 async fn serve(args: ServeArgs) -> Result<()> {

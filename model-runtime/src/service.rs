@@ -94,6 +94,19 @@ fn parse_grpc_timeout(value: &str) -> Option<Duration> {
     })
 }
 
+/// Makes `span` a child of the caller's W3C `traceparent` (exported when OTLP is on).
+fn continue_trace(span: &tracing::Span, traceparent: Option<&str>) {
+    use opentelemetry::propagation::TextMapPropagator as _;
+    use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+    if let Some(traceparent) = traceparent {
+        let carrier =
+            std::collections::HashMap::from([("traceparent".to_string(), traceparent.to_string())]);
+        let context =
+            opentelemetry_sdk::propagation::TraceContextPropagator::new().extract(&carrier);
+        let _ = span.set_parent(context);
+    }
+}
+
 /// The caller's `traceparent` metadata, if any.
 fn traceparent_of<T>(request: &Request<T>) -> Option<String> {
     let value = request.metadata().get("traceparent")?.to_str().ok()?;
@@ -198,9 +211,12 @@ impl Embedding for EmbeddingService {
             .inspect_err(|_| runtime.metrics().error("invalid_input"))?;
         let span = tracing::info_span!(
             "embed",
+            otel.name = "moa.embedding.v1.Embedding/Embed",
+            otel.kind = "server",
             texts = call.texts.len(),
             traceparent = traceparent.as_deref().unwrap_or("")
         );
+        continue_trace(&span, traceparent.as_deref());
         call.traceparent = traceparent;
         embed(&runtime, call)
             .instrument(span)

@@ -24,7 +24,13 @@ impl Runtime {
     /// Starts the server with `extra` flags and returns once its ports are open (the model may
     /// still be loading).
     fn start(extra: &[&str]) -> Runtime {
+        Self::start_with_env(extra, &[])
+    }
+
+    /// [`Runtime::start`] with more environment.
+    fn start_with_env(extra: &[&str], env: &[(&str, &str)]) -> Runtime {
         let mut child = Command::new(env!("CARGO_BIN_EXE_moa-model-runtime"))
+            .envs(env.iter().copied())
             .args([
                 "serve",
                 "--listen",
@@ -74,7 +80,15 @@ impl Runtime {
 
     /// Starts the server and waits until health says SERVING.
     async fn ready(extra: &[&str]) -> (Runtime, EmbeddingClient<Channel>) {
-        let runtime = Runtime::start(extra);
+        Self::ready_with_env(extra, &[]).await
+    }
+
+    /// [`Runtime::ready`] with more environment.
+    async fn ready_with_env(
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> (Runtime, EmbeddingClient<Channel>) {
+        let runtime = Runtime::start_with_env(extra, env);
         let channel = runtime.channel().await;
         let mut health = HealthClient::new(channel.clone());
         for _ in 0..600 {
@@ -551,4 +565,54 @@ async fn a_missing_model_is_a_clear_startup_error() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("/nonexistent/model"), "{stderr}");
     assert!(stderr.contains("fetch-model.sh"), "{stderr}");
+}
+
+/// With OTLP on, each embed call is a server span of the caller's trace (`traceparent` metadata),
+/// exported to the receiver the test starts.
+#[tokio::test(flavor = "multi_thread")]
+async fn embed_calls_are_spans_of_the_callers_trace() {
+    let receiver = moa_otlp_receiver::OtlpReceiver::start();
+    let (_runtime, mut client) = Runtime::ready_with_env(
+        &[],
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.url.as_str()),
+            ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+        ],
+    )
+    .await;
+    let (trace, parent) = ("4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7");
+    let mut call = tonic::Request::new(request(&["이 집 김밥 맛있어요", "배달이 늦었어요"]));
+    call.metadata_mut().insert(
+        "traceparent",
+        format!("00-{trace}-{parent}-01").parse().unwrap(),
+    );
+    client.embed(call).await.unwrap();
+    // A call without a traceparent starts its own trace.
+    client.embed(request(&["혼자"])).await.unwrap();
+
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let spans = loop {
+        let spans = receiver.spans();
+        if spans.len() >= 2 {
+            break spans;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no spans within 20 s: {spans:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let ours = spans
+        .iter()
+        .find(|s| s.trace_id == trace)
+        .unwrap_or_else(|| panic!("no span in the caller's trace: {spans:?}"));
+    assert_eq!(ours.parent_span_id, parent);
+    assert_eq!(ours.name, "moa.embedding.v1.Embedding/Embed");
+    assert_eq!(ours.service, "moa-model-runtime");
+    assert_eq!(ours.attributes.get("texts").map(String::as_str), Some("2"));
+    let alone = spans
+        .iter()
+        .find(|s| s.trace_id != trace)
+        .expect("the other call's span");
+    assert!(alone.parent_span_id.is_empty(), "{alone:?}");
 }

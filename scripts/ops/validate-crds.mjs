@@ -1,13 +1,13 @@
 // Validates custom resources (Argo Rollouts and CD, prometheus-operator, KEDA) in a multi-document
-// YAML file against the @kubernetes-models CRD models: wrong types and missing required fields fail.
-//   node scripts/ops/validate-crds.mjs NODE_MODULES FILE.yaml
+// YAML files against the @kubernetes-models CRD models: wrong types and missing required fields fail.
+//   node scripts/ops/validate-crds.mjs NODE_MODULES FILE.yaml...
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { pathToFileURL } from "node:url";
 
-const [modules, file] = process.argv.slice(2);
-if (!modules || !file) {
-  console.error("usage: validate-crds.mjs NODE_MODULES FILE.yaml");
+const [modules, ...files] = process.argv.slice(2);
+if (!modules || files.length === 0) {
+  console.error("usage: validate-crds.mjs NODE_MODULES FILE.yaml...");
   process.exit(2);
 }
 const load = async (relative) => import(pathToFileURL(join(modules, relative)).href);
@@ -26,7 +26,7 @@ const models = {
   "keda.sh/v1alpha1/TriggerAuthentication": "@kubernetes-models/keda/keda.sh/v1alpha1/TriggerAuthentication.mjs",
 };
 
-const docs = yaml.loadAll(readFileSync(file, "utf8")).filter(Boolean);
+const docs = files.flatMap((file) => yaml.loadAll(readFileSync(file, "utf8")).filter(Boolean));
 let failures = 0;
 for (const doc of docs) {
   const key = `${doc.apiVersion}/${doc.kind}`;

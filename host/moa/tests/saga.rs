@@ -7,6 +7,7 @@ mod common;
 
 use common::issuer::Issuer;
 use common::{AppDir, KafkaServer, Moa, MongoServer, Options, Reply, request};
+use moa_otlp_receiver::{OtlpReceiver, ReceivedSpan};
 use reqwest::Method;
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
@@ -69,6 +70,8 @@ struct Setup {
     variables: Vec<(&'static str, String)>,
     /// Where the payment component finds Toss (default: the emulator).
     toss_url: Option<String>,
+    /// More environment for the host.
+    env: Vec<(&'static str, String)>,
 }
 
 /// The reference app (the repository's spin.toml) with its built components, trusting a test
@@ -118,6 +121,12 @@ fn shop_with(setup: Setup) -> Shop {
     options.env = variables
         .into_iter()
         .map(|(name, value)| (format!("MOA_VARIABLE_{name}"), value))
+        .chain(
+            setup
+                .env
+                .into_iter()
+                .map(|(name, value)| (name.to_string(), value)),
+        )
         .collect();
     let moa = Moa::start(&app, options);
     Shop {
@@ -684,4 +693,141 @@ fn a_step_without_an_answer_is_sent_again_then_given_up_and_the_order_ends() {
         common::metric(&shop.moa, "moa_cron_runs_total", "outcome=\"ok\"") >= 4.0,
         "the sweeper ran on its schedule"
     );
+}
+
+/// One order through the saga is one trace: the HTTP request that placed it is the root, and each
+/// hop after it is a span of that trace: every saga step's component (consumer spans), every message
+/// between them (producer spans, the consumer's parent: the broker hop) and the payment call to Toss
+/// (a client span, with the context in its `traceparent` header). Spans go to an OTLP receiver
+/// started here.
+#[test]
+fn one_order_is_one_trace_from_the_request_through_the_saga_to_the_payment_call() {
+    let receiver = OtlpReceiver::start();
+    let shop = shop_with(Setup {
+        env: vec![
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.url.clone()),
+            ("OTEL_SERVICE_NAME", "moa-trace-test".into()),
+            ("OTEL_BSP_SCHEDULE_DELAY", "100".into()),
+        ],
+        ..Default::default()
+    });
+    let (store, _owner) = shop.store();
+    let customer = shop.issuer.token_for("customer-trace", &["CUSTOMER"]);
+    let id = shop.order(
+        &customer,
+        &store,
+        json!([{ "item_id": "kimbap", "quantity": 1 }]),
+        "pk-trace-1",
+    );
+    shop.wait_for(&customer, &id, "COMPLETED");
+
+    // The payment call's span is the last hop to arrive; wait for the whole trace to be exported.
+    let toss_host = shop.toss.url.trim_start_matches("http://").to_string();
+    let is_payment_call = |s: &ReceivedSpan| {
+        s.name.starts_with("POST")
+            && s.attributes
+                .get("url.full")
+                .is_some_and(|u| u.contains(&toss_host))
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let spans = loop {
+        let spans = receiver.spans();
+        let done = spans.iter().any(&is_payment_call)
+            && spans.iter().filter(|s| s.name.contains("process")).count() >= 6;
+        if done {
+            std::thread::sleep(Duration::from_millis(500));
+            break receiver.spans();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no payment span within 30 s; spans: {:#?}",
+            spans.iter().map(|s| &s.name).collect::<Vec<_>>()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(spans.iter().all(|s| s.service == "moa-trace-test"));
+
+    let root = spans
+        .iter()
+        .find(|s| {
+            s.name == "http.request"
+                && s.attributes.get("path").map(String::as_str) == Some("/orders")
+                && s.attributes.get("method").map(String::as_str) == Some("POST")
+        })
+        .expect("the POST /orders request has a span");
+    let trace: Vec<&ReceivedSpan> = spans
+        .iter()
+        .filter(|s| s.trace_id == root.trace_id)
+        .collect();
+
+    // Every saga step is in it: the saga, inventory and payment components consumed messages.
+    let consumers: std::collections::BTreeSet<&str> = trace
+        .iter()
+        .filter(|s| s.name.ends_with(" process"))
+        .filter_map(|s| s.attributes.get("component").map(String::as_str))
+        .collect();
+    for step in ["saga", "inventory", "payment"] {
+        assert!(
+            consumers.contains(step),
+            "no {step} step in the trace: {consumers:?}"
+        );
+    }
+    // Each consumer span's parent is a producer span of the same trace (the broker hop).
+    let by_id: std::collections::HashMap<&str, &ReceivedSpan> =
+        trace.iter().map(|s| (s.span_id.as_str(), *s)).collect();
+    for consumer in trace.iter().filter(|s| s.name.ends_with(" process")) {
+        let parent = by_id
+            .get(consumer.parent_span_id.as_str())
+            .unwrap_or_else(|| panic!("{} has no parent in the trace", consumer.name));
+        assert!(
+            parent.name.ends_with(" publish"),
+            "{} <- {}",
+            consumer.name,
+            parent.name
+        );
+        assert_eq!(
+            parent.attributes.get("topic"),
+            consumer.attributes.get("topic"),
+            "a message is consumed from the topic it was published to"
+        );
+    }
+    // The payment call to Toss is a span of this trace, under the payment step.
+    let payment = trace
+        .iter()
+        .find(|s| is_payment_call(s))
+        .expect("the Toss call is in the order's trace");
+    assert_eq!(
+        payment.attributes.get("component").map(String::as_str),
+        Some("payment")
+    );
+    assert_eq!(
+        payment
+            .attributes
+            .get("http.response.status_code")
+            .map(String::as_str),
+        Some("200")
+    );
+    let payment_parent = by_id
+        .get(payment.parent_span_id.as_str())
+        .expect("the payment call's parent is in the trace");
+    assert_eq!(
+        payment_parent
+            .attributes
+            .get("component")
+            .map(String::as_str),
+        Some("payment")
+    );
+    // One tree: every span but the root has its parent in the trace.
+    for span in &trace {
+        if span.span_id != root.span_id {
+            assert!(
+                by_id.contains_key(span.parent_span_id.as_str()),
+                "{} ({}) hangs outside the trace",
+                span.name,
+                span.span_id
+            );
+        }
+    }
+    // And no other trace holds this order's work: the one payment call is in it.
+    assert_eq!(spans.iter().filter(|s| is_payment_call(s)).count(), 1);
 }

@@ -95,6 +95,7 @@ pub fn init(format: LogFormat) -> Result<TelemetryGuard> {
         (None, None)
     };
 
+    TRACES_EXPORTED.store(provider.is_some(), std::sync::atomic::Ordering::Relaxed);
     tracing_subscriber::registry()
         .with(filter)
         .with(fmt_layer)
@@ -105,6 +106,45 @@ pub fn init(format: LogFormat) -> Result<TelemetryGuard> {
         traces_exported: provider.is_some(),
         provider,
         _log_writer: log_writer,
+    })
+}
+
+static TRACES_EXPORTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether spans are exported (OTLP configured): hops build their spans only then.
+pub fn traces_exported() -> bool {
+    TRACES_EXPORTED.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// Makes `span` a child of the W3C `parent` (when well-formed) and returns the `traceparent` to pass
+/// on to the next hop: the span's own context when traces are exported, else `parent` unchanged.
+pub fn continue_trace(span: &tracing::Span, parent: Option<&str>) -> Option<String> {
+    use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+    let parent = parent.filter(|p| is_traceparent(p));
+    if let Some(parent) = parent
+        && !span.is_none()
+    {
+        let carrier =
+            std::collections::HashMap::from([("traceparent".to_string(), parent.to_string())]);
+        let context = opentelemetry::global::get_text_map_propagator(|p| p.extract(&carrier));
+        let _ = span.set_parent(context);
+    }
+    own_traceparent(span).or_else(|| parent.map(str::to_string))
+}
+
+/// `span`'s own W3C `traceparent`, when it is exported.
+fn own_traceparent(span: &tracing::Span) -> Option<String> {
+    use opentelemetry::trace::TraceContextExt as _;
+    use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+    let context = span.context();
+    let span_context = context.span().span_context().clone();
+    span_context.is_valid().then(|| {
+        format!(
+            "00-{}-{}-{:02x}",
+            span_context.trace_id(),
+            span_context.span_id(),
+            span_context.trace_flags().to_u8()
+        )
     })
 }
 
@@ -130,17 +170,8 @@ pub fn link_parent_trace(span: &tracing::Span, headers: &http::HeaderMap) {
 /// The W3C `traceparent` for work done on behalf of a request: the request span's own context
 /// when traces are exported, else the caller's `traceparent` passed through (if well-formed).
 pub fn traceparent(span: &tracing::Span, headers: &http::HeaderMap) -> Option<String> {
-    use opentelemetry::trace::TraceContextExt as _;
-    use tracing_opentelemetry::OpenTelemetrySpanExt as _;
-    let context = span.context();
-    let span_context = context.span().span_context().clone();
-    if span_context.is_valid() {
-        return Some(format!(
-            "00-{}-{}-{:02x}",
-            span_context.trace_id(),
-            span_context.span_id(),
-            span_context.trace_flags().to_u8()
-        ));
+    if let Some(own) = own_traceparent(span) {
+        return Some(own);
     }
     headers
         .get("traceparent")

@@ -369,15 +369,29 @@ pub fn check_outgoing(
         )));
     }
     let mut message = message;
-    if let Some(traceparent) = &invocation.traceparent
+    if let Some(parent) = &invocation.traceparent
         && !message
             .headers
             .iter()
             .any(|(name, _)| name.eq_ignore_ascii_case("traceparent"))
     {
+        // A producer span for the publish (or the outbox staging it); the consumer's span is its
+        // child, so the trace shows the broker hop.
+        let span = if crate::telemetry::traces_exported() {
+            tracing::info_span!(
+                "messaging.publish",
+                otel.name = %format!("{} publish", message.topic),
+                otel.kind = "producer",
+                topic = %message.topic,
+            )
+        } else {
+            tracing::Span::none()
+        };
+        let traceparent =
+            crate::telemetry::continue_trace(&span, Some(parent)).unwrap_or_else(|| parent.clone());
         message
             .headers
-            .push(("traceparent".into(), traceparent.clone().into_bytes()));
+            .push(("traceparent".into(), traceparent.into_bytes()));
     }
     Ok(message)
 }

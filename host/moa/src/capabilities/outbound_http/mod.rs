@@ -214,14 +214,40 @@ impl WasiHttpHooks for OutboundHttpHooks {
             denied(&self.component_id);
             return Box::new(async { Err(HttpError::HttpRequestDenied) });
         }
-        Box::new(async move {
+        // A client span for the call, and its context in the request's `traceparent` (unless the
+        // component set one itself).
+        let mut request = request;
+        let span = if crate::telemetry::traces_exported() {
+            tracing::info_span!(
+                "http.client",
+                otel.name = %format!("{} {}", request.method(), uri.host().unwrap_or("-")),
+                otel.kind = "client",
+                component = %self.component_id,
+                http.request.method = %request.method(),
+                url.full = %uri,
+                http.response.status_code = tracing::field::Empty,
+            )
+        } else {
+            tracing::Span::none()
+        };
+        if let Some(traceparent) =
+            crate::telemetry::continue_trace(&span, self.caller.traceparent.as_deref())
+            && !request.headers().contains_key("traceparent")
+            && let Ok(value) = http::HeaderValue::from_str(&traceparent)
+        {
+            request.headers_mut().insert("traceparent", value);
+        }
+        let send = async move {
             use http_body_util::BodyExt;
             let (response, io) = wasmtime_wasi_http::default_send_request(request, options).await?;
+            tracing::Span::current()
+                .record("http.response.status_code", response.status().as_u16());
             Ok((
                 response.map(BodyExt::boxed_unsync),
                 Box::new(io) as Box<dyn Future<Output = Result<(), HttpError>> + Send>,
             ))
-        })
+        };
+        Box::new(tracing::Instrument::instrument(send, span))
     }
 }
 

@@ -235,10 +235,24 @@ impl TriggerRuntime {
         attempt: u32,
         lane: &mut Lane,
     ) -> Result<(), AttemptError> {
-        let traceparent = event
+        // One consumer span per attempt, a child of the publisher's span (the broker hop).
+        let span = if crate::telemetry::traces_exported() {
+            tracing::info_span!(
+                "event.handle",
+                otel.name = %format!("{} process", event.topic),
+                otel.kind = "consumer",
+                component = %self.component.id,
+                topic = %event.topic,
+                message_id = %event.id,
+                attempt,
+            )
+        } else {
+            tracing::Span::none()
+        };
+        let parent = event
             .header("traceparent")
-            .and_then(|v| std::str::from_utf8(v).ok())
-            .map(str::to_string);
+            .and_then(|v| std::str::from_utf8(v).ok());
+        let traceparent = crate::telemetry::continue_trace(&span, parent);
         let invocation = Invocation::new(event.id.as_str(), self.component.request_timeout)
             .with_traceparent(traceparent);
         let (mut store, handler, uses) = match lane.warm.take() {
@@ -286,13 +300,16 @@ impl TriggerRuntime {
             id: event.id.clone(),
             attempt,
         };
-        let call = async move {
-            let result = handler
-                .moa_messaging_handler()
-                .call_handle(&mut store, &delivery)
-                .await;
-            (store, handler, result)
-        };
+        let call = tracing::Instrument::instrument(
+            async move {
+                let result = handler
+                    .moa_messaging_handler()
+                    .call_handle(&mut store, &delivery)
+                    .await;
+                (store, handler, result)
+            },
+            span,
+        );
         let timeout = self.component.request_timeout;
         match tokio::time::timeout(timeout, call).await {
             Err(_) => {
