@@ -360,6 +360,37 @@ fn metrics_count_requests_traps_and_deadlines() {
         json["duration_ms"].as_f64().is_some() && json["request_id"].as_str().is_some(),
         "{line}"
     );
+    assert!(
+        json.get("trace_id").is_none(),
+        "no trace, no trace id: {line}"
+    );
+    // With the caller's traceparent (and no export of our own), the line carries its ids, so a
+    // Loki line leads to the trace.
+    let (status, _) = common::blocking_with_headers(
+        Method::GET,
+        &format!("{}/probe/traced", moa.url),
+        &[(
+            "traceparent",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        )],
+        None,
+    );
+    assert_eq!(status, 200);
+    common::wait_until("the traced request is logged", || {
+        moa.stderr().contains("\"path\":\"/probe/traced\"")
+    });
+    let line = moa
+        .stderr()
+        .lines()
+        .find(|l| l.contains("\"path\":\"/probe/traced\""))
+        .map(str::to_string)
+        .expect("request log line");
+    let json: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(
+        json["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736",
+        "{line}"
+    );
+    assert_eq!(json["span_id"], "00f067aa0ba902b7", "{line}");
 }
 
 #[test]

@@ -180,6 +180,14 @@ pub fn traceparent(span: &tracing::Span, headers: &http::HeaderMap) -> Option<St
         .map(str::to_string)
 }
 
+/// The trace id and span id of a W3C `traceparent`, for log lines (Loki to trace correlation).
+pub fn trace_ids(traceparent: Option<&str>) -> (Option<&str>, Option<&str>) {
+    match traceparent.filter(|t| is_traceparent(t)) {
+        Some(t) => (t.get(3..35), t.get(36..52)),
+        None => (None, None),
+    }
+}
+
 /// `00-<32 hex>-<16 hex>-<2 hex>`.
 fn is_traceparent(value: &str) -> bool {
     let parts: Vec<&str> = value.split('-').collect();

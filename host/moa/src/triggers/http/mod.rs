@@ -524,7 +524,8 @@ impl HttpServer {
                 match &failure {
                     Failure::Trap(error) => {
                         self.metrics.trapped(component_name);
-                        tracing::error!(parent: &span, request_id = %request_id, component = component_name, error = %error, "component trapped");
+                        let (trace_id, _) = telemetry::trace_ids(incoming.traceparent.as_deref());
+                        tracing::error!(parent: &span, request_id = %request_id, trace_id, component = component_name, error = %error, "component trapped");
                     }
                     Failure::Deadline(_) => self.metrics.deadline_hit(component_name),
                     Failure::Busy(reason) => self.metrics.http_rejected(reason),
@@ -540,10 +541,14 @@ impl HttpServer {
         let elapsed = started.elapsed();
         self.metrics
             .request_finished(component_name, status, elapsed);
+        // The request's span when traces are exported, else the caller's: Loki lines link to traces.
+        let (trace_id, span_id) = telemetry::trace_ids(incoming.traceparent.as_deref());
         tracing::info!(
             target: "moa::http",
             parent: &span,
             request_id = %request_id,
+            trace_id,
+            span_id,
             method = %method,
             path = %path,
             route = route.as_deref().unwrap_or("-"),
