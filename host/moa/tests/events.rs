@@ -40,7 +40,7 @@ impl Backend {
             ),
             // A short session so that a killed host's partitions move on within seconds.
             Backend::Kafka(kafka) => format!(
-                "[messaging.brokers.main]\ntype = \"kafka\"\nbrokers = \"{}\"\nproperties = {{ \"session.timeout.ms\" = \"6000\", \"heartbeat.interval.ms\" = \"500\" }}\n",
+                "[messaging.brokers.main]\ntype = \"kafka\"\nbrokers = \"{}\"\nproperties = {{ \"session.timeout.ms\" = \"6000\", \"heartbeat.interval.ms\" = \"500\", \"statistics.interval.ms\" = \"250\" }}\n",
                 kafka.bootstrap
             ),
             Backend::Redis(redis) => redis.broker_config(),
@@ -539,6 +539,34 @@ fn kafka_failures_are_retried_then_dead_lettered() {
 #[test]
 fn kafka_nothing_is_lost_when_the_host_is_killed() {
     nothing_is_lost_when_the_host_is_killed(Backend::Kafka(KafkaServer::start()));
+}
+
+/// The trigger's consumer lag per partition is a metric (KEDA and the alert rules read it): it
+/// rises while a backlog waits and drains to 0 once everything is handled and committed.
+#[test]
+fn kafka_consumer_lag_rises_with_a_backlog_and_drains_to_zero() {
+    let backend = Backend::Kafka(KafkaServer::start());
+    let (app, options) = app(&backend, "");
+    let moa = Moa::start(&app, options);
+    let lags = |moa: &Moa| -> Vec<f64> {
+        let (_, metrics) =
+            common::blocking(Method::GET, &format!("{}/metrics", moa.admin_url), None);
+        metrics
+            .lines()
+            .filter(|l| l.starts_with("moa_event_consumer_lag{") && l.contains("topic=\"orders\""))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .collect()
+    };
+    publish_many(&moa, "n=400&keys=8&batch=100&prefix=sleep:15:");
+    common::wait_until("a partition lags behind the backlog", || {
+        lags(&moa).iter().sum::<f64>() > 0.0
+    });
+    let seen = backend.read(&app, "seen.orders", 400, Duration::from_secs(60));
+    assert_eq!(seen.len(), 400, "{}", moa.stderr());
+    common::wait_until("every partition's lag drains to 0", || {
+        let lags = lags(&moa);
+        lags.len() == 4 && lags.iter().all(|lag| *lag == 0.0)
+    });
 }
 
 // ---------- Redis Streams ----------

@@ -38,6 +38,13 @@ struct TriggerLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LagLabels {
+    trigger: String,
+    topic: String,
+    partition: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
     component: String,
     status: u16,
@@ -76,6 +83,7 @@ pub struct Metrics {
     event_commits: Family<TriggerLabels, Counter>,
     cron_runs: Family<CronLabels, Counter>,
     cron_duration: Family<ComponentLabels, Histogram, fn() -> Histogram>,
+    consumer_lag: Family<LagLabels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -201,8 +209,15 @@ impl Metrics {
             "Time to instantiate a component and run its handle-cron-event",
             cron_duration.clone(),
         );
+        let consumer_lag = Family::<LagLabels, Gauge>::default();
+        registry.register(
+            "event_consumer_lag",
+            "Messages in a trigger's partition past its committed offset (Kafka: librdkafka's consumer_lag, sampled every statistics.interval.ms)",
+            consumer_lag.clone(),
+        );
         Metrics {
             registry,
+            consumer_lag,
             cron_runs,
             cron_duration,
             event_commits,
@@ -326,6 +341,26 @@ impl Metrics {
     }
 
     /// `count` messages of `trigger` committed.
+    /// A partition's consumer lag, as the broker client last measured it.
+    pub fn consumer_lag(&self, trigger: &str, topic: &str, partition: i32, lag: i64) {
+        self.consumer_lag
+            .get_or_create(&LagLabels {
+                trigger: trigger.to_string(),
+                topic: topic.to_string(),
+                partition: partition.to_string(),
+            })
+            .set(lag);
+    }
+
+    /// The partition moved to another consumer: its lag is theirs to report.
+    pub fn forget_consumer_lag(&self, trigger: &str, topic: &str, partition: i32) {
+        self.consumer_lag.remove(&LagLabels {
+            trigger: trigger.to_string(),
+            topic: topic.to_string(),
+            partition: partition.to_string(),
+        });
+    }
+
     pub fn events_committed(&self, trigger: &str, count: u64) {
         self.event_commits
             .get_or_create(&TriggerLabels {

@@ -68,12 +68,27 @@ impl WorkerShared {
 type Workers = Arc<Mutex<HashMap<PartitionKey, Worker>>>;
 
 /// Sees rebalances: stops the workers of revoked partitions and commits what they finished.
+/// Also turns librdkafka's statistics into the per-partition consumer lag metric.
 struct RebalanceContext {
     workers: Workers,
     group: String,
+    trigger: String,
+    metrics: Arc<crate::telemetry::Metrics>,
 }
 
-impl ClientContext for RebalanceContext {}
+impl ClientContext for RebalanceContext {
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        for (topic, stats) in &statistics.topics {
+            for (&partition, stats) in &stats.partitions {
+                // Partition -1 is librdkafka's internal one; a lag of -1 is not known yet.
+                if partition >= 0 && stats.consumer_lag >= 0 {
+                    self.metrics
+                        .consumer_lag(&self.trigger, topic, partition, stats.consumer_lag);
+                }
+            }
+        }
+    }
+}
 
 impl ConsumerContext for RebalanceContext {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
@@ -84,6 +99,10 @@ impl ConsumerContext for RebalanceContext {
             let Ok(mut workers) = self.workers.lock() else {
                 return;
             };
+            for e in revoked.elements() {
+                self.metrics
+                    .forget_consumer_lag(&self.trigger, e.topic(), e.partition());
+            }
             revoked
                 .elements()
                 .iter()
@@ -151,7 +170,9 @@ impl KafkaTrigger {
             .set("enable.auto.offset.store", "false")
             .set("auto.commit.interval.ms", "1000")
             .set("auto.offset.reset", "earliest")
-            .set("client.id", crate::triggers::events::consumer_name());
+            .set("client.id", crate::triggers::events::consumer_name())
+            // Statistics (for the consumer lag metric); a broker property may change the interval.
+            .set("statistics.interval.ms", "5000");
         for (key, value) in properties {
             // Producer-only settings would make the consumer refuse to start.
             if !is_producer_only(key) {
@@ -162,6 +183,8 @@ impl KafkaTrigger {
         let context = RebalanceContext {
             workers: workers.clone(),
             group: runtime.trigger.group.clone(),
+            trigger: runtime.name.clone(),
+            metrics: runtime.metrics.clone(),
         };
         let consumer: StreamConsumer<RebalanceContext> = config
             .create_with_context(context)
