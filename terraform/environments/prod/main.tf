@@ -1,6 +1,5 @@
-# The prod environment: VPC, EKS with IRSA for the hosts, ECR, MSK, ElastiCache Redis and MongoDB
-# Atlas, wired together. Its outputs are the chart's AWS-specific values (docs/operations.md).
-# State lives in S3 (terraform init -backend-config=backend.hcl; the file is not in the repo).
+# The prod environment: modules/stack with prod's sizes. State lives in S3
+# (terraform init -backend-config=backend.hcl; that file is not in the repository).
 
 terraform {
   required_version = ">= 1.6"
@@ -16,115 +15,30 @@ terraform {
 provider "aws" {
   region = var.region
   default_tags {
-    tags = local.tags
+    tags = { project = "moa", environment = "prod" }
   }
 }
 
 # Atlas API keys from MONGODB_ATLAS_PUBLIC_KEY / MONGODB_ATLAS_PRIVATE_KEY, never from files.
 provider "mongodbatlas" {}
 
-locals {
-  name = "moa-prod"
-  tags = { project = "moa", environment = "prod" }
-}
-
-data "aws_caller_identity" "current" {}
-
-data "aws_iam_policy_document" "kms" {
-  # checkov:skip=CKV_AWS_111: a key policy's resource "*" is this key only
-  # checkov:skip=CKV_AWS_356: a key policy's resource "*" is this key only
-  # checkov:skip=CKV_AWS_109: the account root administers its own key (AWS's default key policy)
-  statement {
-    sid       = "AccountAdministers"
-    actions   = ["kms:*"]
-    resources = ["*"]
-    principals {
-      type        = "AWS"
-      identifiers = ["arn:aws:iam::${data.aws_caller_identity.current.account_id}:root"]
-    }
-  }
-  statement {
-    sid       = "CloudWatchLogs"
-    actions   = ["kms:Encrypt*", "kms:Decrypt*", "kms:ReEncrypt*", "kms:GenerateDataKey*", "kms:Describe*"]
-    resources = ["*"]
-    principals {
-      type        = "Service"
-      identifiers = ["logs.${var.region}.amazonaws.com"]
-    }
-  }
-}
-
-resource "aws_kms_key" "this" {
-  description         = "${local.name}: EKS secrets, MSK, ElastiCache, ECR, logs and Secrets Manager"
-  enable_key_rotation = true
-  policy              = data.aws_iam_policy_document.kms.json
-}
-
-module "vpc" {
-  source             = "../../modules/vpc"
-  name               = local.name
-  cidr               = "10.20.0.0/16"
-  zones              = ["${var.region}a", "${var.region}b", "${var.region}c"]
-  single_nat_gateway = false
-  kms_key_arn        = aws_kms_key.this.arn
-  tags               = local.tags
-}
-
-module "ecr" {
-  source      = "../../modules/ecr"
-  kms_key_arn = aws_kms_key.this.arn
-  tags        = local.tags
-}
-
-module "eks" {
-  source              = "../../modules/eks"
-  name                = local.name
-  private_subnet_ids  = module.vpc.private_subnet_ids
-  public_access_cidrs = var.admin_cidrs
-  kms_key_arn         = aws_kms_key.this.arn
-  node_instance_types = ["m7i.xlarge"]
-  node_min            = 3
-  node_max            = 12
-  host_namespace      = var.namespace
-  ecr_repository_arns = module.ecr.repository_arns
-  msk_cluster_arn     = module.msk.cluster_arn
-  tags                = local.tags
-}
-
-module "msk" {
-  source                   = "../../modules/msk"
-  name                     = local.name
-  vpc_id                   = module.vpc.vpc_id
-  subnet_ids               = module.vpc.data_subnet_ids
-  client_security_group_id = module.eks.cluster_security_group_id
-  broker_instance_type     = "kafka.m7g.large"
-  broker_volume_gb         = 500
-  kms_key_arn              = aws_kms_key.this.arn
-  tags                     = local.tags
-}
-
-module "redis" {
-  source                   = "../../modules/elasticache"
-  name                     = local.name
-  vpc_id                   = module.vpc.vpc_id
-  subnet_ids               = module.vpc.data_subnet_ids
-  client_security_group_id = module.eks.cluster_security_group_id
-  node_type                = "cache.r7g.large"
-  replicas                 = 2
-  kms_key_arn              = aws_kms_key.this.arn
-  tags                     = local.tags
-}
-
-module "mongodb" {
-  source                   = "../../modules/mongodb-atlas"
-  name                     = local.name
-  atlas_project_id         = var.atlas_project_id
-  atlas_region             = var.atlas_region
-  aws_region               = var.region
-  instance_size            = "M30"
-  vpc_id                   = module.vpc.vpc_id
-  subnet_ids               = module.vpc.data_subnet_ids
-  client_security_group_id = module.eks.cluster_security_group_id
-  kms_key_arn              = aws_kms_key.this.arn
-  tags                     = local.tags
+module "stack" {
+  source               = "../../modules/stack"
+  name                 = "moa-prod"
+  environment          = "prod"
+  region               = var.region
+  atlas_project_id     = var.atlas_project_id
+  atlas_region         = var.atlas_region
+  namespace            = var.namespace
+  admin_cidrs          = var.admin_cidrs
+  cidr                 = "10.20.0.0/16"
+  single_nat_gateway   = false
+  node_instance_types  = ["m7i.xlarge"]
+  node_min             = 3
+  node_max             = 12
+  broker_instance_type = "kafka.m7g.large"
+  broker_volume_gb     = 500
+  redis_node_type      = "cache.r7g.large"
+  redis_replicas       = 2
+  atlas_instance_size  = "M30"
 }
