@@ -557,7 +557,8 @@ fn kafka_consumer_lag_rises_with_a_backlog_and_drains_to_zero() {
             .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
             .collect()
     };
-    publish_many(&moa, "n=400&keys=8&batch=100&prefix=sleep:15:");
+    // About 3 s of work per partition: many statistics samples (every 250 ms) see the backlog.
+    publish_many(&moa, "n=400&keys=8&batch=100&prefix=sleep:30:");
     common::wait_until("a partition lags behind the backlog", || {
         lags(&moa).iter().sum::<f64>() > 0.0
     });

@@ -721,7 +721,8 @@ fn one_order_is_one_trace_from_the_request_through_the_saga_to_the_payment_call(
     );
     shop.wait_for(&customer, &id, "COMPLETED");
 
-    // The payment call's span is the last hop to arrive; wait for the whole trace to be exported.
+    // Spans arrive in export batches: wait until the order's trace holds the payment call and
+    // every span of it has its parent there too (a broken chain never completes and fails below).
     let toss_host = shop.toss.url.trim_start_matches("http://").to_string();
     let is_payment_call = |s: &ReceivedSpan| {
         s.name.starts_with("POST")
@@ -729,31 +730,40 @@ fn one_order_is_one_trace_from_the_request_through_the_saga_to_the_payment_call(
                 .get("url.full")
                 .is_some_and(|u| u.contains(&toss_host))
     };
+    let is_root = |s: &ReceivedSpan| {
+        s.name == "http.request"
+            && s.attributes.get("path").map(String::as_str) == Some("/orders")
+            && s.attributes.get("method").map(String::as_str) == Some("POST")
+    };
+    let complete = |spans: &[ReceivedSpan]| {
+        let Some(root) = spans.iter().find(|s| is_root(s)) else {
+            return false;
+        };
+        let trace: Vec<&ReceivedSpan> = spans
+            .iter()
+            .filter(|s| s.trace_id == root.trace_id)
+            .collect();
+        trace.iter().any(|s| is_payment_call(s))
+            && trace.iter().all(|s| {
+                s.span_id == root.span_id || trace.iter().any(|p| p.span_id == s.parent_span_id)
+            })
+    };
     let deadline = Instant::now() + Duration::from_secs(30);
     let spans = loop {
         let spans = receiver.spans();
-        let done = spans.iter().any(&is_payment_call)
-            && spans.iter().filter(|s| s.name.contains("process")).count() >= 6;
-        if done {
-            std::thread::sleep(Duration::from_millis(500));
-            break receiver.spans();
+        if complete(&spans) {
+            break spans;
         }
-        assert!(
-            Instant::now() < deadline,
-            "no payment span within 30 s; spans: {:#?}",
-            spans.iter().map(|s| &s.name).collect::<Vec<_>>()
-        );
+        if Instant::now() > deadline {
+            break spans;
+        }
         std::thread::sleep(Duration::from_millis(100));
     };
     assert!(spans.iter().all(|s| s.service == "moa-trace-test"));
 
     let root = spans
         .iter()
-        .find(|s| {
-            s.name == "http.request"
-                && s.attributes.get("path").map(String::as_str) == Some("/orders")
-                && s.attributes.get("method").map(String::as_str) == Some("POST")
-        })
+        .find(|s| is_root(s))
         .expect("the POST /orders request has a span");
     let trace: Vec<&ReceivedSpan> = spans
         .iter()
