@@ -30,6 +30,8 @@ ensure_toolchain() {
   local missing=()
   command -v cc >/dev/null || missing+=(build-essential)
   command -v pkg-config >/dev/null || missing+=(pkg-config)
+  # librdkafka is built with OpenSSL (TLS, SASL/SCRAM and OAUTHBEARER for MSK).
+  [ -f /usr/include/openssl/ssl.h ] || missing+=(libssl-dev)
   if [ ${#missing[@]} -gt 0 ]; then
     log "installing ${missing[*]}"
     apt-get update -qq && apt-get install -y -qq "${missing[@]}"

@@ -132,32 +132,7 @@ fn init_logging(format: LogFormat) -> Result<Option<opentelemetry_sdk::trace::Sd
             .with_writer(std::io::stderr)
             .boxed(),
     };
-    let provider = if std::env::var_os("OTEL_EXPORTER_OTLP_ENDPOINT").is_some()
-        || std::env::var_os("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT").is_some()
-    {
-        let exporter = opentelemetry_otlp::SpanExporter::builder()
-            .with_http()
-            .build()
-            .map_err(|e| {
-                anyhow::anyhow!(
-                    "cannot set up OTLP export (check OTEL_EXPORTER_OTLP_ENDPOINT): {e}"
-                )
-            })?;
-        let service =
-            std::env::var("OTEL_SERVICE_NAME").unwrap_or_else(|_| "moa-model-runtime".into());
-        Some(
-            opentelemetry_sdk::trace::SdkTracerProvider::builder()
-                .with_batch_exporter(exporter)
-                .with_resource(
-                    opentelemetry_sdk::Resource::builder()
-                        .with_service_name(service)
-                        .build(),
-                )
-                .build(),
-        )
-    } else {
-        None
-    };
+    let provider = moa_otel::tracer_provider_from_env("moa-model-runtime")?;
     let otel_layer = provider
         .as_ref()
         .map(|p| tracing_opentelemetry::layer().with_tracer(p.tracer("moa-model-runtime")));

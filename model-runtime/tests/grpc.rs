@@ -571,7 +571,7 @@ async fn a_missing_model_is_a_clear_startup_error() {
 /// exported to the receiver the test starts.
 #[tokio::test(flavor = "multi_thread")]
 async fn embed_calls_are_spans_of_the_callers_trace() {
-    let receiver = moa_otlp_receiver::OtlpReceiver::start();
+    let receiver = moa_test_support::otlp::OtlpReceiver::start();
     let (_runtime, mut client) = Runtime::ready_with_env(
         &[],
         &[
@@ -615,4 +615,134 @@ async fn embed_calls_are_spans_of_the_callers_trace() {
         .find(|s| s.trace_id != trace)
         .expect("the other call's span");
     assert!(alone.parent_span_id.is_empty(), "{alone:?}");
+}
+
+fn call(texts: &[&str]) -> moa_model_runtime::EmbedCall {
+    moa_model_runtime::EmbedCall {
+        texts: texts.iter().map(|t| t.to_string()).collect(),
+        model: String::new(),
+        kind: moa_model_runtime::TextKind::Passage,
+        prompt: None,
+        normalize: None,
+        truncate: true,
+        deadline: None,
+        traceparent: None,
+    }
+}
+
+/// Texts a runtime has embedded so far.
+async fn texts(runtime: &Runtime) -> f64 {
+    sample(&runtime.metrics().await, "moa_embed_texts_total")
+}
+
+/// `dns:///` endpoints balance per call over whatever the name resolves to: a runtime added to
+/// the set takes calls from the same client at once (no new connection from the caller needed),
+/// one removed gets none, and while no address is known calls fail UNAVAILABLE.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_balanced_client_spreads_calls_over_the_resolved_runtimes_and_follows_the_set() {
+    use moa_model_runtime::{ClientSettings, RemoteRuntime, RuntimeError};
+    use std::net::SocketAddr;
+    use std::sync::{Arc, Mutex};
+    let (first, _) = Runtime::ready(&[]).await;
+    let (second, _) = Runtime::ready(&[]).await;
+    let address = |runtime: &Runtime| -> SocketAddr {
+        runtime
+            .address
+            .trim_start_matches("http://")
+            .parse()
+            .unwrap()
+    };
+    // What the "name" resolves to; the test changes it as a scale-out and a scale-in would.
+    let resolved: Arc<Mutex<Vec<SocketAddr>>> = Arc::new(Mutex::new(Vec::new()));
+    let source = resolved.clone();
+    let resolver: moa_model_runtime::client::Resolver = Arc::new(move || {
+        let addresses = source.lock().unwrap().clone();
+        Box::pin(async move { Ok(addresses) })
+    });
+    let client = RemoteRuntime::balanced(
+        "dns:///model-runtime:50051",
+        resolver,
+        Duration::from_millis(100),
+        ClientSettings {
+            max_attempts: 1,
+            ..ClientSettings::default()
+        },
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    match client.embed(call(&["아무도 없나요"])).await {
+        Err(RuntimeError::Unavailable(message)) => {
+            assert!(message.contains("no address"), "{message}")
+        }
+        other => panic!("expected UNAVAILABLE with no address, got {other:?}"),
+    }
+
+    *resolved.lock().unwrap() = vec![address(&first)];
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (a0, b0) = (texts(&first).await, texts(&second).await);
+    for _ in 0..10 {
+        client.embed(call(&["배달이 빨라요"])).await.unwrap();
+    }
+    assert_eq!(texts(&first).await - a0, 10.0);
+    assert_eq!(texts(&second).await - b0, 0.0);
+
+    // Scale-out: the second runtime joins and takes calls from the same client.
+    *resolved.lock().unwrap() = vec![address(&first), address(&second)];
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(client.addresses().len(), 2);
+    let (a1, b1) = (texts(&first).await, texts(&second).await);
+    let calls = (0..64).map(|i| {
+        let client = client.clone();
+        async move {
+            let text = format!("리뷰 {i}: 국물이 진하고 맛있어요");
+            client
+                .embed(call(&[text.as_str()]))
+                .await
+                .map(|e| e.vectors.len())
+        }
+    });
+    let done = futures::future::join_all(calls).await;
+    assert!(done.iter().all(|r| matches!(r, Ok(1))), "{done:?}");
+    let (a, b) = (texts(&first).await - a1, texts(&second).await - b1);
+    assert_eq!(a + b, 64.0);
+    assert!(
+        a >= 8.0 && b >= 8.0,
+        "both runtimes took calls: {a} and {b}"
+    );
+
+    // Scale-in: the first runtime leaves the set, then goes away; every call still succeeds.
+    *resolved.lock().unwrap() = vec![address(&second)];
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    drop(first);
+    let b2 = texts(&second).await;
+    for _ in 0..10 {
+        client.embed(call(&["포장이 깔끔해요"])).await.unwrap();
+    }
+    assert_eq!(texts(&second).await - b2, 10.0);
+}
+
+/// A `dns:///host:port` endpoint resolves through the system resolver.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dns_endpoint_resolves_the_name_and_serves_calls() {
+    use moa_model_runtime::{ClientSettings, RemoteRuntime};
+    let (runtime, _) = Runtime::ready(&[]).await;
+    let port = runtime.address.rsplit(':').next().unwrap().to_string();
+    let client = RemoteRuntime::connect_lazy(
+        &format!("dns:///localhost:{port}"),
+        ClientSettings::default(),
+    )
+    .unwrap();
+    let embedded = client.embed(call(&["맛있어요"])).await.unwrap();
+    assert_eq!(embedded.vectors.len(), 1);
+    assert_eq!(
+        client.addresses(),
+        vec![format!("127.0.0.1:{port}").parse().unwrap()]
+    );
+    let bad = RemoteRuntime::connect_lazy("dns:///no-port", ClientSettings::default());
+    assert!(
+        bad.err()
+            .unwrap()
+            .to_string()
+            .contains("dns:///<host>:<port>"),
+        "a clear error for a name without a port"
+    );
 }

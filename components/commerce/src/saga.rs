@@ -30,6 +30,37 @@ pub const TERMINAL_STATES: &[&str] = &[
     "COMPENSATION_FAILED",
 ];
 
+/// Where the saga announces how each order ended: `orders.outcome.<outcome>`, one topic per
+/// outcome, so the host's per-topic count (`moa_messages_published_total`) is the outcome rate.
+pub const OUTCOME_TOPIC_PREFIX: &str = "orders.outcome.";
+
+/// The outcome of a terminal state (its topic suffix), and whether reaching it took a
+/// compensation (a release, a refund, a restock), or `None` for a state that is not terminal.
+pub fn outcome_of(state: &str) -> Option<(&'static str, bool)> {
+    Some(match state {
+        "COMPLETED" => ("completed", false),
+        "REJECTED_OUT_OF_STOCK" => ("rejected", false),
+        "PAYMENT_DECLINED" => ("declined", true),
+        "CANCELLED_BY_CUSTOMER" => ("cancelled", true),
+        "FAILED" => ("failed", true),
+        "COMPENSATION_FAILED" => ("compensation_failed", true),
+        _ => return None,
+    })
+}
+
+/// How an order ended, published once when its saga reaches a terminal state.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(tag = "type")]
+pub enum OrderOutcome {
+    OrderEnded {
+        order_id: String,
+        state: String,
+        /// A compensation ran (reservation released, payment refunded, stock restocked).
+        compensated: bool,
+        reason: Option<String>,
+    },
+}
+
 /// One order line, priced by the server from the store's menu.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Line {

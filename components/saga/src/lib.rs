@@ -30,8 +30,8 @@ use bindings::exports::moa::messaging::handler::{Delivery, Guest as MessageHandl
 use bindings::fermyon::spin_cron::cron_types::{Error as CronError, Metadata};
 use bindings::{Guest as CronHandler, fermyon};
 use commerce::saga::{
-    self, DeadCommand, InventoryCommand, InventoryReply, OrderEvent, PaymentCommand, PaymentReply,
-    SagaInput,
+    self, DeadCommand, InventoryCommand, InventoryReply, OrderEvent, OrderOutcome, PaymentCommand,
+    PaymentReply, SagaInput,
 };
 use moa_sdk::documents::{self, Error, Ops, Store, Transaction};
 use serde_json::{Value, json};
@@ -176,6 +176,21 @@ impl Change {
         self
     }
 
+    /// A change that ends the order keeps the reason an earlier step recorded (a decline's, a
+    /// timeout's), so the outcome event names it.
+    pub fn keeping_reason_of(mut self, order: &Value) -> Change {
+        let ends = self.set["state"]
+            .as_str()
+            .is_some_and(|state| saga::TERMINAL_STATES.contains(&state));
+        if ends
+            && !self.set.contains_key("reason")
+            && let Some(reason) = order["reason"].as_str()
+        {
+            self.set.insert("reason".into(), json!(reason));
+        }
+        self
+    }
+
     /// Writes the change (with the state's deadline) and publishes its commands.
     pub fn apply(
         mut self,
@@ -185,8 +200,8 @@ impl Change {
         retries: u32,
     ) -> Result<(), Error> {
         let now = now_ms();
-        let state = self.set["state"].as_str().unwrap_or_default();
-        let deadline = if saga::TERMINAL_STATES.contains(&state) {
+        let state = self.set["state"].as_str().unwrap_or_default().to_string();
+        let deadline = if saga::TERMINAL_STATES.contains(&state.as_str()) {
             Value::Null
         } else {
             json!(settings.deadline(now, retries))
@@ -200,6 +215,20 @@ impl Change {
         }
         if let Some(command) = self.payment {
             tx.publish(saga::message(saga::PAYMENT_COMMANDS, id, &command))?;
+        }
+        if let Some((outcome, compensated)) = saga::outcome_of(&state) {
+            let ended = OrderOutcome::OrderEnded {
+                order_id: id.to_string(),
+                state: state.clone(),
+                compensated,
+                reason: self
+                    .set
+                    .get("reason")
+                    .and_then(Value::as_str)
+                    .map(str::to_string),
+            };
+            let topic = format!("{}{outcome}", saga::OUTCOME_TOPIC_PREFIX);
+            tx.publish(saga::message(&topic, id, &ended))?;
         }
         Ok(())
     }
@@ -389,7 +418,9 @@ fn step(tx: &Transaction, input: &SagaInput, settings: &Settings) -> Result<(), 
     } else {
         0
     };
-    change.apply(tx, &id, settings, retries)
+    change
+        .keeping_reason_of(&order)
+        .apply(tx, &id, settings, retries)
 }
 
 /// The terminal state a compensation (RELEASING, CANCELLING) ends in.

@@ -54,7 +54,7 @@ app.kubernetes.io/component: model-runtime
 
 {{/* The model runtime's gRPC address, for the host's runtime config. */}}
 {{- define "moa.modelEndpoint" -}}
-{{- printf "http://%s-model-runtime:50051" (include "moa.fullname" .) -}}
+{{- printf "dns:///%s-model-runtime-headless:50051" (include "moa.fullname" .) -}}
 {{- end -}}
 
 {{/* The host pod template (a Rollout's or a Deployment's). */}}

@@ -545,7 +545,21 @@ fn kafka_nothing_is_lost_when_the_host_is_killed() {
 /// rises while a backlog waits and drains to 0 once everything is handled and committed.
 #[test]
 fn kafka_consumer_lag_rises_with_a_backlog_and_drains_to_zero() {
-    let backend = Backend::Kafka(KafkaServer::start());
+    consumer_lag_rises_with_a_backlog_and_drains_to_zero(Backend::Kafka(KafkaServer::start()), 4);
+}
+
+#[test]
+fn redis_consumer_lag_rises_with_a_backlog_and_drains_to_zero() {
+    // The stream is one partition; the group's lag is read every second.
+    consumer_lag_rises_with_a_backlog_and_drains_to_zero(Backend::Redis(RedisServer::start()), 1);
+}
+
+#[test]
+fn embedded_consumer_lag_rises_with_a_backlog_and_drains_to_zero() {
+    consumer_lag_rises_with_a_backlog_and_drains_to_zero(Backend::Embedded, 4);
+}
+
+fn consumer_lag_rises_with_a_backlog_and_drains_to_zero(backend: Backend, partitions: usize) {
     let (app, options) = app(&backend, "");
     let moa = Moa::start(&app, options);
     let lags = |moa: &Moa| -> Vec<f64> {
@@ -557,7 +571,8 @@ fn kafka_consumer_lag_rises_with_a_backlog_and_drains_to_zero() {
             .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
             .collect()
     };
-    // About 3 s of work per partition: many statistics samples (every 250 ms) see the backlog.
+    // About 3 s of work: many lag samples (every 250 ms for Kafka here, 1 s for Redis, every
+    // fetch for the embedded log) see the backlog.
     publish_many(&moa, "n=400&keys=8&batch=100&prefix=sleep:30:");
     common::wait_until("a partition lags behind the backlog", || {
         lags(&moa).iter().sum::<f64>() > 0.0
@@ -566,7 +581,7 @@ fn kafka_consumer_lag_rises_with_a_backlog_and_drains_to_zero() {
     assert_eq!(seen.len(), 400, "{}", moa.stderr());
     common::wait_until("every partition's lag drains to 0", || {
         let lags = lags(&moa);
-        lags.len() == 4 && lags.iter().all(|lag| *lag == 0.0)
+        lags.len() == partitions && lags.iter().all(|lag| *lag == 0.0)
     });
 }
 

@@ -3,7 +3,8 @@
 
 mod common;
 
-use common::{AppDir, Moa, OciRegistry, Options, run_moa, wasm};
+use common::{AppDir, Moa, Options, run_moa, wasm};
+use moa_test_support::oci_registry::OciRegistry;
 
 /// An app directory with its own copy of the probe component and a mounted static directory.
 fn local_app() -> AppDir {

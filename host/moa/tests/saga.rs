@@ -7,7 +7,7 @@ mod common;
 
 use common::issuer::Issuer;
 use common::{AppDir, KafkaServer, Moa, MongoServer, Options, Reply, request};
-use moa_otlp_receiver::{OtlpReceiver, ReceivedSpan};
+use moa_test_support::otlp::{OtlpReceiver, ReceivedSpan};
 use reqwest::Method;
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
@@ -51,7 +51,7 @@ struct Shop {
     issuer: Issuer,
     toss: Toss,
     moa: Moa,
-    _app: AppDir,
+    app: AppDir,
 }
 
 /// The shop on the embedded defaults.
@@ -133,7 +133,7 @@ fn shop_with(setup: Setup) -> Shop {
         issuer,
         toss,
         moa,
-        _app: app,
+        app,
     }
 }
 
@@ -217,6 +217,33 @@ impl Shop {
             );
             std::thread::sleep(Duration::from_millis(100));
         }
+    }
+
+    /// Order id -> (topic, event) of every outcome the saga announced on the embedded log
+    /// (read beside the running host: the log is SQLite in WAL mode).
+    fn outcome_events(&self) -> std::collections::BTreeMap<String, (String, Value)> {
+        let log = moa_eventlog::EventLog::open(&self.app.path().join(".moa/events.db")).unwrap();
+        let mut out = std::collections::BTreeMap::new();
+        for outcome in [
+            "completed",
+            "rejected",
+            "declined",
+            "cancelled",
+            "failed",
+            "compensation_failed",
+        ] {
+            let topic = format!("orders.outcome.{outcome}");
+            let partitions = log.partitions(&topic).unwrap().unwrap_or(0);
+            for partition in 0..partitions {
+                for record in log.fetch(&topic, partition, 0, 1000).unwrap() {
+                    let event: Value = serde_json::from_slice(&record.payload).unwrap();
+                    let id = event["order_id"].as_str().unwrap().to_string();
+                    let previous = out.insert(id, (topic.clone(), event));
+                    assert!(previous.is_none(), "an order ended twice: {previous:?}");
+                }
+            }
+        }
+        out
     }
 
     /// (available, reserved, sold) of each item.
@@ -328,6 +355,32 @@ fn orders_complete_decline_run_short_and_survive_a_late_payment_answer() {
         "the payment was never called: {ledger}"
     );
     assert_eq!(ledger["net"], 11500);
+
+    // Each order's end is announced once on its outcome's topic, and counted per topic.
+    let outcomes = |outcome: &str| {
+        common::metric(
+            &shop.moa,
+            "moa_messages_published_total",
+            &format!("topic=\"orders.outcome.{outcome}\""),
+        )
+    };
+    common::wait_until("the outcomes are published", || {
+        outcomes("completed") == 2.0 && outcomes("declined") == 1.0 && outcomes("rejected") == 1.0
+    });
+    let ended = shop.outcome_events();
+    assert_eq!(ended.len(), 4, "{ended:?}");
+    assert_eq!(
+        ended[&declined],
+        (
+            "orders.outcome.declined".to_string(),
+            json!({
+                "type": "OrderEnded", "order_id": declined, "state": "PAYMENT_DECLINED",
+                "compensated": true, "reason": "PAYMENT_DECLINED"
+            })
+        )
+    );
+    assert_eq!(ended[&paid].1["compensated"], false);
+    assert_eq!(ended[&short].0, "orders.outcome.rejected");
 
     // Someone else's order is not visible; the payment record is.
     let other = shop.issuer.token_for("customer-choi", &["CUSTOMER"]);
@@ -645,6 +698,14 @@ fn a_confirm_dead_lettered_after_its_last_attempt_is_compensated() {
         ) >= 1.0,
         "the dead letter is counted"
     );
+    common::wait_until("the compensated end is counted", || {
+        common::metric(
+            &shop.moa,
+            "moa_messages_published_total",
+            "topic=\"orders.outcome.failed\"",
+        ) == 1.0
+    });
+    assert_eq!(shop.outcome_events()[&id].1["compensated"], true);
 }
 
 #[test]

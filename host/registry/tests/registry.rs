@@ -2,70 +2,8 @@
 //! on a free 127.0.0.1 port: round trip, the cache, digest pulls, and a tampered blob refused.
 
 use moa_registry::{AppPackage, RegistryError, RegistryOptions, pull, push};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
-
-struct Registry {
-    child: Child,
-    address: String,
-    storage: PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Registry {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
-
-async fn start_registry() -> Registry {
-    let binary = std::env::var("MOA_DOCKER_REGISTRY").unwrap_or_else(|_| "docker-registry".into());
-    let dir = tempfile::tempdir().expect("tempdir");
-    let storage = dir.path().join("storage");
-    let port = free_port();
-    let config = dir.path().join("config.yml");
-    std::fs::write(
-        &config,
-        format!(
-            "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n",
-            storage.display()
-        ),
-    )
-    .expect("registry config");
-    let child = Command::new(&binary)
-        .arg("serve")
-        .arg(&config)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap_or_else(|e| {
-            panic!("cannot start {binary}: {e} (install Debian's docker-registry; .ci/run does)")
-        });
-    let address = format!("127.0.0.1:{port}");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        if tokio::net::TcpStream::connect(&address).await.is_ok() {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the registry did not start");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    Registry {
-        child,
-        address,
-        storage,
-        _dir: dir,
-    }
-}
+use moa_test_support::oci_registry::OciRegistry;
+use std::path::Path;
 
 /// An app directory: a manifest, two "components" (one shared by two paths' content), a large
 /// static file and a tiny one (inline in the config).
@@ -115,7 +53,7 @@ const FILES: [&str; 5] = [
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_app_round_trips_through_a_registry_and_its_cache() {
-    let registry = start_registry().await;
+    let registry = OciRegistry::start();
     let (dir, package) = app_dir();
     let options = RegistryOptions::default();
     let reference = format!("{}/moa/shop:1.0.0", registry.address);
@@ -191,7 +129,7 @@ fn pulled2_config_size(pulled: &moa_registry::Pulled) -> u64 {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_tampered_blob_is_refused_and_nothing_is_cached() {
-    let registry = start_registry().await;
+    let registry = OciRegistry::start();
     let (_dir, package) = app_dir();
     let options = RegistryOptions::default();
     let reference = format!("{}/moa/shop:1.0.0", registry.address);
@@ -247,7 +185,7 @@ async fn a_tampered_blob_is_refused_and_nothing_is_cached() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn clear_errors_for_missing_apps_and_bad_references() {
-    let registry = start_registry().await;
+    let registry = OciRegistry::start();
     let cache = tempfile::tempdir().expect("cache");
     let options = RegistryOptions::default();
     let missing = format!("{}/moa/nothing:1.0", registry.address);

@@ -1,6 +1,6 @@
 # MSK: Kafka for order, payment and inventory events and the saga, in the data subnets, reachable
-# only from the EKS nodes. IAM auth (port 9098) for KEDA and IAM-signing clients; SASL/SCRAM
-# (port 9096, its secret in Secrets Manager under KMS) for moa hosts until they sign IAM tokens.
+# only from the EKS nodes. IAM auth (port 9098) for moa hosts (IRSA) and KEDA; SASL/SCRAM (port
+# 9096, its secret in Secrets Manager under KMS) for clients that cannot sign IAM tokens (tools).
 # TLS between clients and brokers and inside the cluster; broker logs to CloudWatch.
 
 terraform {

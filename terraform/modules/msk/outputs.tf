@@ -3,12 +3,12 @@ output "cluster_arn" {
 }
 
 output "bootstrap_brokers_sasl_scram" {
-  description = "For KAFKA_BROKERS in the chart (port 9096)"
+  description = "For clients without IAM signing (port 9096)"
   value       = aws_msk_cluster.this.bootstrap_brokers_sasl_scram
 }
 
 output "bootstrap_brokers_sasl_iam" {
-  description = "For the chart's host.keda.bootstrapServers (port 9098)"
+  description = "For the chart's KAFKA_BROKERS and host.keda.bootstrapServers (port 9098, IAM)"
   value       = aws_msk_cluster.this.bootstrap_brokers_sasl_iam
 }
 

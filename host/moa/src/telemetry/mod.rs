@@ -66,34 +66,10 @@ pub fn init(format: LogFormat) -> Result<TelemetryGuard> {
         LogFormat::Text => tracing_subscriber::fmt::layer().with_writer(writer).boxed(),
     };
 
-    let (otel_layer, provider) = if std::env::var_os("OTEL_EXPORTER_OTLP_ENDPOINT").is_some()
-        || std::env::var_os("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT").is_some()
-    {
-        let exporter = opentelemetry_otlp::SpanExporter::builder()
-            .with_http()
-            .build()
-            .map_err(|e| {
-                anyhow::anyhow!(
-                    "cannot set up OTLP export (check OTEL_EXPORTER_OTLP_ENDPOINT): {e}"
-                )
-            })?;
-        let service = std::env::var("OTEL_SERVICE_NAME").unwrap_or_else(|_| "moa".into());
-        let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder()
-            .with_batch_exporter(exporter)
-            .with_resource(
-                opentelemetry_sdk::Resource::builder()
-                    .with_service_name(service)
-                    .build(),
-            )
-            .build();
-        let layer = tracing_opentelemetry::layer().with_tracer(provider.tracer("moa"));
-        opentelemetry::global::set_text_map_propagator(
-            opentelemetry_sdk::propagation::TraceContextPropagator::new(),
-        );
-        (Some(layer), Some(provider))
-    } else {
-        (None, None)
-    };
+    let provider = moa_otel::tracer_provider_from_env("moa")?;
+    let otel_layer = provider
+        .as_ref()
+        .map(|p| tracing_opentelemetry::layer().with_tracer(p.tracer("moa")));
 
     TRACES_EXPORTED.store(provider.is_some(), std::sync::atomic::Ordering::Relaxed);
     tracing_subscriber::registry()

@@ -239,6 +239,14 @@ impl Moa {
     }
 
     /// Stops moa with SIGTERM and waits for it to exit.
+    /// SIGKILL, like a crash; what the host logged until then stays readable.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        // The reader thread drains the pipe once the process is gone.
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
     pub fn stop(mut self) {
         let _ = Command::new("kill")
             .arg("-TERM")
@@ -813,59 +821,6 @@ impl ModelRuntime {
 }
 
 impl Drop for ModelRuntime {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Debian's `docker-registry` (distribution 2.8) on a free 127.0.0.1 port with its own storage,
-/// killed when dropped.
-pub struct OciRegistry {
-    child: Child,
-    pub address: String,
-    pub storage: PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl OciRegistry {
-    pub fn start() -> OciRegistry {
-        let binary =
-            std::env::var("MOA_DOCKER_REGISTRY").unwrap_or_else(|_| "docker-registry".into());
-        let dir = tempfile::tempdir().unwrap();
-        let storage = dir.path().join("storage");
-        let port = free_port();
-        let config = dir.path().join("config.yml");
-        std::fs::write(
-            &config,
-            format!(
-                "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n",
-                storage.display()
-            ),
-        )
-        .unwrap();
-        let child = Command::new(&binary)
-            .arg("serve")
-            .arg(&config)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| {
-                panic!(
-                    "cannot start {binary}: {e} (install Debian's docker-registry; .ci/run does)"
-                )
-            });
-        wait_for_port(port, "docker-registry");
-        OciRegistry {
-            child,
-            address: format!("127.0.0.1:{port}"),
-            storage,
-            _dir: dir,
-        }
-    }
-}
-
-impl Drop for OciRegistry {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();

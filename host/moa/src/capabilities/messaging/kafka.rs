@@ -1,26 +1,108 @@
 //! The Kafka broker: an idempotent rdkafka producer (acks=all), keys for per-entity order and
-//! headers passed through; librdkafka properties from the runtime config (SASL, TLS, MSK IAM).
+//! headers passed through; librdkafka properties from the runtime config (SASL, TLS), and MSK IAM
+//! tokens for SASL/OAUTHBEARER signed by [`KafkaClientContext`] (producers, consumers, admin).
 
 use super::{Broker, ConsumerSource, OutgoingMessage, PublishError};
 use async_trait::async_trait;
+use moa_msk_iam::MskIam;
 use rdkafka::ClientConfig;
+use rdkafka::client::{ClientContext, OAuthToken};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// How long a publish waits for the broker's acknowledgement.
 const DELIVERY_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// What every moa Kafka client (producer, trigger consumer, admin) shares: the MSK IAM signer
+/// when the broker uses IAM. librdkafka asks for a token before connecting and again before
+/// the last one expires; with another SASL mechanism it never asks.
+#[derive(Clone, Default)]
+pub struct KafkaClientContext {
+    pub msk_iam: Option<Arc<MskIam>>,
+}
+
+impl ClientContext for KafkaClientContext {
+    const ENABLE_REFRESH_OAUTH_TOKEN: bool = true;
+
+    fn generate_oauth_token(
+        &self,
+        _oauthbearer_config: Option<&str>,
+    ) -> Result<OAuthToken, Box<dyn std::error::Error>> {
+        let Some(iam) = &self.msk_iam else {
+            return Err("sasl.mechanism is OAUTHBEARER but the broker has no token source: add aws_msk_iam = { region = \"...\" } to its [messaging.brokers.<name>] table".into());
+        };
+        let token = iam.token().map_err(|e| {
+            tracing::error!(error = %e, "cannot sign an MSK IAM token");
+            e.to_string()
+        })?;
+        Ok(OAuthToken {
+            token: token.token,
+            principal_name: token.principal,
+            lifetime_ms: token.expires_at_ms,
+        })
+    }
+}
+
+/// Hands a freshly created client its first MSK IAM token. librdkafka asks for tokens through an
+/// event on the client's main queue, which rdkafka's admin client never polls (and a consumer only
+/// once it is polled): without this, an admin client under IAM never authenticates. Later tokens
+/// come through [`KafkaClientContext::generate_oauth_token`] as usual.
+pub fn seed_msk_token<C: ClientContext>(client: &rdkafka::client::Client<C>, iam: &MskIam) {
+    let token = match iam.token() {
+        Ok(token) => token,
+        Err(err) => {
+            tracing::error!(error = %err, "cannot sign an MSK IAM token");
+            return;
+        }
+    };
+    let (Ok(value), Ok(principal)) = (
+        std::ffi::CString::new(token.token),
+        std::ffi::CString::new(token.principal),
+    ) else {
+        return;
+    };
+    let mut error = [0 as std::ffi::c_char; 512];
+    // SAFETY: the client pointer is live for the call (borrowed from `client`); the strings are
+    // NUL-terminated and outlive the call, which copies them; no extensions are passed; `error`
+    // is a writable buffer of the given size.
+    let code = unsafe {
+        rdkafka::bindings::rd_kafka_oauthbearer_set_token(
+            client.native_ptr(),
+            value.as_ptr(),
+            token.expires_at_ms,
+            principal.as_ptr(),
+            std::ptr::null_mut(),
+            0,
+            error.as_mut_ptr(),
+            error.len(),
+        )
+    };
+    if code != rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR {
+        // SAFETY: librdkafka wrote a NUL-terminated message into `error`.
+        let message = unsafe { std::ffi::CStr::from_ptr(error.as_ptr()) };
+        tracing::warn!(error = %message.to_string_lossy(), "librdkafka refused the MSK IAM token");
+    }
+}
+
 pub struct KafkaBroker {
-    producer: FutureProducer,
+    producer: FutureProducer<KafkaClientContext>,
     bootstrap: String,
     properties: BTreeMap<String, String>,
+    msk_iam: Option<Arc<MskIam>>,
 }
 
 impl KafkaBroker {
-    pub fn connect(bootstrap: &str, properties: &BTreeMap<String, String>) -> anyhow::Result<Self> {
+    /// `properties` already carry the SASL settings IAM needs when `msk_iam` is set
+    /// ([`iam_properties`]).
+    pub fn connect(
+        bootstrap: &str,
+        properties: &BTreeMap<String, String>,
+        msk_iam: Option<Arc<MskIam>>,
+    ) -> anyhow::Result<Self> {
         let mut config = ClientConfig::new();
         config
             .set("bootstrap.servers", bootstrap)
@@ -38,14 +120,31 @@ impl KafkaBroker {
                 config.set(key, value);
             }
         }
-        let producer: FutureProducer = config.create().map_err(|e| {
-            anyhow::anyhow!("cannot create the Kafka producer for {bootstrap}: {e}")
-        })?;
+        let context = KafkaClientContext {
+            msk_iam: msk_iam.clone(),
+        };
+        let producer: FutureProducer<KafkaClientContext> =
+            config.create_with_context(context).map_err(|e| {
+                anyhow::anyhow!("cannot create the Kafka producer for {bootstrap}: {e}")
+            })?;
         Ok(KafkaBroker {
             producer,
             bootstrap: bootstrap.to_string(),
             properties: properties.clone(),
+            msk_iam,
         })
+    }
+}
+
+/// The librdkafka settings MSK IAM needs (TLS and SASL/OAUTHBEARER), unless `properties` set them.
+pub fn iam_properties(properties: &mut BTreeMap<String, String>) {
+    for (key, value) in [
+        ("security.protocol", "SASL_SSL"),
+        ("sasl.mechanism", "OAUTHBEARER"),
+    ] {
+        properties
+            .entry(key.to_string())
+            .or_insert_with(|| value.to_string());
     }
 }
 
@@ -129,6 +228,7 @@ impl Broker for KafkaBroker {
         ConsumerSource::Kafka {
             bootstrap: self.bootstrap.clone(),
             properties: self.properties.clone(),
+            msk_iam: self.msk_iam.clone(),
         }
     }
 }

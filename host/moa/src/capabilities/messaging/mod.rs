@@ -1,8 +1,9 @@
 //! Messaging capability: `moa:messaging/producer` publishes to topics that the runtime config's
 //! `[messaging]` maps to brokers (Kafka, Redis Streams); with none configured, the embedded event log.
 
+mod counted;
 mod embedded;
-mod kafka;
+pub mod kafka;
 pub mod redis_streams;
 
 use crate::capabilities::{
@@ -57,6 +58,8 @@ pub enum ConsumerSource {
         bootstrap: String,
         /// The broker's librdkafka properties (SASL, TLS...), applied to consumers too.
         properties: BTreeMap<String, String>,
+        /// Signs SASL/OAUTHBEARER tokens when the broker is MSK with IAM.
+        msk_iam: Option<Arc<moa_msk_iam::MskIam>>,
     },
     Redis {
         url: String,
@@ -108,9 +111,11 @@ enum BrokerConfig {
     Kafka {
         /// `host:port,host:port` (MSK bootstrap brokers).
         brokers: ValueSource,
-        /// librdkafka properties passed through as they are (SASL, TLS, MSK IAM, timeouts).
+        /// librdkafka properties passed through as they are (SASL, TLS, timeouts).
         #[serde(default)]
         properties: BTreeMap<String, ValueSource>,
+        /// Amazon MSK with IAM: SASL/OAUTHBEARER tokens signed with the pod's AWS credentials.
+        aws_msk_iam: Option<MskIamConfig>,
     },
     Redis {
         url: ValueSource,
@@ -121,6 +126,13 @@ enum BrokerConfig {
         /// The log file (default: `<state dir>/events.db`).
         path: Option<std::path::PathBuf>,
     },
+}
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MskIamConfig {
+    /// The cluster's AWS region (the token is signed for `kafka.<region>.amazonaws.com`).
+    region: ValueSource,
 }
 
 /// `name` matches `pattern`: equal, or `pattern` ends in `*` and `name` starts with the rest.
@@ -145,7 +157,9 @@ impl MessagingBrokers {
         runtime_config: &RuntimeConfig,
         state_dir: &Path,
         app: &LoadedManifest,
+        metrics: &crate::telemetry::Metrics,
     ) -> Result<Arc<Self>> {
+        let published = counted::PublishedMetrics::register(metrics);
         let section: MessagingSection = runtime_config.section("messaging")?.unwrap_or_default();
         let describe = runtime_config.describe();
         let mut brokers: BTreeMap<String, Arc<dyn Broker>> = BTreeMap::new();
@@ -168,6 +182,7 @@ impl MessagingBrokers {
                 BrokerConfig::Kafka {
                     brokers,
                     properties,
+                    aws_msk_iam,
                 } => {
                     let bootstrap =
                         brokers.resolve(&format!("[messaging.brokers.{name}] brokers"))?;
@@ -179,8 +194,23 @@ impl MessagingBrokers {
                                 .resolve(&format!("[messaging.brokers.{name}.properties] {key}"))?,
                         );
                     }
+                    let msk_iam = match aws_msk_iam {
+                        Some(iam) => {
+                            let region = iam.region.resolve(&format!(
+                                "[messaging.brokers.{name}.aws_msk_iam] region"
+                            ))?;
+                            kafka::iam_properties(&mut resolved);
+                            let signer =
+                                moa_msk_iam::MskIam::start(&region).await.with_context(|| {
+                                    format!("{describe}: [messaging.brokers.{name}.aws_msk_iam]")
+                                })?;
+                            tracing::info!(broker = %name, region, access_key = %signer.credentials().access_key_id, "Kafka broker authenticates with MSK IAM");
+                            Some(signer)
+                        }
+                        None => None,
+                    };
                     Arc::new(
-                        kafka::KafkaBroker::connect(&bootstrap, &resolved)
+                        kafka::KafkaBroker::connect(&bootstrap, &resolved, msk_iam)
                             .with_context(|| format!("{describe}: [messaging.brokers.{name}]"))?,
                     )
                 }
@@ -204,7 +234,10 @@ impl MessagingBrokers {
                     Arc::new(embedded::EmbeddedBroker::new(log))
                 }
             };
-            brokers.insert(name.clone(), broker);
+            brokers.insert(
+                name.clone(),
+                counted::CountedBroker::wrap(broker, name, &published),
+            );
         }
         let default = match (&section.default_broker, brokers.len()) {
             (Some(name), _) => brokers.get(name).cloned().with_context(|| {
@@ -214,7 +247,11 @@ impl MessagingBrokers {
             (None, 0) => {
                 let log = open_embedded(&state_dir.join("events.db"))?;
                 embedded_log = Some(log.clone());
-                Arc::new(embedded::EmbeddedBroker::new(log))
+                counted::CountedBroker::wrap(
+                    Arc::new(embedded::EmbeddedBroker::new(log)),
+                    "embedded",
+                    &published,
+                )
             }
             (None, _) => bail!(
                 "{describe}: [messaging] has several brokers but no default_broker\n  help: set default_broker = \"<name>\" so that unrouted topics have a home"
@@ -301,7 +338,7 @@ impl Capability for MessagingCapability {
     }
 
     async fn configure(cx: &ConfigureContext<'_>) -> Result<Arc<MessagingBrokers>> {
-        MessagingBrokers::configure(cx.runtime_config, cx.state_dir, cx.app).await
+        MessagingBrokers::configure(cx.runtime_config, cx.state_dir, cx.app, cx.metrics).await
     }
 
     fn component(

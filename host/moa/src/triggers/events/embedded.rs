@@ -1,6 +1,7 @@
 //! The embedded event log as a trigger source: one task per partition delivers records in order
 //! from the group's committed offset, commits after each, and sleeps until the next append.
 //! Delivery counts are persisted, so a message that keeps crashing the host still dead-letters.
+//! Each fetch reports the partition's lag (`moa_event_consumer_lag`).
 
 use super::{Event, Lane, TriggerRuntime};
 use moa_eventlog::{DEFAULT_PARTITIONS, EventLog};
@@ -95,6 +96,7 @@ async fn consume_partition(
                 }
             }
         };
+        report_lag(&runtime, &log, &topic, partition, next).await;
         if records.is_empty() {
             // Another process may append to the same file: poll now and then as well.
             tokio::select! {
@@ -147,6 +149,24 @@ async fn consume_partition(
             }
             next = offset + 1;
         }
+    }
+}
+
+/// Sets the partition's lag: records past the group's next offset (this host's appends and
+/// those it has read; another process's appends show once this one reads them).
+async fn report_lag(
+    runtime: &TriggerRuntime,
+    log: &Arc<EventLog>,
+    topic: &str,
+    partition: u32,
+    next: u64,
+) {
+    let end = {
+        let (log, topic) = (log.clone(), topic.to_string());
+        blocking(move || log.end_offset(&topic, partition)).await
+    };
+    if let Ok(end) = end {
+        runtime.lag(topic, partition, end.saturating_sub(next));
     }
 }
 

@@ -7,6 +7,7 @@
 //! revoked partitions get a grace period to finish; what is still running is abandoned uncommitted.
 
 use super::{Event, Lane, TriggerRuntime};
+use crate::capabilities::messaging::kafka::{KafkaClientContext, seed_msk_token};
 use anyhow::{Context as _, Result};
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{
@@ -70,6 +71,8 @@ type Workers = Arc<Mutex<HashMap<PartitionKey, Worker>>>;
 /// Sees rebalances: stops the workers of revoked partitions and commits what they finished.
 /// Also turns librdkafka's statistics into the per-partition consumer lag metric.
 struct RebalanceContext {
+    /// Signs MSK IAM tokens when the broker uses IAM.
+    client: KafkaClientContext,
     workers: Workers,
     group: String,
     trigger: String,
@@ -77,6 +80,15 @@ struct RebalanceContext {
 }
 
 impl ClientContext for RebalanceContext {
+    const ENABLE_REFRESH_OAUTH_TOKEN: bool = true;
+
+    fn generate_oauth_token(
+        &self,
+        oauthbearer_config: Option<&str>,
+    ) -> Result<rdkafka::client::OAuthToken, Box<dyn std::error::Error>> {
+        self.client.generate_oauth_token(oauthbearer_config)
+    }
+
     fn stats(&self, statistics: rdkafka::Statistics) {
         for (topic, stats) in &statistics.topics {
             for (&partition, stats) in &stats.partitions {
@@ -152,6 +164,7 @@ pub struct KafkaTrigger {
     workers: Workers,
     /// The consumer's settings, for the admin client that creates missing topics.
     admin_config: ClientConfig,
+    client: KafkaClientContext,
 }
 
 impl KafkaTrigger {
@@ -161,6 +174,7 @@ impl KafkaTrigger {
         runtime: Arc<TriggerRuntime>,
         bootstrap: &str,
         properties: &BTreeMap<String, String>,
+        msk_iam: Option<Arc<moa_msk_iam::MskIam>>,
     ) -> Result<Self> {
         let mut config = ClientConfig::new();
         config
@@ -180,7 +194,9 @@ impl KafkaTrigger {
             }
         }
         let workers: Workers = Default::default();
+        let client = KafkaClientContext { msk_iam };
         let context = RebalanceContext {
+            client: client.clone(),
             workers: workers.clone(),
             group: runtime.trigger.group.clone(),
             trigger: runtime.name.clone(),
@@ -189,11 +205,15 @@ impl KafkaTrigger {
         let consumer: StreamConsumer<RebalanceContext> = config
             .create_with_context(context)
             .with_context(|| format!("cannot create the Kafka consumer for {bootstrap}"))?;
+        if let Some(iam) = &client.msk_iam {
+            seed_msk_token(consumer.client(), iam);
+        }
         Ok(KafkaTrigger {
             runtime,
             consumer: Arc::new(consumer),
             workers,
             admin_config: config,
+            client,
         })
     }
 
@@ -204,15 +224,20 @@ impl KafkaTrigger {
     /// logged; the subscription still goes ahead.
     async fn create_missing_topics(&self) {
         use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-        use rdkafka::client::DefaultClientContext;
         use rdkafka::types::RDKafkaErrorCode;
-        let admin: AdminClient<DefaultClientContext> = match self.admin_config.create() {
+        let admin: AdminClient<KafkaClientContext> = match self
+            .admin_config
+            .create_with_context(self.client.clone())
+        {
             Ok(admin) => admin,
             Err(err) => {
                 tracing::warn!(error = %err, "cannot create a Kafka admin client; topics are not created");
                 return;
             }
         };
+        if let Some(iam) = &self.client.msk_iam {
+            seed_msk_token(admin.inner(), iam);
+        }
         let topics: Vec<NewTopic<'_>> = self
             .runtime
             .trigger

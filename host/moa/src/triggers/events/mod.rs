@@ -227,6 +227,16 @@ impl TriggerRuntime {
         self.metrics.events_committed(&self.name, count);
     }
 
+    /// Messages of `topic`'s `partition` not yet committed by the trigger's group.
+    fn lag(&self, topic: &str, partition: u32, lag: u64) {
+        self.metrics.consumer_lag(
+            &self.name,
+            topic,
+            i32::try_from(partition).unwrap_or(i32::MAX),
+            i64::try_from(lag).unwrap_or(i64::MAX),
+        );
+    }
+
     /// Runs one attempt under the component's deadline: on the lane's warm instance if it has
     /// one, else a fresh one. A failed attempt always discards its instance.
     async fn attempt(
@@ -586,8 +596,10 @@ impl EventConsumers {
                 ConsumerSource::Kafka {
                     bootstrap,
                     properties,
+                    msk_iam,
                 } => {
-                    let consumer = kafka::KafkaTrigger::connect(runtime, &bootstrap, &properties)?;
+                    let consumer =
+                        kafka::KafkaTrigger::connect(runtime, &bootstrap, &properties, msk_iam)?;
                     tasks.spawn(consumer.run(stop, abort));
                 }
                 ConsumerSource::Redis { url } => {

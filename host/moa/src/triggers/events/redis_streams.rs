@@ -7,7 +7,7 @@
 //! it holds (`XCLAIM … JUSTID` of the ones still its own), so no other host
 //! can claim them while it is alive. Entries with the same key go to the same lane and run in order.
 //! The attempt number is Redis's own delivery counter, so an entry that keeps crashing hosts still
-//! reaches `max_deliveries` and is dead-lettered.
+//! reaches `max_deliveries` and is dead-lettered. The group's lag is reported every second.
 
 use super::{Event, Lane, TriggerRuntime};
 use crate::capabilities::messaging::redis_streams::{HEADER_PREFIX, KEY_FIELD, PAYLOAD_FIELD};
@@ -29,6 +29,8 @@ const READ_COUNT: usize = 128;
 const HELD_PER_LANE: usize = 32;
 /// Most entries acknowledged by one `XACK`.
 const ACK_BATCH: usize = 512;
+/// How often the group's lag is read (`XINFO GROUPS`: one small reply per trigger and host).
+const LAG_EVERY: Duration = Duration::from_secs(1);
 
 /// Resets the idle time of the given entries that this consumer still owns (ARGV[1] group,
 /// ARGV[2] consumer, ARGV[3..] ids) and returns those it no longer owns.
@@ -133,6 +135,7 @@ pub async fn run(
         held.clone(),
         (claim_idle / 4).max(Duration::from_millis(50)),
     ));
+    let lag_reporter = tokio::spawn(report_lag(runtime.clone(), target.clone(), LAG_EVERY));
     let lanes_count = runtime.trigger.concurrency.max(1) as usize;
     let slots = Arc::new(Semaphore::new(lanes_count * HELD_PER_LANE));
     let mut lanes = Vec::with_capacity(lanes_count);
@@ -252,6 +255,7 @@ pub async fn run(
     // Every lane is done: the acker sends what is left and ends.
     let _ = acker.await;
     refresher.abort();
+    lag_reporter.abort();
 }
 
 /// Sends an entry to its key's lane (unkeyed entries round-robin); waits while the lane is full.
@@ -409,6 +413,43 @@ async fn refresh_held(target: Target, held: Held, every: Duration) {
             Err(err) => {
                 tracing::warn!(stream = %target.stream, error = %err, "cannot refresh held entries")
             }
+        }
+    }
+}
+
+/// Every `every`, sets the group's lag: entries not yet read by the group (`lag` of
+/// `XINFO GROUPS`, Redis 7+) plus entries read but not acknowledged (`pending`), the same count as
+/// Kafka's "end offset minus committed offset". The stream is one partition, `0`; every host of the
+/// group reports the same number. Nothing is reported while Redis cannot tell (`lag` is nil after
+/// entries were deleted from the middle of the stream).
+async fn report_lag(runtime: Arc<TriggerRuntime>, target: Target, every: Duration) {
+    let mut ticker = tokio::time::interval(every);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        let mut connection = target.commands.clone();
+        let groups: redis::RedisResult<Vec<std::collections::HashMap<String, Value>>> =
+            redis::cmd("XINFO")
+                .arg("GROUPS")
+                .arg(&target.stream)
+                .query_async(&mut connection)
+                .await;
+        let groups = match groups {
+            Ok(groups) => groups,
+            Err(err) => {
+                tracing::debug!(stream = %target.stream, error = %err, "XINFO GROUPS failed");
+                continue;
+            }
+        };
+        let ours = groups.iter().find(|group| {
+            matches!(group.get("name"), Some(Value::BulkString(name)) if name.as_slice() == target.group.as_bytes())
+        });
+        let count = |field: &str| match ours.and_then(|group| group.get(field)) {
+            Some(Value::Int(n)) => u64::try_from(*n).ok(),
+            _ => None,
+        };
+        if let (Some(unread), Some(pending)) = (count("lag"), count("pending")) {
+            runtime.lag(&target.stream, 0, unread + pending);
         }
     }
 }
