@@ -274,6 +274,48 @@ fn spin_variable_env_prefix_works_and_a_missing_required_variable_says_how_to_se
     );
 }
 
+/// The app directory's `.env` supplies variables as Spin's environment provider reads it (quotes,
+/// comments, `export`); the process environment still wins; a broken line is a clear error.
+#[test]
+fn variables_come_from_the_app_directorys_dotenv_file() {
+    let app = AppDir::new(VARS_APP);
+    app.write(
+        ".env",
+        "# local settings, never committed\nSPIN_VARIABLE_REGION='jeju'\nexport MOA_VARIABLE_API_TOKEN=\"tok # not a comment\"\n\nSPIN_VARIABLE_GREETING=hi\n",
+    );
+    let moa = Moa::start(
+        &app,
+        Options {
+            env: vec![("MOA_VARIABLE_GREETING".into(), "annyeong".into())],
+            ..Default::default()
+        },
+    );
+    assert_eq!(
+        moa.get("/var/message"),
+        (200, "annyeong from jeju".to_string()),
+        "the environment wins over .env"
+    );
+    assert_eq!(
+        moa.get("/var/token"),
+        (200, "tok # not a comment".to_string())
+    );
+    drop(moa);
+
+    app.write(
+        ".env",
+        "SPIN_VARIABLE_REGION=jeju\nthis is not an assignment\n",
+    );
+    let err = Moa::try_start(&app, Options::default())
+        .err()
+        .expect("a broken .env is refused");
+    assert!(
+        err.contains(".env")
+            && err.contains("this is not an assignment")
+            && err.contains("KEY=value"),
+        "{err}"
+    );
+}
+
 #[test]
 fn outbound_http_reaches_allowed_hosts_only_and_denied_requests_never_connect() {
     let upstream = Upstream::start();

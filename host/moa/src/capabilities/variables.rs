@@ -1,6 +1,7 @@
 //! Variables capability: `spin:variables/variables@3.0.0` and Spin 2's synchronous
 //! `fermyon:spin/variables@2.0.0`. Application variables resolve once at load from env
-//! (`MOA_VARIABLE_*`, `SPIN_VARIABLE_*`), the runtime config `[variables]`, then defaults.
+//! (`MOA_VARIABLE_*`, `SPIN_VARIABLE_*`), the app directory's `.env` file (the same names, as Spin's
+//! environment provider reads it), the runtime config `[variables]`, then defaults.
 
 use crate::capabilities::{
     Capability, ComponentContext, ConfigureContext, HasCapability, InstanceParts,
@@ -53,12 +54,19 @@ impl AppVariables {
                 );
             }
         }
+        let dotenv = match app.path.parent() {
+            Some(dir) => read_dotenv(&dir.join(".env"))?,
+            None => BTreeMap::new(),
+        };
         let mut values = BTreeMap::new();
         for (name, decl) in &app.manifest.variables {
             let upper = name.to_ascii_uppercase();
-            let from_env = ["MOA_VARIABLE_", "SPIN_VARIABLE_"]
+            let names =
+                ["MOA_VARIABLE_", "SPIN_VARIABLE_"].map(|prefix| format!("{prefix}{upper}"));
+            let from_env = names
                 .iter()
-                .find_map(|prefix| std::env::var(format!("{prefix}{upper}")).ok());
+                .find_map(|key| std::env::var(key).ok())
+                .or_else(|| names.iter().find_map(|key| dotenv.get(key).cloned()));
             let value = match (from_env, configured.get(name), &decl.default) {
                 (Some(v), _, _) => v,
                 (None, Some(source), _) => {
@@ -66,7 +74,7 @@ impl AppVariables {
                 }
                 (None, None, Some(default)) => default.clone(),
                 (None, None, None) => bail!(
-                    "variable `{name}` is required but has no value\n  help: export MOA_VARIABLE_{upper}=... (or SPIN_VARIABLE_{upper}), or set `{name} = \"...\"` under [variables] in the runtime config"
+                    "variable `{name}` is required but has no value\n  help: export MOA_VARIABLE_{upper}=... (or SPIN_VARIABLE_{upper}), write it in the app directory's .env file, or set `{name} = \"...\"` under [variables] in the runtime config"
                 ),
             };
             values.insert(name.clone(), value);
@@ -95,6 +103,32 @@ impl AppVariables {
             values: Arc::new(values),
         })
     }
+}
+
+/// The `KEY=value` lines of a `.env` file (none if there is no file), parsed as dotenv does:
+/// comments, `export`, single and double quotes, escapes. The process environment is not touched.
+fn read_dotenv(path: &std::path::Path) -> Result<BTreeMap<String, String>> {
+    let lines = match dotenvy::from_path_iter(path) {
+        Ok(lines) => lines,
+        Err(dotenvy::Error::Io(err)) if err.kind() == std::io::ErrorKind::NotFound => {
+            return Ok(BTreeMap::new());
+        }
+        Err(err) => bail!("cannot read {}: {err}", path.display()),
+    };
+    let mut values = BTreeMap::new();
+    for line in lines {
+        match line {
+            Ok((key, value)) => {
+                values.insert(key, value);
+            }
+            Err(dotenvy::Error::LineParse(text, at)) => bail!(
+                "{}: cannot parse `{text}` (at character {at})\n  help: write KEY=value lines, e.g. SPIN_VARIABLE_GREETING=\"hello\"",
+                path.display()
+            ),
+            Err(err) => bail!("cannot read {}: {err}", path.display()),
+        }
+    }
+    Ok(values)
 }
 
 /// The variables one component may read.
