@@ -635,6 +635,24 @@ async fn texts(runtime: &Runtime) -> f64 {
     sample(&runtime.metrics().await, "moa_embed_texts_total")
 }
 
+/// Waits (up to 10 s) until the client balances over exactly `addresses`.
+async fn follows(
+    client: &moa_model_runtime::RemoteRuntime,
+    mut addresses: Vec<std::net::SocketAddr>,
+) {
+    addresses.sort();
+    for _ in 0..200 {
+        if client.addresses() == addresses {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!(
+        "the client balances over {:?}, not {addresses:?}",
+        client.addresses()
+    );
+}
+
 /// `dns:///` endpoints balance per call over whatever the name resolves to: a runtime added to
 /// the set takes calls from the same client at once (no new connection from the caller needed),
 /// one removed gets none, and while no address is known calls fail UNAVAILABLE.
@@ -668,7 +686,7 @@ async fn a_balanced_client_spreads_calls_over_the_resolved_runtimes_and_follows_
             ..ClientSettings::default()
         },
     );
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    follows(&client, Vec::new()).await;
     match client.embed(call(&["아무도 없나요"])).await {
         Err(RuntimeError::Unavailable(message)) => {
             assert!(message.contains("no address"), "{message}")
@@ -677,7 +695,7 @@ async fn a_balanced_client_spreads_calls_over_the_resolved_runtimes_and_follows_
     }
 
     *resolved.lock().unwrap() = vec![address(&first)];
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    follows(&client, vec![address(&first)]).await;
     let (a0, b0) = (texts(&first).await, texts(&second).await);
     for _ in 0..10 {
         client.embed(call(&["배달이 빨라요"])).await.unwrap();
@@ -687,8 +705,7 @@ async fn a_balanced_client_spreads_calls_over_the_resolved_runtimes_and_follows_
 
     // Scale-out: the second runtime joins and takes calls from the same client.
     *resolved.lock().unwrap() = vec![address(&first), address(&second)];
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(client.addresses().len(), 2);
+    follows(&client, vec![address(&first), address(&second)]).await;
     let (a1, b1) = (texts(&first).await, texts(&second).await);
     let calls = (0..64).map(|i| {
         let client = client.clone();
@@ -711,7 +728,7 @@ async fn a_balanced_client_spreads_calls_over_the_resolved_runtimes_and_follows_
 
     // Scale-in: the first runtime leaves the set, then goes away; every call still succeeds.
     *resolved.lock().unwrap() = vec![address(&second)];
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    follows(&client, vec![address(&second)]).await;
     drop(first);
     let b2 = texts(&second).await;
     for _ in 0..10 {
