@@ -1,5 +1,6 @@
 //! A WASIp2 HTTP component on plain wit-bindgen: exports wasi:http/incoming-handler@0.2.12 and
-//! answers with its path and the route moa matched (the `spin-matched-route` header).
+//! answers with its path and the route moa matched (the `spin-matched-route` header); a path ending
+//! in `/fetch?<path>` sends `GET <path>` with a relative URI (no scheme, no authority) instead.
 
 wit_bindgen::generate!({
     path: "../../wit/guest/wasi-http-proxy-0.2",
@@ -8,9 +9,42 @@ wit_bindgen::generate!({
 });
 
 use exports::wasi::http::incoming_handler::Guest;
+use wasi::http::outgoing_handler;
 use wasi::http::types::{
-    Fields, IncomingRequest, OutgoingBody, OutgoingResponse, ResponseOutparam,
+    Fields, IncomingRequest, OutgoingBody, OutgoingRequest, OutgoingResponse, ResponseOutparam,
 };
+
+/// `GET <path>` with no scheme and no authority; the status and body, or the error.
+fn fetch_relative(path: &str) -> String {
+    let request = OutgoingRequest::new(Fields::new());
+    if request.set_path_with_query(Some(path)).is_err() {
+        return format!("invalid path {path}\n");
+    }
+    let Some(body) = request.body().ok() else {
+        return "no request body\n".into();
+    };
+    let future = match outgoing_handler::handle(request, None) {
+        Ok(future) => future,
+        Err(error) => return format!("outbound failed: {error:?}\n"),
+    };
+    let _ = OutgoingBody::finish(body, None);
+    future.subscribe().block();
+    let response = match future.get() {
+        Some(Ok(Ok(response))) => response,
+        Some(Ok(Err(error))) => return format!("outbound failed: {error:?}\n"),
+        _ => return "outbound failed: no response\n".into(),
+    };
+    let status = response.status();
+    let mut text = Vec::new();
+    if let Ok(body) = response.consume()
+        && let Ok(stream) = body.stream()
+    {
+        while let Ok(chunk) = stream.blocking_read(64 * 1024) {
+            text.extend_from_slice(&chunk);
+        }
+    }
+    format!("status {status}\n{}", String::from_utf8_lossy(&text))
+}
 
 struct HelloP2;
 
@@ -24,9 +58,12 @@ impl Guest for HelloP2 {
             .next()
             .map(|v| String::from_utf8_lossy(&v).into_owned())
             .unwrap_or_default();
-        let message = format!(
-            "Hello from moa (wit-bindgen, wasi:http@0.2) at {path}\nmatched route: {route}\n"
-        );
+        let message = match path.split_once("/fetch?") {
+            Some((_, target)) => fetch_relative(target),
+            None => format!(
+                "Hello from moa (wit-bindgen, wasi:http@0.2) at {path}\nmatched route: {route}\n"
+            ),
+        };
 
         let headers = Fields::new();
         let _ = headers.append("content-type", b"text/plain");

@@ -13,10 +13,16 @@ use std::path::{Path, PathBuf};
 
 /// Trigger types the manifest format knows of that this version of moa cannot run yet,
 /// with the reason shown to the user.
-pub const UNSUPPORTED_TRIGGERS: &[(&str, &str)] = &[(
-    "redis",
-    "Redis pub/sub triggers are not supported by moa (messages are lost while no one listens); use [[trigger.redis-stream]]",
-)];
+pub const UNSUPPORTED_TRIGGERS: &[(&str, &str)] = &[
+    (
+        "mqtt",
+        "Spin's MQTT trigger (the spin-trigger-mqtt plugin) is not supported by moa; subscribe through a [[trigger.kafka]] or [[trigger.redis-stream]] bridge instead",
+    ),
+    (
+        "sqs",
+        "Spin's SQS trigger (the spin-trigger-sqs plugin) is not supported by moa; use [[trigger.kafka]]",
+    ),
+];
 
 /// A manifest file read from disk, with the directory its relative paths resolve against.
 #[derive(Debug, Clone)]

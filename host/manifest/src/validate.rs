@@ -594,9 +594,9 @@ command = "cargo build"
     #[test]
     fn trigger_kinds_the_host_does_not_run_are_rejected() {
         let (_, msg) = err(&format!(
-            "{GOOD}\n[[trigger.redis]]\ncomponent = \"hello\"\n"
+            "{GOOD}\n[[trigger.mqtt]]\ncomponent = \"hello\"\n"
         ));
-        assert!(msg.contains("`redis` is not supported"), "{msg}");
+        assert!(msg.contains("`mqtt` is not supported"), "{msg}");
         let (line, msg) = err(&format!(
             "{GOOD}\n[[trigger.kafak]]\ncomponent = \"hello\"\n"
         ));

@@ -3,7 +3,7 @@
 
 use crate::capabilities::{
     documents, key_value, llm, messaging, outbound_http, outbound_redis, register_capabilities,
-    variables, vectors,
+    sqlite, variables, vectors,
 };
 use crate::invocation::Invocation;
 use crate::telemetry::guest_output::RequestIdCell;
@@ -20,6 +20,7 @@ register_capabilities! {
     variables: variables::VariablesCapability,
     outbound_http: outbound_http::OutboundHttpCapability,
     outbound_redis: outbound_redis::OutboundRedisCapability,
+    sqlite: sqlite::SqliteCapability,
     messaging: messaging::MessagingCapability,
     llm: llm::LlmCapability,
     documents: documents::DocumentsCapability,
@@ -37,8 +38,10 @@ pub const CORE_RUNTIME_CONFIG_SECTIONS: &[&str] = &["limits", "engine"];
 pub fn link(linker: &mut Linker<HostState>) -> Result<()> {
     wasmtime_wasi::p2::add_to_linker_async(linker)?;
     wasmtime_wasi_http::p2::add_only_http_to_linker_async(linker)?;
+    crate::capabilities::outbound_http::link_relative_p2_handle(linker)?;
     wasmtime_wasi::p3::add_to_linker(linker)?;
     wasmtime_wasi_http::p3::add_to_linker(linker)?;
+    crate::capabilities::outbound_http::link_relative_p3_send(linker)?;
     crate::capabilities::outbound_http::link_middleware_next(linker)?;
     AppCapabilities::link(linker)
 }

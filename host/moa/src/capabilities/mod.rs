@@ -8,6 +8,7 @@ pub mod llm;
 pub mod messaging;
 pub mod outbound_http;
 pub mod outbound_redis;
+pub mod sqlite;
 pub mod variables;
 pub mod vectors;
 

@@ -1,5 +1,5 @@
-//! Variables capability: `spin:variables/variables@3.0.0` and Spin 2's synchronous
-//! `fermyon:spin/variables@2.0.0`. Application variables resolve once at load from env
+//! Variables capability: `spin:variables/variables@3.0.0`, Spin 2's synchronous
+//! `fermyon:spin/variables@2.0.0` and `wasi:config/store`. Application variables resolve once at load from env
 //! (`MOA_VARIABLE_*`, `SPIN_VARIABLE_*`), the app directory's `.env` file (the same names, as Spin's
 //! environment provider reads it), the runtime config `[variables]`, then defaults.
 
@@ -31,6 +31,16 @@ mod bindings_v2 {
     });
 }
 
+/// `wasi:config/store` (Spin 3+), the same values under WASI's names.
+mod bindings_config {
+    wasmtime::component::bindgen!({
+        path: "../../wit",
+        world: "moa:host/wasi-config",
+        imports: { default: trappable },
+    });
+}
+
+use bindings_config::wasi::config::store as wasi_config;
 use bindings_v2::fermyon::spin::variables as variables_v2;
 
 /// The application's variables with their values resolved.
@@ -151,8 +161,11 @@ pub struct VariablesCapability;
 impl Capability for VariablesCapability {
     const NAME: &'static str = "variables";
     const RUNTIME_CONFIG_SECTIONS: &'static [&'static str] = &["variables"];
-    const IMPORTS: &'static [&'static str] =
-        &["spin:variables@3.0.0", "fermyon:spin/variables@2.0.0"];
+    const IMPORTS: &'static [&'static str] = &[
+        "spin:variables@3.0.0",
+        "fermyon:spin/variables@2.0.0",
+        "wasi:config@0.2.0-draft-2024-09-27",
+    ];
 
     type AppState = ();
     type ComponentState = ComponentVariables;
@@ -162,6 +175,7 @@ impl Capability for VariablesCapability {
     fn link<T: HasCapability<Self> + Send + 'static>(linker: &mut Linker<T>) -> Result<()> {
         variables::add_to_linker::<T, Variables>(linker, T::capability_view)?;
         variables_v2::add_to_linker::<T, Variables>(linker, T::capability_view)?;
+        wasi_config::add_to_linker::<T, Variables>(linker, T::capability_view)?;
         Ok(())
     }
 
@@ -215,5 +229,25 @@ impl<T: Send> variables::HostWithStore<T> for Variables {
         name: String,
     ) -> wasmtime::Result<Result<String, Error>> {
         Ok(accessor.with(|mut access| access.get().lookup(&name)))
+    }
+}
+
+/// As Spin serves `wasi:config`: an undefined or invalid name is "no value", not an error.
+impl wasi_config::Host for &ComponentVariables {
+    fn get(&mut self, key: String) -> wasmtime::Result<Result<Option<String>, wasi_config::Error>> {
+        Ok(match self.lookup(&key) {
+            Ok(value) => Ok(Some(value)),
+            Err(Error::Undefined(_) | Error::InvalidName(_)) => Ok(None),
+            Err(Error::Provider(message)) => Err(wasi_config::Error::Upstream(message)),
+            Err(Error::Other(message)) => Err(wasi_config::Error::Io(message)),
+        })
+    }
+
+    fn get_all(&mut self) -> wasmtime::Result<Result<Vec<(String, String)>, wasi_config::Error>> {
+        Ok(Ok(self
+            .values
+            .iter()
+            .map(|(name, value)| (name.clone(), value.clone()))
+            .collect()))
     }
 }

@@ -1,5 +1,6 @@
 //! Triggers turn outside events into component calls, one folder per kind (HTTP requests; Kafka,
-//! Redis Streams and the embedded log into `moa:messaging/handler`; cron schedules; batch jobs), and the registry.
+//! Redis Streams and the embedded log into `moa:messaging/handler`; cron schedules; batch jobs;
+//! Spin's Redis pub/sub), and the registry.
 //!
 //! A trigger kind implements [`Trigger`]: it owns its `[[trigger.<kind>]]` section (read and
 //! checked before anything compiles), finds its export in every component it calls once they are
@@ -9,6 +10,7 @@ pub mod cron;
 pub mod events;
 pub mod http;
 pub mod job;
+pub mod redis_pubsub;
 pub mod retry;
 
 use crate::app::App;
@@ -139,4 +141,5 @@ register_triggers! {
     events: events::EventTriggers,
     cron: cron::CronTriggers,
     job: job::JobTriggers,
+    redis: redis_pubsub::RedisTriggers,
 }

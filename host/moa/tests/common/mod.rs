@@ -57,6 +57,9 @@ impl AppDir {
             "order",
             "payment",
             "saga",
+            "sqliteprobe",
+            "redissub",
+            "wasiprobe",
         ] {
             let key = format!("{{{name}}}");
             if text.contains(&key) {

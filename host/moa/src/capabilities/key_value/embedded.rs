@@ -110,4 +110,69 @@ impl KeyValueBackend for SqliteStore {
         })
         .await
     }
+
+    async fn increment(&self, store: &str, key: &str, delta: i64) -> Result<i64, KeyValueError> {
+        let (store, key) = (store.to_string(), key.to_string());
+        let result = self
+            .with_connection(move |c| {
+                // One connection behind a mutex, in an immediate transaction: nothing interleaves.
+                let tx = c.unchecked_transaction()?;
+                let current: Option<Vec<u8>> = tx
+                    .prepare_cached(
+                        "SELECT value FROM spin_key_value WHERE store = ?1 AND key = ?2",
+                    )?
+                    .query_row(params![store, key], |row| row.get(0))
+                    .optional()?;
+                let current = match current {
+                    None => 0,
+                    Some(bytes) => match std::str::from_utf8(&bytes)
+                        .ok()
+                        .and_then(|t| t.trim().parse::<i64>().ok())
+                    {
+                        Some(n) => n,
+                        None => return Ok(Err("the value is not a decimal integer".to_string())),
+                    },
+                };
+                let Some(sum) = current.checked_add(delta) else {
+                    return Ok(Err("increment or decrement would overflow".to_string()));
+                };
+                tx.prepare_cached(
+                    "INSERT INTO spin_key_value (store, key, value) VALUES (?1, ?2, ?3)
+                     ON CONFLICT (store, key) DO UPDATE SET value = excluded.value",
+                )?
+                .execute(params![store, key, sum.to_string().into_bytes()])?;
+                tx.commit()?;
+                Ok(Ok(sum))
+            })
+            .await?;
+        result.map_err(KeyValueError::Other)
+    }
+
+    async fn compare_and_swap(
+        &self,
+        store: &str,
+        key: &str,
+        expected: Option<Vec<u8>>,
+        value: Vec<u8>,
+    ) -> Result<bool, KeyValueError> {
+        let (store, key) = (store.to_string(), key.to_string());
+        self.with_connection(move |c| {
+            let tx = c.unchecked_transaction()?;
+            let current: Option<Vec<u8>> = tx
+                .prepare_cached("SELECT value FROM spin_key_value WHERE store = ?1 AND key = ?2")?
+                .query_row(params![store, key], |row| row.get(0))
+                .optional()?;
+            if current != expected {
+                return Ok(false);
+            }
+            tx.prepare_cached(
+                "INSERT INTO spin_key_value (store, key, value) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (store, key) DO UPDATE SET value = excluded.value",
+            )?
+            .execute(params![store, key, value])?;
+            tx.commit()?;
+            Ok(true)
+        })
+        .await
+    }
 }

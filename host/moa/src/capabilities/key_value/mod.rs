@@ -1,10 +1,11 @@
-//! Key-value capability: `spin:key-value/key-value@3.0.0` for components, backed by an embedded
+//! Key-value capability: `spin:key-value@3.0.0` (and Spin 2's, and `wasi:keyvalue`), backed by an embedded
 //! SQLite store by default; `[key_value_store.<label>]` in the runtime config picks SQLite or Redis.
 
 mod embedded;
 mod host;
 mod host_v2;
 mod redis_store;
+mod wasi;
 
 use crate::capabilities::{
     Capability, ComponentContext, ConfigureContext, HasCapability, InstanceParts,
@@ -27,8 +28,11 @@ impl Capability for KeyValueCapability {
     const NAME: &'static str = "key-value";
     const RUNTIME_CONFIG_SECTIONS: &'static [&'static str] = &["key_value_store"];
     const MANIFEST_KEYS: &'static [&'static str] = &["key_value_stores"];
-    const IMPORTS: &'static [&'static str] =
-        &["spin:key-value@3.0.0", "fermyon:spin/key-value@2.0.0"];
+    const IMPORTS: &'static [&'static str] = &[
+        "spin:key-value@3.0.0",
+        "fermyon:spin/key-value@2.0.0",
+        "wasi:keyvalue@0.2.0-draft2",
+    ];
 
     type AppState = KeyValueStores;
     type ComponentState = KeyValueGrant;
@@ -38,6 +42,7 @@ impl Capability for KeyValueCapability {
     fn link<T: HasCapability<Self> + Send + 'static>(linker: &mut Linker<T>) -> Result<()> {
         host::add_to_linker(linker, T::capability_view)?;
         host_v2::add_to_linker(linker, T::capability_view)?;
+        wasi::add_to_linker(linker, T::capability_view)?;
         Ok(())
     }
 
@@ -84,6 +89,19 @@ mod bindings_v2 {
     });
 }
 
+/// `wasi:keyvalue@0.2.0-draft2` (Spin 3+), the same stores for components written against WASI.
+mod bindings_wasi {
+    wasmtime::component::bindgen!({
+        path: "../../wit",
+        world: "moa:host/wasi-keyvalue",
+        imports: { default: async | trappable },
+        with: {
+            "wasi:keyvalue/store.bucket": super::host::OpenStore,
+            "wasi:keyvalue/atomics.cas": super::wasi::CasHandle,
+        },
+    });
+}
+
 /// An error from a backend, turned into the WIT `error::other` for the component.
 #[derive(Debug, thiserror::Error)]
 pub enum KeyValueError {
@@ -99,6 +117,17 @@ pub trait KeyValueBackend: Send + Sync {
     async fn delete(&self, store: &str, key: &str) -> Result<(), KeyValueError>;
     async fn exists(&self, store: &str, key: &str) -> Result<bool, KeyValueError>;
     async fn get_keys(&self, store: &str) -> Result<Vec<String>, KeyValueError>;
+    /// Adds `delta` to the key's value (a decimal integer; absent = 0), atomically, and returns the sum.
+    async fn increment(&self, store: &str, key: &str, delta: i64) -> Result<i64, KeyValueError>;
+    /// Sets `value` only if the key still holds `expected` (`None`: absent), atomically; `false`
+    /// when it did not.
+    async fn compare_and_swap(
+        &self,
+        store: &str,
+        key: &str,
+        expected: Option<Vec<u8>>,
+        value: Vec<u8>,
+    ) -> Result<bool, KeyValueError>;
 }
 
 /// `[key_value_store.<label>]` in the runtime config.

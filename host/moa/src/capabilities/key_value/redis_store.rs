@@ -93,7 +93,50 @@ impl KeyValueBackend for RedisStore {
         keys.dedup();
         Ok(keys)
     }
+
+    async fn increment(&self, _store: &str, key: &str, delta: i64) -> Result<i64, KeyValueError> {
+        self.connection
+            .clone()
+            .incr(self.key(key), delta)
+            .await
+            .map_err(other)
+    }
+
+    async fn compare_and_swap(
+        &self,
+        _store: &str,
+        key: &str,
+        expected: Option<Vec<u8>>,
+        value: Vec<u8>,
+    ) -> Result<bool, KeyValueError> {
+        // One script: Redis runs it without interleaving other commands.
+        let script = redis::Script::new(COMPARE_AND_SWAP);
+        let mut invocation = script.key(self.key(key));
+        invocation.arg(value);
+        match &expected {
+            Some(current) => invocation.arg(1).arg(current.as_slice()),
+            None => invocation.arg(0).arg(""),
+        };
+        let swapped: i64 = invocation
+            .invoke_async(&mut self.connection.clone())
+            .await
+            .map_err(other)?;
+        Ok(swapped == 1)
+    }
 }
+
+/// KEYS[1] the key; ARGV[1] the new value, ARGV[2] 1 if a value is expected (ARGV[3]) or 0 if the
+/// key must be absent. Returns 1 when it set the value.
+const COMPARE_AND_SWAP: &str = r#"
+local current = redis.call('GET', KEYS[1])
+if ARGV[2] == '1' then
+  if current ~= ARGV[3] then return 0 end
+elseif current then
+  return 0
+end
+redis.call('SET', KEYS[1], ARGV[1])
+return 1
+"#;
 
 /// Escapes Redis glob characters so a prefix matches literally.
 fn glob_escape(text: &str) -> String {

@@ -286,3 +286,89 @@ pub fn link_middleware_next(linker: &mut Linker<crate::state::HostState>) -> Res
         )?;
     Ok(())
 }
+
+/// Re-links `wasi:http/client@0.3.0`'s `send` so that a request without an authority (a relative
+/// URI such as `/hello`, as spin-sdk 7's `send` makes it) reaches the app itself, as it does from
+/// WASIp2. wasmtime-wasi-http would otherwise refuse it (`HttpRequestUriInvalid`) while building
+/// the URI, before the hooks see it. It is given the authority `self` and goes through the same
+/// check as `http://self` (the caller needs that `allowed_outbound_hosts` entry).
+pub fn link_relative_p3_send(linker: &mut Linker<crate::state::HostState>) -> Result<()> {
+    use crate::state::HostState;
+    use wasmtime::component::{Accessor, Resource};
+    use wasmtime_wasi_http::p3::bindings::http::client::HostWithStore;
+    use wasmtime_wasi_http::p3::{Request, Response};
+    use wasmtime_wasi_http::{WasiHttp, WasiHttpView};
+    linker.allow_shadowing(true);
+    let linked = linker
+        .instance("wasi:http/client@0.3.0")
+        .and_then(|mut client| {
+            client.func_wrap_concurrent(
+                "send",
+                |accessor: &Accessor<HostState>, (request,): (Resource<Request>,)| {
+                    Box::pin(async move {
+                        accessor.with(|mut store| -> wasmtime::Result<()> {
+                            let request = store.get().table.get_mut(&request)?;
+                            if request.authority.is_none() {
+                                request.authority = Some(http::uri::Authority::from_static("self"));
+                                request.scheme.get_or_insert(http::uri::Scheme::HTTP);
+                            }
+                            Ok(())
+                        })?;
+                        let http =
+                            accessor.with_getter::<WasiHttp>(<HostState as WasiHttpView>::http);
+                        let result =
+                            <WasiHttp as HostWithStore<HostState>>::send(&http, request).await;
+                        let result: Result<Resource<Response>, _> = match result {
+                            Ok(response) => Ok(response),
+                            Err(error) => Err(error.downcast()?),
+                        };
+                        Ok((result,))
+                    })
+                },
+            )
+        });
+    linker.allow_shadowing(false);
+    linked?;
+    Ok(())
+}
+
+/// The WASIp2 side of [`link_relative_p3_send`]: `wasi:http/outgoing-handler`'s `handle`, re-linked
+/// so that an outgoing request with no authority goes to `self` instead of failing as
+/// `HttpRequestUriInvalid` in wasmtime-wasi-http's URI building.
+pub fn link_relative_p2_handle(linker: &mut Linker<crate::state::HostState>) -> Result<()> {
+    use crate::state::HostState;
+    use wasmtime::component::Resource;
+    use wasmtime_wasi_http::WasiHttpView;
+    use wasmtime_wasi_http::p2::bindings::http::outgoing_handler::Host as _;
+    use wasmtime_wasi_http::p2::bindings::http::types::ErrorCode;
+    use wasmtime_wasi_http::p2::types::{HostFutureIncomingResponse, HostOutgoingRequest};
+    type Handled = Result<Resource<HostFutureIncomingResponse>, ErrorCode>;
+    linker.allow_shadowing(true);
+    let linked = linker
+        .instance("wasi:http/outgoing-handler@0.2.12")
+        .and_then(|mut handler| {
+            handler.func_wrap(
+                "handle",
+                |mut store: wasmtime::StoreContextMut<'_, HostState>,
+                 (request, options): (
+                    Resource<HostOutgoingRequest>,
+                    Option<Resource<wasmtime_wasi_http::RequestOptions>>,
+                )|
+                 -> wasmtime::Result<(Handled,)> {
+                    let mut http = store.data_mut().http();
+                    let outgoing = http.table.get_mut(&request)?;
+                    if outgoing.authority.is_none() {
+                        outgoing.authority = Some("self".to_string());
+                    }
+                    let handled = match http.handle(request, options) {
+                        Ok(response) => Ok(response),
+                        Err(error) => Err(error.downcast()?),
+                    };
+                    Ok((handled,))
+                },
+            )
+        });
+    linker.allow_shadowing(false);
+    linked?;
+    Ok(())
+}
