@@ -46,6 +46,15 @@ ensure_redis() {
   fi
 }
 
+# Mosquitto for the outbound MQTT tests (spin:mqtt); the tests start their own brokers on free
+# ports with a password file, so the packaged service is not needed.
+ensure_mosquitto() {
+  if ! command -v mosquitto >/dev/null || ! command -v mosquitto_passwd >/dev/null || ! command -v mosquitto_sub >/dev/null; then
+    log "installing mosquitto (Debian)"
+    apt-get update -qq && apt-get install -y -qq --no-install-recommends mosquitto mosquitto-clients
+  fi
+}
+
 # An OCI registry for the registry tests (Debian's docker-registry, distribution 2.8); the tests
 # start their own on free ports, so the packaged service stays stopped.
 ensure_oci_registry() {

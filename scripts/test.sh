@@ -7,6 +7,7 @@ set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 ensure_toolchain
 ensure_redis
+ensure_mosquitto
 ensure_tansu
 ensure_secantus
 ensure_oci_registry

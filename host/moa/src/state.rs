@@ -2,8 +2,8 @@
 //! contexts, the resource table, memory limits, the current invocation, one state per capability.
 
 use crate::capabilities::{
-    documents, key_value, llm, messaging, outbound_http, outbound_redis, register_capabilities,
-    sqlite, variables, vectors,
+    documents, key_value, llm, messaging, outbound_http, outbound_mqtt, outbound_redis,
+    register_capabilities, sqlite, variables, vectors,
 };
 use crate::invocation::Invocation;
 use crate::telemetry::guest_output::RequestIdCell;
@@ -20,6 +20,7 @@ register_capabilities! {
     variables: variables::VariablesCapability,
     outbound_http: outbound_http::OutboundHttpCapability,
     outbound_redis: outbound_redis::OutboundRedisCapability,
+    outbound_mqtt: outbound_mqtt::OutboundMqttCapability,
     sqlite: sqlite::SqliteCapability,
     messaging: messaging::MessagingCapability,
     llm: llm::LlmCapability,

@@ -1,10 +1,11 @@
 //! Spin's component interfaces as spin-sdk 7 components use them, against a real `moa up`:
 //! SQLite (embedded files and in-memory databases), the Redis pub/sub trigger (a real
-//! redis-server), ... one section per interface or trigger.
+//! redis-server), wasi:keyvalue and wasi:config, relative URIs, outbound MQTT (a real Mosquitto);
+//! one section per interface or trigger.
 
 mod common;
 
-use common::{AppDir, Moa, Options, RedisServer, metric};
+use common::{AppDir, Moa, MosquittoServer, Options, RedisServer, metric};
 use reqwest::Method;
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
@@ -770,4 +771,161 @@ allowed_outbound_hosts = ["http://example.com"]
     let (status, body) = moa.get("/ungranted/fetch?url=/hello");
     assert_eq!(status, 502, "{body}");
     assert!(body.contains("HttpRequestDenied"), "{body}");
+}
+
+// ---- Outbound MQTT (`spin:mqtt@3.0.0`) against a real Mosquitto ----
+
+fn mqtt_app(port: u16) -> String {
+    format!(
+        r#"
+spin_manifest_version = 2
+[application]
+name = "mqtt"
+[variables]
+mqtt_address = {{ default = "mqtt://127.0.0.1:{port}?client_id=moa-test" }}
+mqtt_username = {{ default = "moa" }}
+mqtt_password = {{ required = true, secret = true }}
+[[trigger.http]]
+route = "/granted"
+component = "granted"
+[[trigger.http]]
+route = "/ungranted"
+component = "ungranted"
+[[trigger.http]]
+route = "/elsewhere"
+component = "elsewhere"
+[component.granted]
+source = "{{mqttprobe}}"
+allowed_outbound_hosts = ["mqtt://127.0.0.1:{port}"]
+variables = {{ mqtt_address = "{{{{ mqtt_address }}}}", mqtt_username = "{{{{ mqtt_username }}}}", mqtt_password = "{{{{ mqtt_password }}}}" }}
+[component.ungranted]
+source = "{{mqttprobe}}"
+allowed_outbound_hosts = ["mqtt://127.0.0.1:1"]
+variables = {{ mqtt_address = "{{{{ mqtt_address }}}}", mqtt_username = "{{{{ mqtt_username }}}}", mqtt_password = "{{{{ mqtt_password }}}}" }}
+[component.elsewhere]
+source = "{{mqttprobe}}"
+allowed_outbound_hosts = ["http://127.0.0.1:{port}"]
+variables = {{ mqtt_address = "http://127.0.0.1:{port}" }}
+"#
+    )
+}
+
+fn mqtt_moa(broker: &MosquittoServer, password: &str) -> (AppDir, Moa) {
+    let app = AppDir::new(&mqtt_app(broker.port));
+    let moa = Moa::start(
+        &app,
+        Options {
+            env: vec![("SPIN_VARIABLE_MQTT_PASSWORD".into(), password.into())],
+            ..Options::default()
+        },
+    );
+    (app, moa)
+}
+
+#[test]
+fn mqtt_publishes_at_every_qos_with_credentials_from_variables() {
+    let broker = MosquittoServer::start();
+    let (_app, moa) = mqtt_moa(&broker, &broker.password);
+    for qos in ["0", "1", "2"] {
+        let topic = format!("orders/ready/q{qos}");
+        let subscriber = broker.subscribe(&topic, 3, 20);
+        let (status, body) = moa.send(
+            Method::POST,
+            &format!("/granted?topic={topic}&qos={qos}&count=3"),
+            Some(format!("주문 q{qos}").into_bytes()),
+        );
+        assert_eq!((status, body.as_str()), (200, "published 3"));
+        let output = subscriber.wait_with_output().unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&output.stdout),
+            format!("주문 q{qos} 0\n주문 q{qos} 1\n주문 q{qos} 2\n"),
+            "QoS {qos}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    // The broker saw moa's client log in with the user from the variables, at each QoS.
+    let log = broker.log();
+    assert!(
+        log.contains("as moa-test") && log.contains("u'moa'"),
+        "{log}"
+    );
+    assert!(
+        log.contains("Received PUBLISH from moa-test (d0, q2"),
+        "{log}"
+    );
+    assert!(log.contains("Received PUBREL from moa-test"), "{log}");
+}
+
+#[test]
+fn mqtt_refusals_reach_the_component_without_touching_the_broker() {
+    let broker = MosquittoServer::start();
+    let (_app, moa) = mqtt_moa(&broker, "wrong password");
+    // (The broker's start-up check is a connection too.)
+    let before = broker.log().matches("New connection from").count();
+    // A wrong password: the broker refuses, the component gets connection-failed.
+    let (status, body) = moa.send(Method::POST, "/granted?count=1", Some(b"x".to_vec()));
+    assert_eq!(status, 409, "{body}");
+    assert!(
+        body.starts_with("open: Error::ConnectionFailed(") && body.contains("refused"),
+        "{body}"
+    );
+    let connections = broker.log().matches("New connection from").count();
+    assert_eq!(connections, before + 1, "{}", broker.log());
+    // Not in allowed_outbound_hosts: refused before any connection.
+    let (status, body) = moa.send(Method::POST, "/ungranted?count=1", Some(b"x".to_vec()));
+    assert_eq!(status, 409, "{body}");
+    assert!(
+        body.contains("is not in this component's allowed_outbound_hosts"),
+        "{body}"
+    );
+    // Not an MQTT address.
+    let (status, body) = moa.send(Method::POST, "/elsewhere?count=1", Some(b"x".to_vec()));
+    assert_eq!(
+        (status, body.as_str()),
+        (409, "open: Error::InvalidAddress")
+    );
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(
+        broker.log().matches("New connection from").count(),
+        connections
+    );
+    assert!(
+        moa.stderr()
+            .lines()
+            .any(|l| l.contains("MQTT connection denied")
+                && l.contains(r#""component":"ungranted""#)),
+        "{}",
+        moa.stderr()
+    );
+}
+
+#[test]
+fn mqtt_broker_going_away_mid_request_is_an_error_and_the_host_serves_on() {
+    let mut broker = MosquittoServer::start();
+    let (_app, moa) = mqtt_moa(&broker, &broker.password);
+    let url = format!("{}/granted?topic=t&qos=1&count=100&pause_ms=50", moa.url);
+    let request =
+        std::thread::spawn(move || common::blocking(Method::POST, &url, Some(b"m".to_vec())));
+    // Kill the broker once the component has published a few messages.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while broker
+        .log()
+        .matches("Received PUBLISH from moa-test")
+        .count()
+        < 3
+    {
+        assert!(Instant::now() < deadline, "{}", broker.log());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    broker.kill();
+    let (status, body) = request.join().unwrap();
+    assert_eq!(status, 409, "{body}");
+    assert!(
+        body.starts_with("publish ") && body.contains("ConnectionFailed"),
+        "{body}"
+    );
+    // Another request finds no broker, and says so.
+    let (status, body) = moa.send(Method::POST, "/granted?count=1", Some(b"x".to_vec()));
+    assert_eq!(status, 409, "{body}");
+    assert!(body.starts_with("open: Error::ConnectionFailed("), "{body}");
 }

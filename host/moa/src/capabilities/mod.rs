@@ -7,6 +7,7 @@ pub mod key_value;
 pub mod llm;
 pub mod messaging;
 pub mod outbound_http;
+pub mod outbound_mqtt;
 pub mod outbound_redis;
 pub mod sqlite;
 pub mod variables;

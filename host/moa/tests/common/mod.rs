@@ -60,6 +60,7 @@ impl AppDir {
             "sqliteprobe",
             "redissub",
             "wasiprobe",
+            "mqttprobe",
         ] {
             let key = format!("{{{name}}}");
             if text.contains(&key) {
@@ -827,5 +828,126 @@ impl Drop for ModelRuntime {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// A private Mosquitto broker on a free port that only lets `user`/`password` in, logging every
+/// connection and packet to a file the test can read; stopped when dropped.
+pub struct MosquittoServer {
+    child: Option<Child>,
+    pub port: u16,
+    pub user: String,
+    pub password: String,
+    dir: tempfile::TempDir,
+}
+
+impl MosquittoServer {
+    pub fn start() -> MosquittoServer {
+        let dir = tempfile::tempdir().unwrap();
+        let (user, password) = ("moa".to_string(), "s3cret-mqtt".to_string());
+        let passwords = dir.path().join("passwords");
+        let status = Command::new("mosquitto_passwd")
+            .args(["-b", "-c"])
+            .arg(&passwords)
+            .args([&user, &password])
+            .status()
+            .expect("mosquitto_passwd must be installed (scripts/test.sh installs mosquitto)");
+        assert!(status.success());
+        for _ in 0..10 {
+            let port = free_port();
+            let config = dir.path().join("mosquitto.conf");
+            std::fs::write(
+                &config,
+                format!(
+                    "{}listener {port} 127.0.0.1\nallow_anonymous false\npassword_file {}\nlog_dest file {}\nlog_type all\nconnection_messages true\npersistence false\n",
+                    // Run as root, mosquitto would switch to its own user, which cannot read
+                    // this private directory.
+                    if running_as_root() { "user root\n" } else { "" },
+                    passwords.display(),
+                    dir.path().join("mosquitto.log").display()
+                ),
+            )
+            .unwrap();
+            let mut child = Command::new("mosquitto")
+                .arg("-c")
+                .arg(&config)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("mosquitto must be installed (scripts/test.sh installs it)");
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    break;
+                }
+                if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                    return MosquittoServer {
+                        child: Some(child),
+                        port,
+                        user,
+                        password,
+                        dir,
+                    };
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        panic!("could not start mosquitto on a free port");
+    }
+
+    /// What the broker logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("mosquitto.log")).unwrap_or_default()
+    }
+
+    /// Subscribes to `topic` at QoS 2 and returns once the broker has the subscription; the
+    /// subscriber exits after `count` messages or `timeout_secs`.
+    pub fn subscribe(&self, topic: &str, count: usize, timeout_secs: u64) -> Child {
+        let id = format!("sub-{}", free_port());
+        let child = Command::new("mosquitto_sub")
+            .args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
+            .args(["-u", &self.user, "-P", &self.password, "-i", &id])
+            .args(["-t", topic, "-q", "2", "-C", &count.to_string()])
+            .args(["-W", &timeout_secs.to_string()])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("mosquitto_sub");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !self
+            .log()
+            .contains(&format!("Received SUBSCRIBE from {id}"))
+        {
+            assert!(
+                Instant::now() < deadline,
+                "the subscriber did not subscribe:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        child
+    }
+
+    /// Stops the broker (as a crash would).
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn running_as_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|out| out.stdout.trim_ascii() == b"0")
+}
+
+impl Drop for MosquittoServer {
+    fn drop(&mut self) {
+        self.kill();
     }
 }
