@@ -469,3 +469,85 @@ allowed_outbound_hosts = ["http://self"]
         "{body}"
     );
 }
+
+/// GETs `url` over HTTP/1.1 or HTTP/2 (prior knowledge): the status, and the body or why reading
+/// it failed.
+fn read_streamed(url: &str, http2: bool) -> (u16, Result<String, String>) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let client = if http2 {
+            reqwest::Client::builder()
+                .http2_prior_knowledge()
+                .build()
+                .unwrap()
+        } else {
+            reqwest::Client::new()
+        };
+        let response = client.get(url).send().await.unwrap();
+        let status = response.status().as_u16();
+        (status, response.text().await.map_err(|e| format!("{e:?}")))
+    })
+}
+
+#[test]
+fn a_trap_after_the_response_started_cuts_it_off_visibly_and_is_logged() {
+    let app = AppDir::new(
+        r#"
+spin_manifest_version = 2
+[application]
+name = "streams"
+[[trigger.http]]
+route = "/s/..."
+component = "streamer"
+[component.streamer]
+source = "{streamprobe}"
+"#,
+    );
+    let moa = Moa::start(&app, Options::default());
+    let whole: String = (0..5).map(|i| format!("line {i}\n")).collect();
+    // A stream that ends well ends well, on both protocols, and nothing is logged.
+    for http2 in [false, true] {
+        let (status, body) = read_streamed(&format!("{}/s/5", moa.url), http2);
+        assert_eq!((status, body), (200, Ok(whole.clone())), "http2: {http2}");
+    }
+    assert!(!moa.stderr().contains("cut off"), "{}", moa.stderr());
+    // A trap after five lines: the client cannot mistake the body for a whole one.
+    for http2 in [false, true] {
+        let (status, body) = read_streamed(&format!("{}/s/5/trap", moa.url), http2);
+        assert_eq!(status, 200, "the status line was already sent");
+        let error = body.expect_err("the body must end in an error");
+        assert!(
+            error.contains("Body") || error.contains("body"),
+            "http2 {http2}: {error}"
+        );
+    }
+    // (The log reader may be a moment behind the client.)
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while moa.stderr().matches("the response was cut off").count() < 2
+        && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let stderr = moa.stderr();
+    let cut: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains("the response was cut off"))
+        .collect();
+    assert_eq!(cut.len(), 2, "{stderr}");
+    assert!(
+        cut.iter().all(|l| l.contains(r#""level":"ERROR""#)
+            && l.contains(r#""component":"streamer""#)
+            && l.contains("request_id")),
+        "{cut:?}"
+    );
+    assert_eq!(
+        common::metric(&moa, "moa_traps_total", r#"component="streamer""#),
+        2.0
+    );
+    // The host serves on.
+    let (status, body) = read_streamed(&format!("{}/s/2", moa.url), false);
+    assert_eq!((status, body), (200, Ok("line 0\nline 1\n".to_string())));
+}

@@ -61,6 +61,7 @@ impl AppDir {
             "redissub",
             "wasiprobe",
             "mqttprobe",
+            "streamprobe",
         ] {
             let key = format!("{{{name}}}");
             if text.contains(&key) {

@@ -2,6 +2,7 @@
 //! headers, runs it in a fresh component instance and turns traps, deadlines and limits into JSON errors.
 
 mod admission;
+mod completion;
 pub mod config;
 mod instances;
 mod router;
@@ -207,6 +208,8 @@ pub struct HttpServer {
     base: String,
     max_body_bytes: u64,
     timeouts: BTreeMap<String, Duration>,
+    /// Components whose instances serve more than one request (they live on after a response).
+    reused: std::collections::BTreeSet<String>,
     admission: Admission,
     traces_exported: bool,
     header_timeout: Duration,
@@ -336,6 +339,12 @@ impl HttpServer {
             .iter()
             .map(|(id, c)| (id.clone(), c.request_timeout))
             .collect();
+        let reused = app
+            .components
+            .iter()
+            .filter(|(_, c)| c.max_instance_reuse > 1)
+            .map(|(id, _)| id.clone())
+            .collect();
         let mut component_middleware = BTreeMap::new();
         for trigger in &prepared.config.triggers {
             component_middleware
@@ -350,6 +359,7 @@ impl HttpServer {
             base: prepared.config.base.clone(),
             max_body_bytes: app.limits.max_request_body_bytes,
             timeouts,
+            reused,
             admission: Admission::new(
                 app.limits.max_connections,
                 app.limits.max_concurrent_requests,
@@ -646,7 +656,22 @@ impl HttpServer {
             return Err(Failure::Deadline(timeout));
         }
         match result {
-            Ok(response) => Ok(response),
+            // The body ends with an error if the instance traps while it streams.
+            Ok(response) => {
+                let wait = if self.reused.contains(component) {
+                    Duration::ZERO
+                } else {
+                    completion::OUTCOME_WAIT
+                };
+                let report = completion::CutReport {
+                    component: component.to_string(),
+                    request_id: incoming.request_id.clone(),
+                    metrics: self.metrics.clone(),
+                };
+                Ok(response.map(|body| {
+                    completion::CompletionCheck::new(body, outcome, wait, report).boxed_unsync()
+                }))
+            }
             // The instance itself failed (e.g. interrupted at its deadline); it reports why as
             // it is torn down.
             Err(error) if error.downcast_ref::<TrapOrPanicError>().is_some() => {
