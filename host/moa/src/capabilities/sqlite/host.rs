@@ -1,9 +1,9 @@
 //! The generated `spin:sqlite` host traits: `open` checks the component's grant, each connection
 //! resource holds its own SQLite connection; `execute-async` streams rows as SQLite steps.
 
-use super::SqliteInstance;
 use super::bindings::spin::sqlite::sqlite::{self, Error, QueryResult, RowResult, Value};
 use super::database::{self, RunningQuery, SqliteConnection, SqliteError};
+use super::{SqliteGrant, SqliteInstance};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -72,18 +72,18 @@ fn to_row(values: Vec<database::Value>) -> RowResult {
     }
 }
 
-impl SqliteView<'_> {
-    /// Opens a new connection on `label` if the component was granted it.
-    async fn open_connection(&mut self, label: &str) -> Result<OpenConnection, Error> {
-        let Some(database) = self.instance.grant.databases.get(label) else {
-            return Err(Error::AccessDenied);
-        };
-        let connection = database.connect().await.map_err(error)?;
-        Ok(OpenConnection {
-            connection: Arc::new(connection),
-        })
-    }
+/// Opens a new connection on `label` if the component was granted it.
+async fn open_connection(grant: &SqliteGrant, label: &str) -> Result<OpenConnection, Error> {
+    let Some(database) = grant.databases.get(label) else {
+        return Err(Error::AccessDenied);
+    };
+    let connection = database.connect().await.map_err(error)?;
+    Ok(OpenConnection {
+        connection: Arc::new(connection),
+    })
+}
 
+impl SqliteView<'_> {
     fn connection(
         &self,
         handle: &Resource<OpenConnection>,
@@ -119,7 +119,8 @@ impl sqlite::HostConnection for SqliteView<'_> {
         &mut self,
         database: String,
     ) -> wasmtime::Result<Result<Resource<OpenConnection>, Error>> {
-        Ok(match self.open_connection(&database).await {
+        let grant = self.instance.grant.clone();
+        Ok(match open_connection(&grant, &database).await {
             Ok(connection) => push(self.table, connection),
             Err(err) => Err(err),
         })
@@ -210,17 +211,10 @@ impl<T: Send> sqlite::HostConnectionWithStore<T> for Sqlite {
         database: String,
     ) -> wasmtime::Result<Result<Resource<OpenConnection>, Error>> {
         let grant = accessor.with(|mut access| access.get().instance.grant.clone());
-        let Some(db) = grant.databases.get(&database) else {
-            return Ok(Err(Error::AccessDenied));
-        };
-        let connection = match db.connect().await {
-            Ok(connection) => connection,
-            Err(err) => return Ok(Err(error(err))),
-        };
-        let connection = OpenConnection {
-            connection: Arc::new(connection),
-        };
-        Ok(accessor.with(|mut access| push(access.get().table, connection)))
+        Ok(match open_connection(&grant, &database).await {
+            Ok(connection) => accessor.with(|mut access| push(access.get().table, connection)),
+            Err(err) => Err(err),
+        })
     }
 
     async fn execute_async(
