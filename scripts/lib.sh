@@ -55,6 +55,45 @@ ensure_mosquitto() {
   fi
 }
 
+# PostgreSQL on 127.0.0.1:5432 for the spin:postgres tests: user postgres without a password
+# (trust on loopback), database `test`, TLS on (Debian's snakeoil certificate). The machines come
+# with one; this installs and starts one where it is missing.
+ensure_postgres() {
+  local url="postgres://postgres@127.0.0.1:5432/test"
+  if psql "$url" -Atc 'select 1' >/dev/null 2>&1; then return; fi
+  if ! command -v pg_ctlcluster >/dev/null; then
+    log "installing PostgreSQL (Debian)"
+    apt-get update -qq && apt-get install -y -qq --no-install-recommends postgresql ssl-cert
+  fi
+  log "starting PostgreSQL on 127.0.0.1:5432"
+  local version
+  version=$(ls /etc/postgresql | sort -n | tail -1)
+  local hba="/etc/postgresql/$version/main/pg_hba.conf"
+  if ! grep -q '^host all all 127.0.0.1/32 trust' "$hba"; then
+    sed -i '1i host all all 127.0.0.1/32 trust' "$hba"
+  fi
+  pg_ctlcluster "$version" main start 2>/dev/null || pg_ctlcluster "$version" main reload
+  for _ in $(seq 1 30); do psql "postgres://postgres@127.0.0.1:5432/postgres" -Atc 'select 1' >/dev/null 2>&1 && break; sleep 1; done
+  psql "postgres://postgres@127.0.0.1:5432/postgres" -qc 'CREATE DATABASE test' 2>/dev/null || true
+  psql "$url" -Atc 'select 1' >/dev/null || { echo "PostgreSQL is not reachable at $url" >&2; return 1; }
+}
+
+# MariaDB on 127.0.0.1:3306 for the spin:mysql tests: root without a password, database `test`.
+ensure_mariadb() {
+  if mariadb -h 127.0.0.1 -P 3306 -uroot test -e 'select 1' >/dev/null 2>&1; then return; fi
+  if ! command -v mariadbd >/dev/null; then
+    log "installing MariaDB (Debian)"
+    apt-get update -qq && apt-get install -y -qq --no-install-recommends mariadb-server mariadb-client
+  fi
+  log "starting MariaDB on 127.0.0.1:3306"
+  if ! mariadb -uroot -e 'select 1' >/dev/null 2>&1; then
+    (service mariadb start || (mkdir -p /run/mysqld && chown mysql: /run/mysqld && (mariadbd-safe >/dev/null 2>&1 &))) >/dev/null 2>&1
+    for _ in $(seq 1 30); do mariadb -uroot -e 'select 1' >/dev/null 2>&1 && break; sleep 1; done
+  fi
+  mariadb -uroot -e "CREATE DATABASE IF NOT EXISTS test; ALTER USER root@localhost IDENTIFIED VIA unix_socket OR mysql_native_password USING PASSWORD(''); CREATE USER IF NOT EXISTS root@'127.0.0.1' IDENTIFIED BY ''; GRANT ALL ON *.* TO root@'127.0.0.1' WITH GRANT OPTION; FLUSH PRIVILEGES;"
+  mariadb -h 127.0.0.1 -P 3306 -uroot test -e 'select 1' >/dev/null || { echo "MariaDB is not reachable on 127.0.0.1:3306 as root" >&2; return 1; }
+}
+
 # An OCI registry for the registry tests (Debian's docker-registry, distribution 2.8); the tests
 # start their own on free ports, so the packaged service stays stopped.
 ensure_oci_registry() {

@@ -8,6 +8,8 @@ source "$(dirname "$0")/lib.sh"
 ensure_toolchain
 ensure_redis
 ensure_mosquitto
+ensure_postgres
+ensure_mariadb
 ensure_tansu
 ensure_secantus
 ensure_oci_registry

@@ -2,8 +2,8 @@
 //! contexts, the resource table, memory limits, the current invocation, one state per capability.
 
 use crate::capabilities::{
-    documents, key_value, llm, messaging, outbound_http, outbound_mqtt, outbound_redis,
-    register_capabilities, sqlite, variables, vectors,
+    documents, key_value, llm, messaging, mysql, outbound_http, outbound_mqtt, outbound_redis,
+    postgres, register_capabilities, sqlite, variables, vectors,
 };
 use crate::invocation::Invocation;
 use crate::telemetry::guest_output::RequestIdCell;
@@ -22,6 +22,8 @@ register_capabilities! {
     outbound_redis: outbound_redis::OutboundRedisCapability,
     outbound_mqtt: outbound_mqtt::OutboundMqttCapability,
     sqlite: sqlite::SqliteCapability,
+    postgres: postgres::PostgresCapability,
+    mysql: mysql::MysqlCapability,
     messaging: messaging::MessagingCapability,
     llm: llm::LlmCapability,
     documents: documents::DocumentsCapability,

@@ -62,6 +62,8 @@ impl AppDir {
             "wasiprobe",
             "mqttprobe",
             "streamprobe",
+            "pgprobe",
+            "mysqlprobe",
         ] {
             let key = format!("{{{name}}}");
             if text.contains(&key) {

@@ -172,6 +172,13 @@ impl AllowedHosts {
         self.entries.iter().any(|e| e.allows(&scheme, &host, port))
     }
 
+    /// Whether the component may connect to `host:port` with `scheme` (a database client's
+    /// target: `host` without brackets, any case).
+    pub fn allows_host(&self, scheme: &str, host: &str, port: u16) -> bool {
+        let host = host.to_ascii_lowercase();
+        self.entries.iter().any(|e| e.allows(scheme, &host, port))
+    }
+
     /// Whether the component may call its own app through `http://self`.
     pub fn allows_self(&self) -> bool {
         self.entries.iter().any(|e| e.host == HostPattern::SelfApp)
