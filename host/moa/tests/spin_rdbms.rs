@@ -1,5 +1,5 @@
 //! Spin's outbound PostgreSQL (`spin:postgres@4.2.0`) and MySQL (`spin:mysql@3.0.0`) as spin-sdk 7
-//! components use them, against a real `moa up` and the real servers: PostgreSQL on 127.0.0.1:5432
+//! components use them, and the older interfaces of spin-sdk 6 and earlier, against a real `moa up` and the real servers: PostgreSQL on 127.0.0.1:5432
 //! and MariaDB on 127.0.0.1:3306 (`MOA_TEST_POSTGRES_URL`, `MOA_TEST_MYSQL_URL` to point elsewhere).
 
 mod common;
@@ -40,6 +40,18 @@ component = "mysql-admin"
 [[trigger.http]]
 route = "/mysql-denied"
 component = "mysql-denied"
+[[trigger.http]]
+route = "/legacy"
+component = "legacy"
+[[trigger.http]]
+route = "/legacy-denied"
+component = "legacy-denied"
+[component.legacy]
+source = "{rdbmslegacy}"
+allowed_outbound_hosts = ["postgres://127.0.0.1:5432", "mysql://127.0.0.1:3306"]
+[component.legacy-denied]
+source = "{rdbmslegacy}"
+allowed_outbound_hosts = ["postgres://127.0.0.1:5433", "mysql://127.0.0.1:3307"]
 [component.pg]
 source = "{pgprobe}"
 allowed_outbound_hosts = ["postgres://127.0.0.1:5432", "postgres://localhost:5432"]
@@ -904,4 +916,216 @@ fn a_mysql_statement_past_the_request_deadline_is_killed_on_the_server() {
         );
         rows(&answer, 0) == &json!([[{"int64": 0}]])
     });
+}
+
+// ---- The older interfaces (spin-sdk 6 and earlier) ----
+
+fn legacy(
+    moa: &Moa,
+    path: &str,
+    interface: &str,
+    address: &str,
+    statements: Vec<Value>,
+) -> (u16, Value) {
+    run(
+        moa,
+        path,
+        json!({"interface": interface, "address": address, "statements": statements}),
+    )
+}
+
+#[test]
+fn older_postgres_interfaces_share_the_sessions_and_downgrade_what_they_cannot_type() {
+    let (_app, moa) = start();
+    let t = table("pg_legacy");
+    let create = format!("CREATE TABLE {t} (id int4, name text, day date, u uuid)");
+    let (status, answer) = run(
+        &moa,
+        "/pg",
+        pg_batch(vec![
+            stmt(&create, json!([]), false),
+            stmt(
+                &format!("INSERT INTO {t} VALUES (1, 'one', '2024-02-29', gen_random_uuid())"),
+                json!([]),
+                false,
+            ),
+        ]),
+    );
+    assert_eq!(status, 200, "{answer}");
+    let select = format!("SELECT id, name, day, u FROM {t} WHERE id = $1 AND name = $2");
+    let params = json!([{"int32": 1}, {"str": "one"}]);
+    // spin:postgres@3.0.0 knows dates; uuid is beyond it.
+    let (status, answer) = legacy(
+        &moa,
+        "/legacy",
+        "pg3",
+        &postgres_url(),
+        vec![
+            stmt(&select, params.clone(), true),
+            stmt(
+                &format!("INSERT INTO {t} (id, day) VALUES ($1, $2)"),
+                json!([{"int32": 2}, {"date": [1999, 12, 31]}]),
+                false,
+            ),
+        ],
+    );
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(
+        answer["results"][0]["rows"],
+        json!([[
+            "Int32(1)",
+            "Str(\"one\")",
+            "Date((2024, 2, 29))",
+            "Unsupported"
+        ]]),
+        "{answer}"
+    );
+    assert_eq!(
+        answer["results"][0]["columns"],
+        json!([
+            ["id", "Int32"],
+            ["name", "Str"],
+            ["day", "Date"],
+            ["u", "Other"]
+        ])
+    );
+    assert_eq!(answer["results"][1]["affected"], 1);
+    // Spin 2 and Spin 1 have no dates either.
+    for interface in ["pg2", "pg1"] {
+        let (status, answer) = legacy(
+            &moa,
+            "/legacy",
+            interface,
+            &postgres_url(),
+            vec![stmt(&select, params.clone(), true)],
+        );
+        assert_eq!(status, 200, "{interface}: {answer}");
+        assert_eq!(
+            answer["results"][0]["rows"],
+            json!([["Int32(1)", "Str(\"one\")", "Unsupported", "Unsupported"]]),
+            "{interface}: {answer}"
+        );
+        // PostgreSQL has no unsigned integers: refused before anything runs.
+        let (status, answer) = legacy(
+            &moa,
+            "/legacy",
+            interface,
+            &postgres_url(),
+            vec![stmt(
+                &format!("SELECT $1::int2 FROM {t}"),
+                json!([{"uint8": 7}]),
+                true,
+            )],
+        );
+        assert_eq!(status, 409, "{interface}: {answer}");
+        assert!(
+            answer["error"]
+                .as_str()
+                .unwrap()
+                .contains("ValueConversionFailed(\"Postgres does not support unsigned integers\")"),
+            "{interface}: {answer}"
+        );
+        let (status, answer) = legacy(
+            &moa,
+            "/legacy-denied",
+            interface,
+            &postgres_url(),
+            vec![stmt("SELECT 1", json!([]), true)],
+        );
+        assert_eq!(status, 409, "{interface}: {answer}");
+        assert!(
+            answer["error"]
+                .as_str()
+                .unwrap()
+                .contains("address postgres://127.0.0.1:5432 is not permitted"),
+            "{interface}: {answer}"
+        );
+    }
+    // A server error reaches the older interfaces as query-failed text.
+    let (status, answer) = legacy(
+        &moa,
+        "/legacy",
+        "pg3",
+        &postgres_url(),
+        vec![stmt("SELEC 1", json!([]), true)],
+    );
+    assert_eq!(status, 409, "{answer}");
+    assert!(
+        answer["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("Error::QueryFailed("),
+        "{answer}"
+    );
+    assert!(
+        answer["error"].as_str().unwrap().contains("42601"),
+        "{answer}"
+    );
+    let drop = pg_batch(vec![stmt(&format!("DROP TABLE {t}"), json!([]), false)]);
+    assert_eq!(run(&moa, "/pg", drop).0, 200);
+}
+
+#[test]
+fn older_mysql_interfaces_round_trip_through_the_same_sessions() {
+    let (_app, moa) = start();
+    let t = table("my_legacy");
+    for interface in ["mysql2", "mysql1"] {
+        let (status, answer) = legacy(
+            &moa,
+            "/legacy",
+            interface,
+            &mysql_url(),
+            vec![
+                stmt(
+                    &format!("CREATE TABLE {t} (id INT, small TINYINT UNSIGNED, name VARCHAR(20))"),
+                    json!([]),
+                    false,
+                ),
+                stmt(
+                    &format!("INSERT INTO {t} VALUES (?, ?, ?)"),
+                    json!([{"int32": 1}, {"uint8": 200}, {"str": "하나"}]),
+                    false,
+                ),
+                stmt(&format!("SELECT id, small, name FROM {t}"), json!([]), true),
+                stmt(&format!("DROP TABLE {t}"), json!([]), false),
+            ],
+        );
+        assert_eq!(status, 200, "{interface}: {answer}");
+        assert_eq!(
+            answer["results"][2]["rows"],
+            json!([["Int32(1)", "Uint8(200)", "Str(\"하나\")"]]),
+            "{interface}: {answer}"
+        );
+        assert_eq!(
+            answer["results"][2]["columns"],
+            json!([["id", "Int32"], ["small", "Uint8"], ["name", "Str"]])
+        );
+        let (status, answer) = legacy(
+            &moa,
+            "/legacy",
+            interface,
+            &mysql_url(),
+            vec![stmt("SELEC 1", json!([]), true)],
+        );
+        assert_eq!(status, 409, "{interface}: {answer}");
+        assert!(
+            answer["error"].as_str().unwrap().contains("QueryFailed"),
+            "{answer}"
+        );
+        let (status, answer) = legacy(
+            &moa,
+            "/legacy-denied",
+            interface,
+            &mysql_url(),
+            vec![stmt("SELECT 1", json!([]), true)],
+        );
+        assert_eq!(status, 409, "{interface}: {answer}");
+        assert!(
+            answer["error"]
+                .as_str()
+                .unwrap()
+                .contains("address mysql://127.0.0.1:3306 is not permitted"),
+            "{interface}: {answer}"
+        );
+    }
 }

@@ -64,6 +64,7 @@ impl AppDir {
             "streamprobe",
             "pgprobe",
             "mysqlprobe",
+            "rdbmslegacy",
         ] {
             let key = format!("{{{name}}}");
             if text.contains(&key) {

@@ -467,6 +467,28 @@ impl MysqlConnection {
     }
 }
 
+impl MysqlConnection {
+    /// `query` for the synchronous interfaces: every row at once (at most [`MAX_RESULT_BYTES`]).
+    pub async fn query_all(
+        &self,
+        statement: String,
+        values: Vec<ParameterValue>,
+        deadline: Instant,
+    ) -> Result<(Vec<Column>, Vec<Vec<DbValue>>), Error> {
+        let RowFeed {
+            columns,
+            mut rows,
+            done,
+        } = self.query(statement, values, deadline).await?;
+        let mut all = Vec::new();
+        while let Some(row) = rows.recv().await {
+            all.push(row);
+        }
+        done.await.unwrap_or(Ok(()))?;
+        Ok((columns, all))
+    }
+}
+
 /// Stops the statement session `id` runs, from another session of the pool.
 async fn kill(pool: &Pool, id: u32) {
     if let Ok(mut other) = pool.get_conn().await {

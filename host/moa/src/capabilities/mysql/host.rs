@@ -3,7 +3,7 @@
 
 use super::bindings::spin::mysql::mysql::{self, Column, DbValue, Error, ParameterValue};
 use super::client::{self, MysqlConnection, RowFeed};
-use super::{MAX_CONNECTIONS, MysqlInstance};
+use super::{MAX_CONNECTIONS, MysqlGrant, MysqlInstance};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -16,7 +16,7 @@ use wasmtime::component::{
 
 /// The value behind a `connection` resource handle.
 pub struct OpenConnection {
-    connection: Arc<MysqlConnection>,
+    pub(super) connection: Arc<MysqlConnection>,
 }
 
 /// Marker type naming this capability in the linker.
@@ -42,11 +42,68 @@ pub fn add_to_linker<T: Send + 'static>(
 
 impl mysql::Host for MysqlView<'_> {}
 
-impl mysql::HostConnection for MysqlView<'_> {
-    async fn drop(&mut self, handle: Resource<OpenConnection>) -> wasmtime::Result<()> {
+/// What opening needs from the instance, taken out so the connect can await without it.
+pub(super) struct OpenRequest {
+    grant: Arc<MysqlGrant>,
+    deadline: Instant,
+    room: bool,
+}
+
+impl MysqlView<'_> {
+    pub(super) fn open_request(&self) -> OpenRequest {
+        OpenRequest {
+            grant: self.instance.grant.clone(),
+            deadline: self.instance.deadline,
+            room: self.instance.open < MAX_CONNECTIONS,
+        }
+    }
+
+    /// Holds an open session behind a new handle.
+    pub(super) fn push(
+        &mut self,
+        connection: MysqlConnection,
+    ) -> Result<Resource<OpenConnection>, Error> {
+        match self.table.push(OpenConnection {
+            connection: Arc::new(connection),
+        }) {
+            Ok(handle) => {
+                self.instance.open += 1;
+                Ok(handle)
+            }
+            Err(_) => Err(too_many()),
+        }
+    }
+
+    /// Drops a connection handle of any version.
+    pub(super) fn close(&mut self, handle: Resource<OpenConnection>) -> wasmtime::Result<()> {
         self.table.delete(handle)?;
         self.instance.open = self.instance.open.saturating_sub(1);
         Ok(())
+    }
+}
+
+fn too_many() -> Error {
+    Error::ConnectionFailed("too many connections".into())
+}
+
+/// Checks `address` against the component's allow-list, then takes a session from its pool.
+pub(super) async fn open(request: OpenRequest, address: &str) -> Result<MysqlConnection, Error> {
+    if !request.room {
+        return Err(too_many());
+    }
+    let grant = &request.grant;
+    let opts = client::parse_allowed(address, &grant.allowed).map_err(|err| {
+        if let client::AddressError::NotPermitted(target) = &err {
+            tracing::warn!(component = &*grant.component, target = %target, "MySQL connection denied: not in allowed_outbound_hosts");
+        }
+        Error::ConnectionFailed(err.to_string())
+    })?;
+    grant.pools.connect(address, opts, request.deadline).await
+}
+
+impl mysql::HostConnection for MysqlView<'_> {
+    async fn drop(&mut self, handle: Resource<OpenConnection>) -> wasmtime::Result<()> {
+        self.close(handle)
     }
 }
 
@@ -108,41 +165,10 @@ impl<T: Send> mysql::HostConnectionWithStore<T> for Mysql {
         accessor: &Accessor<T, Self>,
         address: String,
     ) -> wasmtime::Result<Result<Resource<OpenConnection>, Error>> {
-        let (grant, deadline, room) = accessor.with(|mut access| {
-            let view = access.get();
-            (
-                view.instance.grant.clone(),
-                view.instance.deadline,
-                view.instance.open < MAX_CONNECTIONS,
-            )
-        });
-        if !room {
-            return Ok(Err(Error::ConnectionFailed("too many connections".into())));
-        }
-        let opts = match client::parse_allowed(&address, &grant.allowed) {
-            Ok(opts) => opts,
-            Err(err) => {
-                if let client::AddressError::NotPermitted(target) = &err {
-                    tracing::warn!(component = &*grant.component, target = %target, "MySQL connection denied: not in allowed_outbound_hosts");
-                }
-                return Ok(Err(Error::ConnectionFailed(err.to_string())));
-            }
-        };
-        let connection = match grant.pools.connect(&address, opts, deadline).await {
-            Ok(connection) => connection,
-            Err(err) => return Ok(Err(err)),
-        };
-        accessor.with(|mut access| {
-            let view = access.get();
-            match view.table.push(OpenConnection {
-                connection: Arc::new(connection),
-            }) {
-                Ok(handle) => {
-                    view.instance.open += 1;
-                    Ok(Ok(handle))
-                }
-                Err(_) => Ok(Err(Error::ConnectionFailed("too many connections".into()))),
-            }
+        let request = accessor.with(|mut access| access.get().open_request());
+        Ok(match open(request, &address).await {
+            Ok(connection) => accessor.with(|mut access| access.get().push(connection)),
+            Err(err) => Err(err),
         })
     }
 

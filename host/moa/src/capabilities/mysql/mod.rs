@@ -1,8 +1,9 @@
-//! Outbound MySQL (and MariaDB): Spin's `spin:mysql@3.0.0` (spin-sdk 7), to the servers a
-//! component's `mysql://host:port` allow-list entries name, through pooled sessions.
+//! Outbound MySQL (and MariaDB): Spin's `spin:mysql@3.0.0` (spin-sdk 7) and the older interfaces,
+//! to the servers a component's `mysql://host:port` allow-list entries name, through pooled sessions.
 
 mod client;
 mod host;
+mod legacy;
 
 use super::outbound_http::AllowedHosts;
 use crate::capabilities::{
@@ -49,7 +50,11 @@ pub struct MysqlInstance {
 
 impl Capability for MysqlCapability {
     const NAME: &'static str = "outbound-mysql";
-    const IMPORTS: &'static [&'static str] = &["spin:mysql@3.0.0"];
+    const IMPORTS: &'static [&'static str] = &[
+        "spin:mysql@3.0.0",
+        "fermyon:spin/mysql@2.0.0",
+        "fermyon:spin/mysql",
+    ];
 
     type AppState = ();
     type ComponentState = Arc<MysqlGrant>;
@@ -58,6 +63,7 @@ impl Capability for MysqlCapability {
 
     fn link<T: HasCapability<Self> + Send + 'static>(linker: &mut Linker<T>) -> anyhow::Result<()> {
         host::add_to_linker(linker, T::capability_view)?;
+        legacy::add_to_linker(linker, T::capability_view)?;
         Ok(())
     }
 

@@ -5,7 +5,7 @@
 //! the next user) and is reset by deadpool's `Clean` recycling; one cancelled at the deadline or
 //! broken is closed instead.
 
-use super::bindings::spin::postgres::postgres::{
+use super::bindings::spin::postgres4_2_0::postgres::{
     Column, DbError, DbValue, Error, QueryError, RowSet,
 };
 use super::types::{self, Param};

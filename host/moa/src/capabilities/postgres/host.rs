@@ -1,7 +1,7 @@
 //! The generated `spin:postgres` host traits: every open path (`open`, `open-async`, the builder's
 //! `build` and `build-async`) checks the allow-list first; `query-async` streams rows as they come.
 
-use super::bindings::spin::postgres::postgres::{
+use super::bindings::spin::postgres4_2_0::postgres::{
     self as pg, Column, DbValue, Error, ParameterValue, RowSet,
 };
 use super::client::{CaRoot, PgConnection, RowFeed};
@@ -16,9 +16,9 @@ use wasmtime::component::{
     StreamReader, StreamResult, VecBuffer,
 };
 
-/// The value behind a `connection` resource handle.
+/// The value behind a `connection` resource handle (of every version of the interface).
 pub struct OpenConnection {
-    connection: Arc<PgConnection>,
+    pub(super) connection: Arc<PgConnection>,
 }
 
 /// The value behind a `connection-builder` resource handle.
@@ -29,6 +29,16 @@ pub struct ConnectionBuilder {
 
 /// Marker type naming this capability in the linker.
 pub struct Postgres;
+
+/// Drops a connection handle of any version.
+pub(super) fn close(
+    view: &mut PostgresView<'_>,
+    handle: Resource<OpenConnection>,
+) -> wasmtime::Result<()> {
+    view.table.delete(handle)?;
+    view.instance.open = view.instance.open.saturating_sub(1);
+    Ok(())
+}
 
 impl HasData for Postgres {
     type Data<'a> = PostgresView<'a>;
@@ -49,14 +59,14 @@ pub fn add_to_linker<T: Send + 'static>(
 }
 
 /// What opening needs from the instance, taken out so the connect can await without it.
-struct OpenRequest {
+pub(super) struct OpenRequest {
     grant: Arc<PostgresGrant>,
     deadline: Instant,
     room: bool,
 }
 
 impl PostgresView<'_> {
-    fn open_request(&self) -> OpenRequest {
+    pub(super) fn open_request(&self) -> OpenRequest {
         OpenRequest {
             grant: self.instance.grant.clone(),
             deadline: self.instance.deadline,
@@ -64,7 +74,10 @@ impl PostgresView<'_> {
         }
     }
 
-    fn push(&mut self, connection: PgConnection) -> Result<Resource<OpenConnection>, Error> {
+    pub(super) fn push(
+        &mut self,
+        connection: PgConnection,
+    ) -> Result<Resource<OpenConnection>, Error> {
         match self.table.push(OpenConnection {
             connection: Arc::new(connection),
         }) {
@@ -76,7 +89,10 @@ impl PostgresView<'_> {
         }
     }
 
-    fn connection(&self, handle: &Resource<OpenConnection>) -> wasmtime::Result<Arc<PgConnection>> {
+    pub(super) fn connection(
+        &self,
+        handle: &Resource<OpenConnection>,
+    ) -> wasmtime::Result<Arc<PgConnection>> {
         Ok(self.table.get(handle)?.connection.clone())
     }
 }
@@ -86,7 +102,7 @@ fn too_many() -> Error {
 }
 
 /// Checks `address` against the component's allow-list, then takes a session from its pool.
-async fn open(
+pub(super) async fn open(
     request: OpenRequest,
     address: &str,
     ca: Option<&CaRoot>,
@@ -109,12 +125,12 @@ async fn open(
 }
 
 /// Parameters for `execute`, whose conversion errors Spin reports as `value-conversion-failed`.
-fn execute_params(params: Vec<ParameterValue>) -> Result<Vec<types::Param>, Error> {
+pub(super) fn execute_params(params: Vec<ParameterValue>) -> Result<Vec<types::Param>, Error> {
     types::to_params(params).map_err(Error::ValueConversionFailed)
 }
 
 /// Parameters for the queries, whose conversion errors Spin reports as `bad-parameter`.
-fn query_params(params: Vec<ParameterValue>) -> Result<Vec<types::Param>, Error> {
+pub(super) fn query_params(params: Vec<ParameterValue>) -> Result<Vec<types::Param>, Error> {
     types::to_params(params).map_err(Error::BadParameter)
 }
 
@@ -204,9 +220,7 @@ impl pg::HostConnection for PostgresView<'_> {
     }
 
     async fn drop(&mut self, handle: Resource<OpenConnection>) -> wasmtime::Result<()> {
-        self.table.delete(handle)?;
-        self.instance.open = self.instance.open.saturating_sub(1);
-        Ok(())
+        close(self, handle)
     }
 }
 

@@ -1,11 +1,22 @@
-//! Outbound PostgreSQL: Spin's `spin:postgres@4.2.0` (which also serves 4.0.0 and 4.1.0 imports),
-//! to the servers a component's `postgres://host:port` allow-list entries name, through pooled sessions.
+//! Outbound PostgreSQL: Spin's `spin:postgres@4.2.0` (which also serves 4.0.0 and 4.1.0 imports) and
+//! the older interfaces, to the servers a component's `postgres://host:port` entries name, pooled.
 
 mod address;
-#[allow(clippy::result_large_err, reason = "the WIT error type is the guest's return value")]
+#[allow(
+    clippy::result_large_err,
+    reason = "the WIT error type is the guest's return value"
+)]
 mod client;
-#[allow(clippy::result_large_err, reason = "the WIT error type is the guest's return value")]
+#[allow(
+    clippy::result_large_err,
+    reason = "the WIT error type is the guest's return value"
+)]
 mod host;
+#[allow(
+    clippy::result_large_err,
+    reason = "the WIT error type is the guest's return value"
+)]
+mod legacy;
 mod types;
 
 use super::outbound_http::AllowedHosts;
@@ -54,7 +65,12 @@ pub struct PostgresInstance {
 
 impl Capability for PostgresCapability {
     const NAME: &'static str = "outbound-pg";
-    const IMPORTS: &'static [&'static str] = &["spin:postgres@4.2.0"];
+    const IMPORTS: &'static [&'static str] = &[
+        "spin:postgres@4.2.0",
+        "spin:postgres@3.0.0",
+        "fermyon:spin/postgres@2.0.0",
+        "fermyon:spin/postgres",
+    ];
 
     type AppState = ();
     type ComponentState = Arc<PostgresGrant>;
@@ -63,6 +79,7 @@ impl Capability for PostgresCapability {
 
     fn link<T: HasCapability<Self> + Send + 'static>(linker: &mut Linker<T>) -> anyhow::Result<()> {
         host::add_to_linker(linker, T::capability_view)?;
+        legacy::add_to_linker(linker, T::capability_view)?;
         Ok(())
     }
 

@@ -6,7 +6,7 @@
 //! app binds on Spin binds here too. Ranges are encoded without client-side normalisation (so a bound
 //! at `i32::MAX` is PostgreSQL's to judge, not a host panic).
 
-use super::bindings::spin::postgres::postgres::{
+use super::bindings::spin::postgres4_2_0::postgres::{
     DbDataType, DbValue, Interval, ParameterValue, RangeBoundKind,
 };
 use bytes::{BufMut, BytesMut};
