@@ -2,7 +2,8 @@
 //! its statements, with the streaming calls spin-sdk 7 makes or the interface's synchronous ones.
 //!
 //! `POST /` with `{"address", "open": "async"|"sync"|"builder"|"builder-async", "ca": pem?,
-//! "sync": false, "take": n?, "statements": [{"sql", "params": [...], "query": true}]}`. A parameter
+//! "sync": false, "take": n?, "extra_connections": n?, "statements": [{"sql", "params": [...],
+//! "query": true}]}`. A parameter
 //! is `{"int32": 1}`, `{"str": "x"}`, `{"date": [2024, 2, 29]}`, `{"jsonb": {...}}`, `"db_null"`, ...
 //! (the WIT variant in snake case). The answer is `{"results": [{"columns", "rows", "affected"}]}`, or
 //! status 409 and `{"error", "kind", "code", "statement": i|null, "results"}` at the first failure.
@@ -27,6 +28,9 @@ struct Batch {
     sync: bool,
     #[serde(default)]
     take: Option<usize>,
+    /// Further connections to open (and hold) before the statements run.
+    #[serde(default)]
+    extra_connections: usize,
     statements: Vec<Statement>,
 }
 
@@ -248,6 +252,18 @@ async fn run(batch: &Batch) -> anyhow::Result<http::Response<String>> {
         Ok(connection) => connection,
         Err(error) => return failed(error, None, &[]),
     };
+    let mut held = Vec::new();
+    for _ in 0..batch.extra_connections {
+        match open(batch).await {
+            Ok(extra) => held.push(extra),
+            Err(error) => {
+                return json(
+                    409,
+                    serde_json::json!({"error": format!("{error:?}"), "opened": held.len() + 1}),
+                );
+            }
+        }
+    }
     let mut results = Vec::new();
     for (i, statement) in batch.statements.iter().enumerate() {
         let params: Vec<ParameterValue> = statement.params.iter().map(to_pg).collect();

@@ -21,13 +21,23 @@ mod legacy {
     });
 }
 
-use legacy::fermyon::spin::mysql as mysql1;
-use legacy::fermyon::spin::postgres as pg1;
-use legacy::fermyon::spin::rdbms_types as types1;
-use legacy::fermyon::spin2_0_0::mysql as mysql2;
-use legacy::fermyon::spin2_0_0::postgres as pg2;
-use legacy::fermyon::spin2_0_0::rdbms_types as types2;
+/// Spin 1's unversioned interfaces, from their own WIT root.
+mod spin1 {
+    spin_sdk::wit_bindgen::generate!({
+        runtime_path: "spin_sdk::wit_bindgen::rt",
+        path: "../../wit/legacy",
+        world: "moa:legacy/guest",
+        generate_all,
+    });
+}
+
+use legacy::fermyon::spin::mysql as mysql2;
+use legacy::fermyon::spin::postgres as pg2;
+use legacy::fermyon::spin::rdbms_types as types2;
 use legacy::spin::postgres3_0_0::postgres as pg3;
+use spin1::fermyon::spin::mysql as mysql1;
+use spin1::fermyon::spin::postgres as pg1;
+use spin1::fermyon::spin::rdbms_types as types1;
 
 #[derive(Deserialize)]
 struct Batch {

@@ -463,13 +463,18 @@ fn postgres_rows_stream_and_a_component_may_stop_reading_early() {
     let (status, answer) = run(
         &moa,
         "/pg",
-        json!({"address": postgres_url(), "take": 3, "statements": [stmt(endless, json!([]), true)]}),
+        json!({"address": postgres_url(), "take": 3, "statements": [
+            stmt(endless, json!([]), true),
+            // The same connection runs its next statement (Spin's would wait for the endless one).
+            stmt("SELECT 7", json!([]), true),
+        ]}),
     );
     assert_eq!(status, 200, "{answer}");
     assert_eq!(
         rows(&answer, 0),
         &json!([[{"int32": 1}], [{"int32": 2}], [{"int32": 3}]])
     );
+    assert_eq!(rows(&answer, 1), &json!([[{"int32": 7}]]));
     wait_until("the dropped query is no longer running", || {
         pg_admin(
             &moa,
@@ -482,6 +487,64 @@ fn postgres_rows_stream_and_a_component_may_stop_reading_early() {
         pg_batch(vec![stmt("SELECT 1", json!([]), true)]),
     );
     assert_eq!(status, 200);
+}
+
+#[test]
+fn an_instance_holds_at_most_16_postgres_connections_and_the_next_request_has_them_back() {
+    let (_app, moa) = start();
+    let batch = |extra: usize| {
+        json!({"address": postgres_url(), "extra_connections": extra, "statements": [
+            stmt("SELECT 1", json!([]), true)
+        ]})
+    };
+    let (status, answer) = run(&moa, "/pg", batch(15));
+    assert_eq!(status, 200, "sixteen connections in all: {answer}");
+    let (status, answer) = run(&moa, "/pg", batch(16));
+    assert_eq!(status, 409, "{answer}");
+    assert_eq!(answer["opened"], 16, "{answer}");
+    assert!(
+        answer["error"]
+            .as_str()
+            .unwrap()
+            .contains("too many connections"),
+        "{answer}"
+    );
+    // The instance is gone with its request: its connections went back to the pool.
+    let (status, answer) = run(&moa, "/pg", batch(15));
+    assert_eq!(status, 200, "{answer}");
+}
+
+#[test]
+fn a_postgres_result_over_128_mib_is_refused_not_buffered() {
+    let (_app, moa) = start();
+    // 160 rows of 1 MiB: the synchronous `query` holds every row, so it stops at 128 MiB.
+    let big = "SELECT repeat('x', 1048576) FROM generate_series(1, 160)";
+    let (status, answer) = run(
+        &moa,
+        "/pg",
+        json!({"address": postgres_url(), "sync": true, "statements": [stmt(big, json!([]), true)]}),
+    );
+    assert_eq!(
+        status,
+        409,
+        "{}",
+        &answer.to_string()[..300.min(answer.to_string().len())]
+    );
+    assert!(
+        answer["error"]
+            .as_str()
+            .unwrap()
+            .contains("query result exceeds limit of 134217728 bytes"),
+        "{answer}"
+    );
+    // Streamed, the same rows flow through (the component holds what it keeps).
+    let (status, answer) = run(
+        &moa,
+        "/pg",
+        json!({"address": postgres_url(), "take": 2, "statements": [stmt(big, json!([]), true)]}),
+    );
+    assert_eq!(status, 200);
+    assert_eq!(rows(&answer, 0).as_array().unwrap().len(), 2);
 }
 
 #[test]

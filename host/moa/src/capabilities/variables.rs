@@ -41,7 +41,7 @@ mod bindings_config {
 }
 
 use bindings_config::wasi::config::store as wasi_config;
-use bindings_v2::fermyon::spin2_0_0::variables as variables_v2;
+use bindings_v2::fermyon::spin::variables as variables_v2;
 
 /// The application's variables with their values resolved.
 #[derive(Debug, Clone, Default)]

@@ -2,7 +2,7 @@
 //! `spin:key-value@3.0.0`: synchronous functions for the guest, async on the host.
 
 use super::bindings::spin::key_value::key_value::Error as ErrorV3;
-use super::bindings_v2::fermyon::spin2_0_0::key_value::{self, Error};
+use super::bindings_v2::fermyon::spin::key_value::{self, Error};
 use super::host::{KeyValueView, OpenStore};
 use wasmtime::component::{HasData, Linker, Resource};
 

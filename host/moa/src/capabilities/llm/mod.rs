@@ -16,7 +16,7 @@ use crate::capabilities::{
 use crate::invocation::Invocation;
 use crate::runtime_config::RuntimeConfig;
 use anyhow::{Context as _, Result};
-use bindings::fermyon::spin2_0_0::llm::{self, EmbeddingsResult, EmbeddingsUsage, Error};
+use bindings::fermyon::spin::llm::{self, EmbeddingsResult, EmbeddingsUsage, Error};
 use inference::{ChatCompletions, InferError, Sampling};
 use moa_manifest::LoadedManifest;
 use moa_model_runtime::{

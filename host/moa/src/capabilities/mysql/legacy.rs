@@ -17,10 +17,19 @@ mod bindings {
     });
 }
 
-use bindings::fermyon::spin::mysql as v1;
-use bindings::fermyon::spin::rdbms_types as v1_types;
-use bindings::fermyon::spin2_0_0::mysql as v2;
-use bindings::fermyon::spin2_0_0::rdbms_types as v2_types;
+/// Spin 1's unversioned package lives in its own WIT root (`wit/legacy`).
+mod bindings_v1 {
+    wasmtime::component::bindgen!({
+        path: "../../wit/legacy",
+        world: "moa:legacy/mysql-v1",
+        imports: { default: async | trappable },
+    });
+}
+
+use bindings::fermyon::spin::mysql as v2;
+use bindings::fermyon::spin::rdbms_types as v2_types;
+use bindings_v1::fermyon::spin::mysql as v1;
+use bindings_v1::fermyon::spin::rdbms_types as v1_types;
 
 /// Adds both older interfaces to the linker.
 pub fn add_to_linker<T: Send + 'static>(

@@ -357,24 +357,28 @@ impl PgConnection {
         }
     }
 
-    /// Marks the session broken and cancels what runs on it.
-    fn abandon(&self) {
+    /// Asks the server to cancel the statement running on this session; returns once the
+    /// server has the request (a backend that is idle by then ignores it).
+    async fn cancel(&self) {
+        let cancelled = match &self.tls {
+            Tls::None => self.cancel.cancel_query(NoTls).await,
+            Tls::Rustls(tls) => self.cancel.cancel_query(tls.clone()).await,
+        };
+        if let Err(err) = cancelled {
+            tracing::debug!(error = %err, "PostgreSQL cancel request failed");
+        }
+    }
+
+    /// Marks the session broken (it is closed on drop) and cancels what runs on it.
+    fn abandon(self: &Arc<Self>) {
         self.broken.store(true, Ordering::Relaxed);
-        let (cancel, tls) = (self.cancel.clone(), self.tls.clone());
-        tokio::spawn(async move {
-            let cancelled = match tls {
-                Tls::None => cancel.cancel_query(NoTls).await,
-                Tls::Rustls(tls) => cancel.cancel_query(tls).await,
-            };
-            if let Err(err) = cancelled {
-                tracing::debug!(error = %err, "PostgreSQL cancel request failed");
-            }
-        });
+        let connection = self.clone();
+        tokio::spawn(async move { connection.cancel().await });
     }
 
     /// Runs `work` when the session is free, until `deadline` (then cancels it).
     async fn run<T>(
-        &self,
+        self: &Arc<Self>,
         deadline: Instant,
         work: impl Future<Output = Result<T, Error>>,
     ) -> Result<T, Error> {
@@ -393,7 +397,7 @@ impl PgConnection {
 
     /// `execute`: rows affected.
     pub async fn execute(
-        &self,
+        self: &Arc<Self>,
         statement: &str,
         params: &[Param],
         deadline: Instant,
@@ -410,7 +414,7 @@ impl PgConnection {
 
     /// `query`: every row at once, at most [`MAX_RESULT_BYTES`].
     pub async fn query(
-        &self,
+        self: &Arc<Self>,
         statement: &str,
         params: &[Param],
         deadline: Instant,
@@ -482,8 +486,9 @@ impl PgConnection {
                 let next = tokio::select! {
                     biased;
                     _ = rows_tx.closed() => {
-                        // The component stopped reading: stop the statement too.
-                        connection.abandon();
+                        // The component stopped reading: stop the statement, and keep the
+                        // session usable for its next one.
+                        connection.stop_early(stream.as_mut(), deadline).await;
                         break Ok(());
                     }
                     next = tokio::time::timeout_at(deadline.into(), stream.next()) => next,
@@ -502,7 +507,7 @@ impl PgConnection {
                     Err(err) => break Err(err),
                 };
                 if rows_tx.send(values).await.is_err() {
-                    connection.abandon();
+                    connection.stop_early(stream.as_mut(), deadline).await;
                     break Ok(());
                 }
             };
@@ -513,6 +518,32 @@ impl PgConnection {
             rows,
             done,
         })
+    }
+}
+
+impl PgConnection {
+    /// Cancels a statement whose rows the component no longer reads, then reads what the server
+    /// still sends up to its end, so the next statement starts on a quiet session. A session
+    /// that does not quiet down in time is closed instead.
+    async fn stop_early(
+        &self,
+        mut stream: std::pin::Pin<&mut tokio_postgres::RowStream>,
+        deadline: Instant,
+    ) {
+        self.cancel().await;
+        let until = deadline.min(Instant::now() + RESET_TIMEOUT);
+        let drained = tokio::time::timeout_at(until.into(), async {
+            while let Some(row) = stream.next().await {
+                if row.is_err() {
+                    // The cancellation (or any error) ends the statement.
+                    break;
+                }
+            }
+        })
+        .await;
+        if drained.is_err() {
+            self.broken.store(true, Ordering::Relaxed);
+        }
     }
 }
 

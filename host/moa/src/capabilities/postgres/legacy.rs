@@ -20,11 +20,20 @@ mod bindings {
     });
 }
 
-use bindings::fermyon::spin::postgres as v1;
-use bindings::fermyon::spin::rdbms_types as v1_types;
-use bindings::fermyon::spin2_0_0::postgres as v2;
-use bindings::fermyon::spin2_0_0::rdbms_types as v2_types;
+/// Spin 1's unversioned package lives in its own WIT root (`wit/legacy`).
+mod bindings_v1 {
+    wasmtime::component::bindgen!({
+        path: "../../wit/legacy",
+        world: "moa:legacy/postgres-v1",
+        imports: { default: async | trappable },
+    });
+}
+
+use bindings::fermyon::spin::postgres as v2;
+use bindings::fermyon::spin::rdbms_types as v2_types;
 use bindings::spin::postgres3_0_0::postgres as v3;
+use bindings_v1::fermyon::spin::postgres as v1;
+use bindings_v1::fermyon::spin::rdbms_types as v1_types;
 
 /// Adds the three older interfaces to the linker.
 pub fn add_to_linker<T: Send + 'static>(
