@@ -71,6 +71,14 @@ impl Invocation {
         self
     }
 
+    /// When a database statement started now must stop: a tenth of the time left before the
+    /// deadline, so the component can still answer with the error.
+    pub fn statement_deadline(&self) -> Instant {
+        let now = Instant::now();
+        let left = self.deadline.saturating_duration_since(now);
+        now + left - left / 10
+    }
+
     /// Time left before the deadline (zero once it passed).
     pub fn remaining(&self) -> Duration {
         self.deadline.saturating_duration_since(Instant::now())

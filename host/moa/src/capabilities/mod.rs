@@ -11,6 +11,7 @@ pub mod outbound_http;
 pub mod outbound_mqtt;
 pub mod outbound_redis;
 pub mod postgres;
+mod row_stream;
 pub mod sqlite;
 pub mod variables;
 pub mod vectors;
@@ -20,3 +21,4 @@ pub use capability::{
     Capability, ComponentContext, ConfigureContext, ConfiguredCapabilities, HasCapability,
     InstanceParts,
 };
+use row_stream::ChannelRows;

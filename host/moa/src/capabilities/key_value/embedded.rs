@@ -27,11 +27,15 @@ impl SqliteStore {
         }
         let connection = Connection::open(path)
             .with_context(|| format!("cannot open key-value database {}", path.display()))?;
+        // The busy timeout first: switching to WAL takes a lock another process (a second host,
+        // `moa job status`) may hold for a moment while it opens the same file.
+        connection
+            .busy_timeout(std::time::Duration::from_secs(5))
+            .with_context(|| format!("cannot open key-value database {}", path.display()))?;
         connection
             .execute_batch(
                 "PRAGMA journal_mode = WAL;
                  PRAGMA synchronous = NORMAL;
-                 PRAGMA busy_timeout = 5000;
                  CREATE TABLE IF NOT EXISTS spin_key_value (
                      store TEXT NOT NULL,
                      key   TEXT NOT NULL,

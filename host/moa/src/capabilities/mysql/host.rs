@@ -4,14 +4,11 @@
 use super::bindings::spin::mysql::mysql::{self, Column, DbValue, Error, ParameterValue};
 use super::client::{self, MysqlConnection, RowFeed};
 use super::{MAX_CONNECTIONS, MysqlGrant, MysqlInstance};
-use std::pin::Pin;
+use crate::capabilities::ChannelRows;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Instant;
-use wasmtime::StoreContextMut;
 use wasmtime::component::{
-    Accessor, Destination, FutureReader, HasData, Linker, Resource, ResourceTable, StreamProducer,
-    StreamReader, StreamResult, VecBuffer,
+    Accessor, FutureReader, HasData, Linker, Resource, ResourceTable, StreamReader,
 };
 
 /// The value behind a `connection` resource handle.
@@ -107,42 +104,6 @@ impl mysql::HostConnection for MysqlView<'_> {
     }
 }
 
-/// The rows of a running query, handed to the component as it reads them.
-struct RowStream {
-    rows: tokio::sync::mpsc::Receiver<Vec<DbValue>>,
-}
-
-impl<D> StreamProducer<D> for RowStream {
-    type Item = Vec<DbValue>;
-    type Buffer = VecBuffer<Vec<DbValue>>;
-
-    fn poll_produce<'a>(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        _store: StoreContextMut<'a, D>,
-        mut destination: Destination<'a, Vec<DbValue>, VecBuffer<Vec<DbValue>>>,
-        finish: bool,
-    ) -> Poll<wasmtime::Result<StreamResult>> {
-        let this = self.get_mut();
-        match this.rows.poll_recv(cx) {
-            Poll::Ready(Some(first)) => {
-                let mut batch = vec![first];
-                while batch.len() < 64 {
-                    match this.rows.try_recv() {
-                        Ok(row) => batch.push(row),
-                        Err(_) => break,
-                    }
-                }
-                destination.set_buffer(batch.into());
-                Poll::Ready(Ok(StreamResult::Completed))
-            }
-            Poll::Ready(None) => Poll::Ready(Ok(StreamResult::Dropped)),
-            Poll::Pending if finish => Poll::Ready(Ok(StreamResult::Cancelled)),
-            Poll::Pending => Poll::Pending,
-        }
-    }
-}
-
 type Streamed = (
     Vec<Column>,
     StreamReader<Vec<DbValue>>,
@@ -188,7 +149,7 @@ impl<T: Send> mysql::HostConnectionWithStore<T> for Mysql {
             Err(err) => return Ok(Err(err)),
         };
         accessor.with(|mut access| {
-            let rows = StreamReader::new(&mut access, RowStream { rows })?;
+            let rows = StreamReader::new(&mut access, ChannelRows::plain(rows))?;
             let result = FutureReader::new(&mut access, async move {
                 Ok::<_, wasmtime::Error>(done.await.unwrap_or(Ok(())))
             })?;

@@ -95,8 +95,6 @@ impl Capability for MysqlCapability {
     }
 
     fn begin(state: &mut MysqlInstance, invocation: &Invocation) {
-        let now = Instant::now();
-        let left = invocation.deadline.saturating_duration_since(now);
-        state.deadline = now + left - left / 10;
+        state.deadline = invocation.statement_deadline();
     }
 }

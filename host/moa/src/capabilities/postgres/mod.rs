@@ -111,8 +111,6 @@ impl Capability for PostgresCapability {
     }
 
     fn begin(state: &mut PostgresInstance, invocation: &Invocation) {
-        let now = Instant::now();
-        let left = invocation.deadline.saturating_duration_since(now);
-        state.deadline = now + left - left / 10;
+        state.deadline = invocation.statement_deadline();
     }
 }

@@ -4,14 +4,11 @@
 use super::bindings::spin::sqlite::sqlite::{self, Error, QueryResult, RowResult, Value};
 use super::database::{self, RunningQuery, SqliteConnection, SqliteError};
 use super::{SqliteGrant, SqliteInstance};
-use std::pin::Pin;
+use crate::capabilities::ChannelRows;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Instant;
-use wasmtime::StoreContextMut;
 use wasmtime::component::{
-    Accessor, Destination, FutureReader, HasData, Linker, Resource, ResourceTable, StreamProducer,
-    StreamReader, StreamResult, VecBuffer,
+    Accessor, FutureReader, HasData, Linker, Resource, ResourceTable, StreamReader,
 };
 
 /// The value behind a `connection` resource handle.
@@ -161,44 +158,6 @@ impl sqlite::HostConnection for SqliteView<'_> {
     }
 }
 
-/// The rows of a running statement, handed to the component as it reads them.
-struct RowStream {
-    rows: tokio::sync::mpsc::Receiver<Vec<database::Value>>,
-    /// Stops the statement if the component drops the stream before its end.
-    _guard: database::InterruptOnDrop,
-}
-
-impl<D> StreamProducer<D> for RowStream {
-    type Item = RowResult;
-    type Buffer = VecBuffer<RowResult>;
-
-    fn poll_produce<'a>(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        _store: StoreContextMut<'a, D>,
-        mut destination: Destination<'a, RowResult, VecBuffer<RowResult>>,
-        finish: bool,
-    ) -> Poll<wasmtime::Result<StreamResult>> {
-        let this = self.get_mut();
-        match this.rows.poll_recv(cx) {
-            Poll::Ready(Some(first)) => {
-                let mut batch = vec![to_row(first)];
-                while batch.len() < 64 {
-                    match this.rows.try_recv() {
-                        Ok(values) => batch.push(to_row(values)),
-                        Err(_) => break,
-                    }
-                }
-                destination.set_buffer(batch.into());
-                Poll::Ready(Ok(StreamResult::Completed))
-            }
-            Poll::Ready(None) => Poll::Ready(Ok(StreamResult::Dropped)),
-            Poll::Pending if finish => Poll::Ready(Ok(StreamResult::Cancelled)),
-            Poll::Pending => Poll::Pending,
-        }
-    }
-}
-
 type Streamed = (
     Vec<String>,
     StreamReader<RowResult>,
@@ -234,10 +193,8 @@ impl<T: Send> sqlite::HostConnectionWithStore<T> for Sqlite {
             Ok(running) => running,
             Err(err) => return Ok(Err(error(err))),
         };
-        let stream = RowStream {
-            rows,
-            _guard: guard,
-        };
+        // Dropping the stream before its end stops the statement (the guard).
+        let stream = ChannelRows::new(rows, to_row, guard);
         accessor.with(|mut access| {
             let rows = StreamReader::new(&mut access, stream)?;
             let result = FutureReader::new(&mut access, async move {

@@ -178,8 +178,6 @@ impl Capability for SqliteCapability {
     }
 
     fn begin(state: &mut SqliteInstance, invocation: &Invocation) {
-        let now = Instant::now();
-        let left = invocation.deadline.saturating_duration_since(now);
-        state.deadline = now + left - left / 10;
+        state.deadline = invocation.statement_deadline();
     }
 }
