@@ -1,11 +1,13 @@
 //! Parses and validates `spin.toml` (Spin manifest version 2) into a typed [`AppManifest`].
 //! Every mistake becomes a [`ManifestError`] naming the file, the line and the fix.
 
+mod dependencies;
 mod error;
 mod schema;
 pub mod template;
 mod validate;
 
+pub use dependencies::*;
 pub use error::{ManifestError, Position};
 pub use schema::*;
 
@@ -76,7 +78,7 @@ pub fn parse(path: &Path, text: &str, host: HostKeys<'_>) -> Result<AppManifest,
             help: help_for_serde_message(err.message()),
         }
     })?;
-    validate::validate(path, text, raw, settings, host.trigger_kinds)
+    validate::validate(path, text, raw, settings, host)
 }
 
 fn help_for_serde_message(message: &str) -> String {

@@ -2,6 +2,7 @@
 //! the host consumes.
 
 use crate::Position;
+use crate::dependencies::ComponentDependency;
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -65,7 +66,9 @@ pub(crate) struct RawComponent {
     #[serde(default)]
     pub environment: BTreeMap<String, String>,
     pub build: Option<Spanned<RawBuild>>,
-    pub dependencies: Option<Spanned<toml::Value>>,
+    #[serde(default)]
+    pub dependencies: BTreeMap<Spanned<String>, Spanned<toml::Value>>,
+    pub dependencies_inherit_configuration: Option<Spanned<toml::Value>>,
     /// moa's own per-component settings (`[component.<id>.moa]`), ignored by Spin.
     pub moa: Option<Spanned<RawComponentLimits>>,
 }
@@ -137,6 +140,8 @@ pub struct Component {
     pub environment: BTreeMap<String, String>,
     pub build: Option<BuildConfig>,
     pub limits: ComponentLimits,
+    /// `[component.<id>.dependencies]`, in key order: composed into the component at load.
+    pub dependencies: Vec<ComponentDependency>,
     pub position: Position,
 }
 
@@ -294,6 +299,7 @@ pub const CORE_COMPONENT_KEYS: &[&str] = &[
     "environment",
     "build",
     "dependencies",
+    "dependencies_inherit_configuration",
     "moa",
 ];
 

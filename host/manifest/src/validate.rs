@@ -1,6 +1,7 @@
 //! Turns the raw manifest into an [`AppManifest`], checking every cross-reference
 //! (trigger -> component, template -> variable, routes) and reporting the first mistake with its line.
 
+use crate::dependencies::*;
 use crate::schema::*;
 use crate::template::{Template, is_valid_variable_name};
 use crate::{ManifestError, Position, UNSUPPORTED_TRIGGERS};
@@ -55,8 +56,9 @@ pub(crate) fn validate(
     text: &str,
     raw: RawManifest,
     mut settings: Settings,
-    trigger_kinds: &[&str],
+    host: crate::HostKeys<'_>,
 ) -> Result<AppManifest, ManifestError> {
+    let trigger_kinds = host.trigger_kinds;
     let cx = Ctx { path, text };
     check_version(&cx, &raw)?;
 
@@ -94,10 +96,12 @@ pub(crate) fn validate(
     let mut components = BTreeMap::new();
     for (id, component) in raw.component {
         let component_settings = settings.remove(id.get_ref()).unwrap_or_default();
-        let mut component = validate_component(&cx, id, component, &variables)?;
+        let mut component =
+            validate_component(&cx, id, component, &variables, host.component_keys)?;
         component.capability_settings = component_settings;
         components.insert(component.id.clone(), component);
     }
+    resolve_component_dependencies(&cx, &mut components)?;
 
     let mut triggers = Vec::new();
     for (kind, entries) in raw.trigger {
@@ -295,6 +299,7 @@ fn validate_component(
     id: Spanned<String>,
     component: Spanned<RawComponent>,
     variables: &BTreeMap<String, VariableDecl>,
+    capability_keys: &[&str],
 ) -> Result<Component, ManifestError> {
     let position = cx.pos(&id);
     let id = id.into_inner();
@@ -333,13 +338,13 @@ fn validate_component(
             "rename it to `allowed_outbound_hosts` and write each entry as `https://host[:port]`",
         ));
     }
-    if let Some(deps) = &raw.dependencies {
-        return Err(cx.err(
-            cx.pos(deps),
-            format!("component `{id}`: component dependencies are not supported by moa yet"),
-            "compose the component ahead of time (e.g. with `wac plug`) and point `source` at the result",
-        ));
-    }
+    let dependencies = component_dependencies(
+        cx,
+        &id,
+        raw.dependencies,
+        raw.dependencies_inherit_configuration,
+        capability_keys,
+    )?;
 
     let mut files = Vec::new();
     for entry in raw.files {
@@ -476,8 +481,289 @@ fn validate_component(
         environment: raw.environment,
         build,
         limits,
+        dependencies,
         position,
     })
+}
+
+/// The grants a dependency can inherit, by manifest key: the core ones and every capability's.
+const CORE_INHERITABLE_KEYS: &[&str] = &[
+    "allowed_outbound_hosts",
+    "environment",
+    "files",
+    "variables",
+];
+
+/// `[component.<id>.dependencies]` checked as Spin checks it: key syntax, one source per entry
+/// (local `path` or in-app `component`), `export` only for interface keys, no two keys that could
+/// satisfy the same import, and inheritance given either per dependency or for all, not both.
+fn component_dependencies(
+    cx: &Ctx,
+    id: &str,
+    raw: BTreeMap<Spanned<String>, Spanned<toml::Value>>,
+    inherit_all: Option<Spanned<toml::Value>>,
+    capability_keys: &[&str],
+) -> Result<Vec<ComponentDependency>, ManifestError> {
+    let inherit_all = match inherit_all {
+        None => None,
+        Some(value) => match value.get_ref() {
+            toml::Value::Boolean(all) => Some((*all, cx.pos(&value))),
+            _ => {
+                return Err(cx.err(
+                    cx.pos(&value),
+                    format!("component `{id}`: `dependencies_inherit_configuration` must be true or false"),
+                    "write `dependencies_inherit_configuration = true` to give every dependency this component's grants",
+                ));
+            }
+        },
+    };
+    let mut dependencies: Vec<ComponentDependency> = Vec::new();
+    for (key, value) in raw {
+        let position = cx.pos(&key);
+        let key = key.into_inner();
+        let name = DependencyName::parse(&key).map_err(|why| {
+            cx.err(
+                position,
+                format!("component `{id}`: invalid dependency name `{key}`: {why}"),
+                "name the import the dependency satisfies: `\"namespace:package/interface@1.2.3\"`, `\"namespace:package\"` or a plain kebab-case import name",
+            )
+        })?;
+        let value_position = cx.pos(&value);
+        let dependency = component_dependency(
+            cx,
+            id,
+            name,
+            value.into_inner(),
+            value_position,
+            inherit_all,
+            capability_keys,
+        )?;
+        if let Some(other) = dependencies
+            .iter()
+            .find(|other| other.name.overlaps(&dependency.name))
+        {
+            return Err(cx.err(
+                position,
+                format!(
+                    "component `{id}`: dependencies `{other}` and `{key}` could satisfy the same import",
+                    other = other.name
+                ),
+                "keep one of them, or name distinct interfaces or semver-incompatible versions",
+            ));
+        }
+        dependencies.push(ComponentDependency {
+            position,
+            ..dependency
+        });
+    }
+    Ok(dependencies)
+}
+
+fn component_dependency(
+    cx: &Ctx,
+    id: &str,
+    name: DependencyName,
+    value: toml::Value,
+    position: Position,
+    inherit_all: Option<(bool, Position)>,
+    capability_keys: &[&str],
+) -> Result<ComponentDependency, ManifestError> {
+    let local_help = "write `{ path = \"deps/greeter.wasm\" }` for a local file or `{ component = \"<component id>\" }` for a component of this app";
+    let table = match value {
+        toml::Value::String(_) | toml::Value::Table(_)
+            if value.as_str().is_some()
+                || value.get("version").is_some()
+                || value.get("registry").is_some() =>
+        {
+            return Err(cx.err(
+                position,
+                format!("component `{id}`: dependency `{name}` comes from a registry, which moa does not fetch yet"),
+                format!("download the component (e.g. `wkg get`) and {local_help}"),
+            ));
+        }
+        toml::Value::Table(table) if table.contains_key("url") => {
+            return Err(cx.err(
+                position,
+                format!("component `{id}`: dependency `{name}` is a `url`, which moa does not download yet"),
+                format!("download it, check its digest, and {local_help}"),
+            ));
+        }
+        toml::Value::Table(table) => table,
+        _ => {
+            return Err(cx.err(
+                position,
+                format!("component `{id}`: dependency `{name}` must be a table"),
+                local_help,
+            ));
+        }
+    };
+    const FIELDS: &[&str] = &["path", "component", "export", "inherit_configuration"];
+    if let Some(unknown) = table.keys().find(|k| !FIELDS.contains(&k.as_str())) {
+        return Err(cx.err(
+            position,
+            format!("component `{id}`: dependency `{name}` has unknown field `{unknown}`"),
+            format!("a dependency takes: {}", FIELDS.join(", ")),
+        ));
+    }
+    let string = |field: &str| -> Result<Option<String>, ManifestError> {
+        match table.get(field) {
+            None => Ok(None),
+            Some(toml::Value::String(s)) if !s.trim().is_empty() => Ok(Some(s.clone())),
+            Some(_) => Err(cx.err(
+                position,
+                format!(
+                    "component `{id}`: dependency `{name}`: `{field}` must be a non-empty string"
+                ),
+                local_help,
+            )),
+        }
+    };
+    let source = match (string("path")?, string("component")?) {
+        (Some(path), None) => DependencySource::Path(PathBuf::from(path)),
+        (None, Some(component)) => DependencySource::Component {
+            id: component,
+            source: PathBuf::new(),
+        },
+        (Some(_), Some(_)) => {
+            return Err(cx.err(
+                position,
+                format!("component `{id}`: dependency `{name}` has both `path` and `component`"),
+                "keep one source",
+            ));
+        }
+        (None, None) => {
+            return Err(cx.err(
+                position,
+                format!("component `{id}`: dependency `{name}` has no source"),
+                local_help,
+            ));
+        }
+    };
+    let export = string("export")?;
+    if export.is_some() && name.is_package_level() {
+        return Err(cx.err(
+            position,
+            format!("component `{id}`: dependency `{name}` names a whole package, so it cannot pick an `export`"),
+            "name one interface in the key (`\"namespace:package/interface\"`) to use `export`",
+        ));
+    }
+    let inherit = match (table.get("inherit_configuration"), inherit_all) {
+        (Some(_), Some((_, all_position))) => {
+            return Err(cx.err(
+                all_position,
+                format!("component `{id}` sets both `dependencies_inherit_configuration` and `inherit_configuration` on dependency `{name}`"),
+                "these are exclusive: use one or the other",
+            ));
+        }
+        (None, Some((true, _))) => InheritConfiguration::All,
+        (None, _) | (Some(toml::Value::Boolean(false)), None) => {
+            InheritConfiguration::Keys(Vec::new())
+        }
+        (Some(toml::Value::Boolean(true)), None) => InheritConfiguration::All,
+        (Some(toml::Value::Array(items)), None) => {
+            let mut keys = Vec::new();
+            for item in items {
+                let key = item.as_str().unwrap_or_default();
+                if !CORE_INHERITABLE_KEYS.contains(&key) && !capability_keys.contains(&key) {
+                    let mut known = CORE_INHERITABLE_KEYS.to_vec();
+                    known.extend_from_slice(capability_keys);
+                    return Err(cx.err(
+                        position,
+                        format!("component `{id}`: dependency `{name}` inherits `{item}`, which is not a grant"),
+                        format!("inherit any of: {}", known.join(", ")),
+                    ));
+                }
+                keys.push(key.to_string());
+            }
+            InheritConfiguration::Keys(keys)
+        }
+        (Some(_), None) => {
+            return Err(cx.err(
+                position,
+                format!("component `{id}`: dependency `{name}`: `inherit_configuration` must be true, false or a list of keys"),
+                "write `inherit_configuration = [\"key_value_stores\"]` or `true`",
+            ));
+        }
+    };
+    Ok(ComponentDependency {
+        name,
+        source,
+        export,
+        inherit,
+        position,
+    })
+}
+
+/// Resolves `{ component = "id" }` dependencies to that component's `source`. As in Spin, the
+/// component must exist and have no grants or dependencies of its own: a dependency runs with
+/// what its depender gives it.
+fn resolve_component_dependencies(
+    cx: &Ctx,
+    components: &mut BTreeMap<String, Component>,
+) -> Result<(), ManifestError> {
+    let mut resolved = Vec::new();
+    for (depender, component) in components.iter() {
+        for (index, dependency) in component.dependencies.iter().enumerate() {
+            let DependencySource::Component { id, .. } = &dependency.source else {
+                continue;
+            };
+            let Some(target) = components.get(id) else {
+                let known = components.keys().cloned().collect::<Vec<_>>().join(", ");
+                return Err(cx.err(
+                    dependency.position,
+                    format!(
+                        "component `{depender}`: dependency `{}` names component `{id}`, which is not defined",
+                        dependency.name
+                    ),
+                    format!("add a [component.{id}] table, or use one of: {known}"),
+                ));
+            };
+            let mut grants = Vec::new();
+            if !target.allowed_outbound_hosts.is_empty() {
+                grants.push("allowed_outbound_hosts".to_string());
+            }
+            if !target.variables.is_empty() {
+                grants.push("variables".to_string());
+            }
+            if !target.environment.is_empty() {
+                grants.push("environment".to_string());
+            }
+            if !target.files.is_empty() {
+                grants.push("files".to_string());
+            }
+            if !target.dependencies.is_empty() {
+                grants.push("dependencies".to_string());
+            }
+            if target.limits != ComponentLimits::default() {
+                grants.push("moa".to_string());
+            }
+            grants.extend(target.capability_settings.keys().cloned());
+            if id == depender {
+                grants.push("itself as a dependency".to_string());
+            }
+            if !grants.is_empty() {
+                return Err(cx.err(
+                    dependency.position,
+                    format!(
+                        "component `{id}` cannot be used as a dependency of `{depender}` because it specifies: {}",
+                        grants.join(", ")
+                    ),
+                    "dependencies may not have their own resources or permissions: move them to the depending component and use `inherit_configuration`",
+                ));
+            }
+            resolved.push((depender.clone(), index, target.source.value.clone()));
+        }
+    }
+    for (depender, index, source) in resolved {
+        if let Some(DependencySource::Component { source: path, .. }) = components
+            .get_mut(&depender)
+            .and_then(|c| c.dependencies.get_mut(index))
+            .map(|d| &mut d.source)
+        {
+            *path = source;
+        }
+    }
+    Ok(())
 }
 
 fn check_template(
@@ -508,7 +794,7 @@ fn check_template(
 
 #[cfg(test)]
 mod tests {
-    use crate::{HostKeys, ManifestError, parse};
+    use crate::{DependencySource, HostKeys, InheritConfiguration, ManifestError, parse};
     use std::path::Path;
 
     /// The keys the host's capabilities read and the triggers it runs, as the host passes them.
@@ -677,5 +963,134 @@ command = "cargo build"
         let (_, msg) =
             err(&GOOD.replace("spin_manifest_version = 2", "spin_manifest_version = \"1\""));
         assert!(msg.contains("version 2"), "{msg}");
+    }
+
+    /// GOOD plus a `greeter` component and `deps` as `hello`'s dependencies table body.
+    fn with_dependencies(deps: &str, greeter: &str) -> String {
+        format!(
+            "{GOOD}\n[component.hello.dependencies]\n{deps}\n[component.greeter]\nsource = \"greeter.wasm\"\n{greeter}\n"
+        )
+    }
+
+    #[test]
+    fn dependencies_are_parsed_with_their_sources_and_inheritance() {
+        let text = with_dependencies(
+            "\"moa-test:greet/greeter@0.1.0\" = { component = \"greeter\", export = \"moa-test:greet/greeter@0.1.0\" }\n\"moa-test:other\" = { path = \"deps/other.wasm\", inherit_configuration = [\"key_value_stores\"] }\nplain-name = { path = \"p.wasm\", inherit_configuration = true }",
+            "",
+        );
+        let m = parse(Path::new("spin.toml"), &text, HOST).unwrap();
+        let deps = &m.components["hello"].dependencies;
+        assert_eq!(deps.len(), 3);
+        // Key order: `"moa-test:greet/..."` < `"moa-test:other"` < `plain-name`.
+        assert_eq!(deps[0].name.to_string(), "moa-test:greet/greeter@0.1.0");
+        assert_eq!(
+            deps[0].source,
+            DependencySource::Component {
+                id: "greeter".into(),
+                source: "greeter.wasm".into()
+            }
+        );
+        assert_eq!(deps[0].inherit, InheritConfiguration::Keys(vec![]));
+        assert_eq!(deps[0].position.line, 28);
+        assert_eq!(deps[1].source.path(), Path::new("deps/other.wasm"));
+        assert!(deps[1].inherit.inherits("key_value_stores"));
+        assert!(!deps[1].inherit.inherits("variables"));
+        assert_eq!(deps[2].inherit, InheritConfiguration::All);
+        // A dependency-only component is not triggered.
+        assert!(m.triggered_components().all(|c| c.id != "greeter"));
+
+        let text = with_dependencies("\"moa-test:greet\" = { path = \"g.wasm\" }", "").replace(
+            "[component.hello.build]",
+            "dependencies_inherit_configuration = true\n[component.hello.build]",
+        );
+        let m = parse(Path::new("spin.toml"), &text, HOST).unwrap();
+        assert_eq!(
+            m.components["hello"].dependencies[0].inherit,
+            InheritConfiguration::All
+        );
+    }
+
+    #[test]
+    fn bad_dependencies_are_refused_with_their_line_and_fix() {
+        let cases: &[(&str, &str, &str)] = &[
+            (
+                "\"foo:bar\" = { path = \"a.wasm\", export = \"x\" }",
+                "",
+                "cannot pick an `export`",
+            ),
+            (
+                "\"foo:bar@0.1.0\" = { path = \"a.wasm\" }\n\"foo:bar/baz@0.1.2\" = { path = \"b.wasm\" }",
+                "",
+                "could satisfy the same import",
+            ),
+            ("\"foo:bar\" = \">= 0.1.0\"", "", "registry"),
+            ("\"foo:bar\" = { version = \"0.1.0\" }", "", "registry"),
+            (
+                "\"foo:bar\" = { url = \"https://x/a.wasm\", digest = \"sha256:00\" }",
+                "",
+                "`url`",
+            ),
+            (
+                "\"foo:bar\" = { path = \"a.wasm\", component = \"greeter\" }",
+                "",
+                "both `path` and `component`",
+            ),
+            ("\"foo:bar\" = { export = \"x\" }", "", "has no source"),
+            (
+                "\"foo:bar\" = { path = \"a.wasm\", sha = \"x\" }",
+                "",
+                "unknown field `sha`",
+            ),
+            (
+                "\"foo:bar\" = { path = \"a.wasm\", inherit_configuration = [\"allowed_hosts\"] }",
+                "",
+                "not a grant",
+            ),
+            (
+                "\"foo:bar\" = { component = \"nope\" }",
+                "",
+                "`nope`, which is not defined",
+            ),
+            (
+                "\"foo:bar\" = { component = \"greeter\" }",
+                "variables = { a = \"b\" }",
+                "because it specifies: variables",
+            ),
+            (
+                "\"foo:bar\" = { component = \"greeter\" }",
+                "key_value_stores = [\"default\"]",
+                "because it specifies: key_value_stores",
+            ),
+            (
+                "\"foo:bar\" = { component = \"greeter\" }",
+                "allowed_outbound_hosts = [\"https://x.com\"]",
+                "because it specifies: allowed_outbound_hosts",
+            ),
+            (
+                "\"Foo:bar\" = { path = \"a.wasm\" }",
+                "",
+                "invalid dependency name",
+            ),
+            (
+                "\"foo:bar\" = { path = \"a.wasm\", inherit_configuration = \"yes\" }",
+                "",
+                "must be true, false or a list",
+            ),
+        ];
+        for (deps, greeter, expected) in cases {
+            let (line, msg) = err(&with_dependencies(deps, greeter));
+            assert!(msg.contains(expected), "{deps}: {msg}");
+            assert!(line >= 28, "{deps}: line {line}");
+        }
+        let text = with_dependencies(
+            "\"foo:bar\" = { path = \"a.wasm\", inherit_configuration = true }",
+            "",
+        )
+        .replace(
+            "[component.hello.build]",
+            "dependencies_inherit_configuration = true\n[component.hello.build]",
+        );
+        let (_, msg) = err(&text);
+        assert!(msg.contains("exclusive"), "{msg}");
     }
 }

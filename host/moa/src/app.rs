@@ -238,10 +238,23 @@ async fn load_component(
     let started = Instant::now();
     let source = app.base_dir.join(&component.source.value);
     let compiled = {
-        let (engine, source) = (engine.clone(), source.clone());
-        tokio::task::spawn_blocking(move || engine.load_component(&source))
-            .await
-            .context("compiling the component panicked")?
+        let (engine, source, with_dependencies) =
+            (engine.clone(), source.clone(), component.clone());
+        let paths = crate::dependencies::AppPaths {
+            manifest: app.path.clone(),
+            base_dir: app.base_dir.clone(),
+        };
+        tokio::task::spawn_blocking(move || {
+            match crate::dependencies::Composition::read(&paths, &with_dependencies)? {
+                None => engine.load_component(&source),
+                Some(composition) => {
+                    let key = composition.cache_key.clone();
+                    engine.load_composed(&source, &key, move || composition.compose())
+                }
+            }
+        })
+        .await
+        .context("compiling the component panicked")?
     };
     let (compiled, origin) = compiled.with_context(|| {
         format!(
@@ -333,6 +346,17 @@ pub fn app_files(app: &LoadedManifest) -> Result<(Vec<PathBuf>, Vec<PathBuf>)> {
             )
         })?;
         components.push(source);
+        for dependency in &component.dependencies {
+            let path = relative(dependency.source.path()).with_context(|| {
+                format!(
+                    "component `{}`: dependency `{}` is missing\n  help: build it first or fix its `path`",
+                    component.id, dependency.name
+                )
+            })?;
+            if !components.contains(&path) {
+                components.push(path);
+            }
+        }
         for (dir, _) in mounts(app, component)? {
             let mut pending = vec![relative(&dir)?];
             while let Some(next) = pending.pop() {

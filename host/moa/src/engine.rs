@@ -160,10 +160,31 @@ impl MoaEngine {
                 path.display()
             )
         })?;
-        let Some(cache_dir) = &self.cache_dir else {
-            return Ok((self.compile(path, &bytes)?, LoadOrigin::Compiled));
-        };
         let digest = hex::encode(Sha256::digest(&bytes));
+        self.load_keyed(path, &digest, move || Ok(bytes))
+    }
+
+    /// Loads a component made at load time (the component at `path` composed with its
+    /// dependencies): from the compile cache under `digest` (which names every input), else by
+    /// running `make` and compiling its bytes.
+    pub fn load_composed(
+        &self,
+        path: &Path,
+        digest: &str,
+        make: impl FnOnce() -> Result<Vec<u8>>,
+    ) -> Result<(Component, LoadOrigin)> {
+        self.load_keyed(path, digest, make)
+    }
+
+    fn load_keyed(
+        &self,
+        path: &Path,
+        digest: &str,
+        bytes: impl FnOnce() -> Result<Vec<u8>>,
+    ) -> Result<(Component, LoadOrigin)> {
+        let Some(cache_dir) = &self.cache_dir else {
+            return Ok((self.compile(path, &bytes()?)?, LoadOrigin::Compiled));
+        };
         let cached = cache_dir.join(format!("{digest}-{}.cwasm", self.settings_key));
         if let Ok(mut used) = self.cache_used.lock() {
             used.push(cached.clone());
@@ -190,10 +211,10 @@ impl MoaEngine {
             Ok(false) => {}
             Err(why) => {
                 tracing::warn!(path = %cached.display(), "not loading native code from the compile cache: {why}; compiling instead (fix: remove the directory or make it private to this user, chmod 700)");
-                return Ok((self.compile(path, &bytes)?, LoadOrigin::Compiled));
+                return Ok((self.compile(path, &bytes()?)?, LoadOrigin::Compiled));
             }
         }
-        let component = self.compile(path, &bytes)?;
+        let component = self.compile(path, &bytes()?)?;
         if let Err(err) = write_cache_entry(&component, cache_dir, &cached) {
             tracing::warn!(dir = %cache_dir.display(), error = %err, "could not write the compile cache");
         }

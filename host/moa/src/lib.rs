@@ -3,6 +3,7 @@
 
 pub mod app;
 pub mod capabilities;
+pub mod dependencies;
 pub mod engine;
 pub mod invocation;
 pub mod redis_client;

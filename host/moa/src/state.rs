@@ -46,6 +46,7 @@ pub fn link(linker: &mut Linker<HostState>) -> Result<()> {
     wasmtime_wasi_http::p3::add_to_linker(linker)?;
     crate::capabilities::outbound_http::link_relative_p3_send(linker)?;
     crate::capabilities::outbound_http::link_middleware_next(linker)?;
+    crate::dependencies::link(linker)?;
     AppCapabilities::link(linker)
 }
 

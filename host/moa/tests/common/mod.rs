@@ -65,6 +65,8 @@ impl AppDir {
             "pgprobe",
             "mysqlprobe",
             "rdbmslegacy",
+            "greeter",
+            "greet-http",
         ] {
             let key = format!("{{{name}}}");
             if text.contains(&key) {
