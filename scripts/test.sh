@@ -10,6 +10,7 @@ ensure_redis
 ensure_mosquitto
 ensure_postgres
 ensure_mariadb
+ensure_sqld
 ensure_tansu
 ensure_secantus
 ensure_oci_registry

@@ -1,11 +1,11 @@
 //! Spin's component interfaces as spin-sdk 7 components use them, against a real `moa up`:
-//! SQLite (embedded files and in-memory databases), the Redis pub/sub trigger (a real
-//! redis-server), wasi:keyvalue and wasi:config, relative URIs, outbound MQTT (a real Mosquitto);
-//! one section per interface or trigger.
+//! SQLite (embedded files, in-memory databases, a remote libSQL server: a real sqld), the Redis
+//! pub/sub trigger (a real redis-server), wasi:keyvalue and wasi:config, relative URIs, outbound
+//! MQTT (a real Mosquitto); one section per interface or trigger.
 
 mod common;
 
-use common::{AppDir, Moa, MosquittoServer, Options, RedisServer, metric};
+use common::{AppDir, Moa, MosquittoServer, Options, RedisServer, SqldServer, metric};
 use reqwest::Method;
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
@@ -54,7 +54,13 @@ fn sqlite_options(app: &AppDir, orders: &str) -> Options {
 /// the same with spin-sdk 7's streaming calls and with the interface's synchronous ones.
 fn sqlite_round_trip(sync: bool) {
     let app = AppDir::new(SQLITE_APP);
-    let moa = Moa::start(&app, sqlite_options(&app, "path = \"orders.db\"\n"));
+    let options = sqlite_options(&app, "path = \"orders.db\"\n");
+    sqlite_round_trip_on(sync, &app, options);
+}
+
+/// [`sqlite_round_trip`] on the `default` database of `app` started with `options`.
+fn sqlite_round_trip_on(sync: bool, app: &AppDir, options: Options) {
+    let moa = Moa::start(app, options);
     let blob: Vec<u8> = (0..=255).collect();
     let table = if sync { "typed_sync" } else { "typed_async" };
     let (status, answer) = sql(
@@ -366,6 +372,171 @@ fn sqlite_configuration_mistakes_fail_at_load_with_the_fix() {
             || err.contains("type = \"spin\""),
         "{err}"
     );
+}
+
+// ---- SQLite on a remote libSQL server (`type = "libsql"`) ----
+
+/// The `default` database on `sqld`, `orders` embedded in memory.
+fn libsql_options(app: &AppDir, sqld: &SqldServer) -> Options {
+    let rc = app.write(
+        "runtime-config.toml",
+        &format!(
+            "[sqlite_database.default]\ntype = \"libsql\"\nurl = \"{}\"\ntoken = \"unused-by-a-local-sqld\"\n[sqlite_database.orders]\ntype = \"spin\"\n",
+            sqld.url()
+        ),
+    );
+    Options::runtime_config(&rc)
+}
+
+#[test]
+fn sqlite_on_a_remote_libsql_server_round_trips_every_value_type() {
+    let sqld = SqldServer::start();
+    for sync in [false, true] {
+        let app = AppDir::new(SQLITE_APP);
+        let options = libsql_options(&app, &sqld);
+        sqlite_round_trip_on(sync, &app, options);
+    }
+}
+
+#[test]
+fn libsql_errors_transactions_and_the_server_going_away() {
+    let mut sqld = SqldServer::start();
+    let app = AppDir::new(SQLITE_APP);
+    let moa = Moa::start(&app, libsql_options(&app, &sqld));
+    // The server's own errors reach the component as `io`.
+    for sync in [false, true] {
+        let (status, answer) = sql(
+            &moa,
+            "/db/default",
+            statements(sync, &[("SELEC 1", json!([]))]),
+        );
+        assert_eq!(status, 409, "{answer}");
+        let error = answer["error"].as_str().unwrap();
+        assert!(
+            error.starts_with("Error::Io(") && error.contains("syntax error"),
+            "{error}"
+        );
+    }
+    // A transaction spans the statements of one connection; a failed one is rolled back when the
+    // component drops the connection, and releases the database for the next writer.
+    let (status, answer) = sql(
+        &moa,
+        "/db/default",
+        statements(
+            false,
+            &[
+                (
+                    "CREATE TABLE stock (item TEXT PRIMARY KEY, qty INTEGER CHECK (qty >= 0))",
+                    json!([]),
+                ),
+                ("INSERT INTO stock VALUES ('kimchi', 3)", json!([])),
+                ("BEGIN", json!([])),
+                (
+                    "UPDATE stock SET qty = qty - 2 WHERE item = 'kimchi'",
+                    json!([]),
+                ),
+                (
+                    "UPDATE stock SET qty = qty - 2 WHERE item = 'kimchi'",
+                    json!([]),
+                ),
+            ],
+        ),
+    );
+    assert_eq!(status, 409, "{answer}");
+    assert_eq!(answer["statement"], 4);
+    assert!(
+        answer["error"]
+            .as_str()
+            .unwrap()
+            .contains("CHECK constraint failed"),
+        "{answer}"
+    );
+    let (status, answer) = sql(
+        &moa,
+        "/db/default",
+        statements(
+            true,
+            &[
+                ("UPDATE stock SET qty = qty + 10", json!([])),
+                ("SELECT qty FROM stock", json!([])),
+            ],
+        ),
+    );
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["results"][1]["rows"], json!([[{"integer": 13}]]));
+    // An explicit transaction commits across statements.
+    let (status, answer) = sql(
+        &moa,
+        "/db/default",
+        statements(
+            false,
+            &[
+                ("BEGIN", json!([])),
+                ("UPDATE stock SET qty = 1", json!([])),
+                ("COMMIT", json!([])),
+            ],
+        ),
+    );
+    assert_eq!(status, 200, "{answer}");
+
+    // The server goes away: the component gets an error naming it, the host serves on.
+    sqld.stop();
+    for sync in [false, true] {
+        let (status, answer) = sql(
+            &moa,
+            "/db/default",
+            statements(sync, &[("SELECT qty FROM stock", json!([]))]),
+        );
+        assert_eq!(status, 409, "{answer}");
+        assert!(
+            answer["error"]
+                .as_str()
+                .unwrap()
+                .contains("cannot be reached"),
+            "{answer}"
+        );
+    }
+    let (status, _) = sql(
+        &moa,
+        "/db/orders",
+        statements(true, &[("SELECT 1", json!([]))]),
+    );
+    assert_eq!(status, 200, "the embedded database still answers");
+    // Back on its data: the next connection works again.
+    sqld.restart();
+    let (status, answer) = sql(
+        &moa,
+        "/db/default",
+        statements(true, &[("SELECT qty FROM stock", json!([]))]),
+    );
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["results"][0]["rows"], json!([[{"integer": 1}]]));
+}
+
+#[test]
+fn libsql_configuration_mistakes_fail_at_load_with_the_fix() {
+    let app = AppDir::new(SQLITE_APP);
+    for (config, expected) in [
+        ("type = \"libsql\"\n", "needs `url`"),
+        (
+            "type = \"libsql\"\nurl = \"http://127.0.0.1:1\"\npath = \"x.db\"\n",
+            "`path` does not apply to type = \"libsql\"",
+        ),
+        (
+            "type = \"spin\"\nurl = \"http://127.0.0.1:1\"\n",
+            "`url` does not apply to type = \"spin\"",
+        ),
+        (
+            "type = \"libsql\"\nurl = \"postgres://127.0.0.1\"\n",
+            "must be a libsql://, https:// or http:// URL",
+        ),
+    ] {
+        let rc = app.write("rc.toml", &format!("[sqlite_database.orders]\n{config}"));
+        let err = Moa::try_start(&app, Options::runtime_config(&rc))
+            .err()
+            .expect("must fail");
+        assert!(err.contains(expected), "{config}: {err}");
+    }
 }
 
 // ---- Redis pub/sub trigger (`[[trigger.redis]]`) ----

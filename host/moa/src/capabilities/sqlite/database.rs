@@ -1,6 +1,8 @@
-//! One SQLite database (a file, or a named in-memory one) and the connections components open on
-//! it: statements run on tokio's blocking pool, stop at the invocation's deadline, stream their rows.
+//! One SQLite database (a file, a named in-memory one, or a remote libSQL server) and the
+//! connections components open on it: statements stop at the invocation's deadline and stream
+//! their rows; embedded ones run on tokio's blocking pool.
 
+use super::libsql::{LibsqlConnection, LibsqlDatabase};
 use rusqlite::types::{Value as SqlValue, ValueRef};
 use rusqlite::{Connection, InterruptHandle, OpenFlags};
 use std::path::{Path, PathBuf};
@@ -54,12 +56,16 @@ pub enum Location {
     Memory(String),
 }
 
-/// One configured database. Every `open` gets its own SQLite connection, so `changes` and
-/// `last-insert-rowid` are the component's own, as SQLite defines them per connection.
-pub struct SqliteDatabase {
-    location: Location,
-    /// Keeps a named in-memory database alive between connections.
-    _anchor: Option<Mutex<Connection>>,
+/// One configured database. Every `open` gets its own connection (a SQLite connection, or a
+/// stream on the libSQL server), so `changes` and `last-insert-rowid` are the component's own, as
+/// SQLite defines them per connection.
+pub enum SqliteDatabase {
+    Embedded {
+        location: Location,
+        /// Keeps a named in-memory database alive between connections.
+        _anchor: Option<Mutex<Connection>>,
+    },
+    Remote(LibsqlDatabase),
 }
 
 impl SqliteDatabase {
@@ -80,7 +86,7 @@ impl SqliteDatabase {
                 .with_context(|| format!("cannot set WAL mode on {}", describe(&location)))?;
         }
         let anchor = matches!(location, Location::Memory(_)).then(|| Mutex::new(first));
-        Ok(SqliteDatabase {
+        Ok(SqliteDatabase::Embedded {
             location,
             _anchor: anchor,
         })
@@ -88,15 +94,20 @@ impl SqliteDatabase {
 
     /// A new connection for one component's `open`.
     pub async fn connect(&self) -> Result<SqliteConnection, SqliteError> {
-        let location = self.location.clone();
+        let location = match self {
+            SqliteDatabase::Remote(database) => {
+                return Ok(SqliteConnection::Remote(database.connect()));
+            }
+            SqliteDatabase::Embedded { location, .. } => location.clone(),
+        };
         let connection = tokio::task::spawn_blocking(move || connect(&location))
             .await
             .map_err(|err| SqliteError::Io(format!("opening the database failed: {err}")))??;
-        Ok(SqliteConnection {
+        Ok(SqliteConnection::Embedded(EmbeddedConnection {
             interrupt: Arc::new(connection.get_interrupt_handle()),
             connection: Arc::new(Mutex::new(connection)),
             counters: Arc::default(),
-        })
+        }))
     }
 }
 
@@ -157,9 +168,82 @@ impl Drop for InterruptOnDrop {
     }
 }
 
-/// One component's connection (a WIT `connection` resource holds it). It runs one statement at a
-/// time: a statement whose rows are still streaming holds it until they are read or dropped.
-pub struct SqliteConnection {
+/// One component's connection (a WIT `connection` resource holds it).
+pub enum SqliteConnection {
+    Embedded(EmbeddedConnection),
+    Remote(LibsqlConnection),
+}
+
+impl SqliteConnection {
+    /// Runs one statement to the end (the interface's synchronous `execute`).
+    pub async fn execute(
+        &self,
+        sql: String,
+        params: Vec<Value>,
+        deadline: Instant,
+    ) -> Result<QueryResult, SqliteError> {
+        match self {
+            SqliteConnection::Embedded(connection) => {
+                connection.execute(sql, params, deadline).await
+            }
+            SqliteConnection::Remote(connection) => connection.execute(sql, params, deadline).await,
+        }
+    }
+
+    /// Starts one statement whose rows stream to the component (`execute-async`). A remote
+    /// statement's rows arrive in one answer and are handed on as the component reads them.
+    pub async fn start(
+        &self,
+        sql: String,
+        params: Vec<Value>,
+        deadline: Instant,
+    ) -> Result<RunningQuery, SqliteError> {
+        let connection = match self {
+            SqliteConnection::Embedded(connection) => {
+                return connection.start(sql, params, deadline).await;
+            }
+            SqliteConnection::Remote(connection) => connection,
+        };
+        let result = connection.execute(sql, params, deadline).await?;
+        let (rows_tx, rows_rx) = mpsc::channel(ROWS_AHEAD);
+        let (done_tx, done_rx) = oneshot::channel();
+        tokio::spawn(async move {
+            for row in result.rows {
+                if rows_tx.send(row).await.is_err() {
+                    return;
+                }
+            }
+            drop(rows_tx);
+            let _ = done_tx.send(Ok(()));
+        });
+        Ok(RunningQuery {
+            columns: result.columns,
+            rows: rows_rx,
+            done: done_rx,
+            guard: InterruptOnDrop { handle: None },
+        })
+    }
+
+    /// `changes()` of the connection (rows changed by its last INSERT, UPDATE or DELETE).
+    pub fn changes(&self) -> u64 {
+        match self {
+            SqliteConnection::Embedded(connection) => connection.changes(),
+            SqliteConnection::Remote(connection) => connection.changes(),
+        }
+    }
+
+    /// `last_insert_rowid()` of the connection (0 before its first INSERT).
+    pub fn last_insert_rowid(&self) -> i64 {
+        match self {
+            SqliteConnection::Embedded(connection) => connection.last_insert_rowid(),
+            SqliteConnection::Remote(connection) => connection.last_insert_rowid(),
+        }
+    }
+}
+
+/// A connection to an embedded database. It runs one statement at a time: a statement whose rows
+/// are still streaming holds it until they are read or dropped.
+pub struct EmbeddedConnection {
     connection: Arc<Mutex<Connection>>,
     interrupt: Arc<InterruptHandle>,
     counters: Arc<Counters>,
@@ -181,7 +265,7 @@ impl Counters {
     }
 }
 
-impl SqliteConnection {
+impl EmbeddedConnection {
     fn guard(&self) -> InterruptOnDrop {
         InterruptOnDrop {
             handle: Some(self.interrupt.clone()),

@@ -1,13 +1,16 @@
-//! SQLite capability: Spin's `spin:sqlite@3.1.0` (and 3.0.0) over embedded SQLite databases, one
-//! per label: a file under the state directory by default, `[sqlite_database.<label>]` to place it.
+//! SQLite capability: Spin's `spin:sqlite@3.1.0` (and 3.0.0) over SQLite databases, one per label:
+//! a file under the state directory by default; `[sqlite_database.<label>]` places it elsewhere, in
+//! memory, or on a remote libSQL server.
 
 mod database;
 mod host;
+mod libsql;
 
 use crate::capabilities::{
     Capability, ComponentContext, ConfigureContext, HasCapability, InstanceParts,
 };
 use crate::invocation::Invocation;
+use crate::runtime_config::ValueSource;
 use anyhow::{Result, bail};
 use database::{Location, SqliteDatabase};
 use std::collections::BTreeMap;
@@ -40,6 +43,10 @@ struct DatabaseConfig {
     kind: String,
     /// `spin`: the database file (relative to the runtime config); none = in memory.
     path: Option<PathBuf>,
+    /// `libsql`: the server (`libsql://`, `https://` or `http://`), or `{ env = "NAME" }`.
+    url: Option<ValueSource>,
+    /// `libsql`: the token sent as `Authorization: Bearer`, or `{ env = "NAME" }`.
+    token: Option<ValueSource>,
 }
 
 /// Every database of one app, by label.
@@ -55,6 +62,46 @@ impl SqliteDatabases {
             .unwrap_or_default();
         let mut by_label = BTreeMap::new();
         for (label, config) in &configs {
+            let wrong_key = |key: &str, kind: &str| {
+                anyhow::anyhow!(
+                    "{}: [sqlite_database.{label}] `{key}` does not apply to type = \"{kind}\"\n  help: type = \"spin\" takes `path`; type = \"libsql\" takes `url` and `token`",
+                    cx.runtime_config.describe()
+                )
+            };
+            if config.kind == "libsql" {
+                if config.path.is_some() {
+                    return Err(wrong_key("path", "libsql"));
+                }
+                let Some(url) = &config.url else {
+                    bail!(
+                        "{}: [sqlite_database.{label}] type = \"libsql\" needs `url`\n  help: add url = \"libsql://<database>.turso.io\" (or the http(s) URL of your sqld) and token = \"...\"",
+                        cx.runtime_config.describe()
+                    );
+                };
+                let url = url.resolve(&format!("[sqlite_database.{label}] url"))?;
+                let token = config
+                    .token
+                    .as_ref()
+                    .map(|token| token.resolve(&format!("[sqlite_database.{label}] token")))
+                    .transpose()?;
+                let database = libsql::LibsqlDatabase::new(&url, token).map_err(|err| {
+                    anyhow::anyhow!(
+                        "{}: [sqlite_database.{label}]: {err:#}",
+                        cx.runtime_config.describe()
+                    )
+                })?;
+                by_label.insert(label.clone(), Arc::new(SqliteDatabase::Remote(database)));
+                continue;
+            }
+            if let Some(key) = [
+                ("url", config.url.is_some()),
+                ("token", config.token.is_some()),
+            ]
+            .iter()
+            .find_map(|(key, set)| set.then_some(*key))
+            {
+                return Err(wrong_key(key, &config.kind));
+            }
             let location = match config.kind.as_str() {
                 "spin" | "sqlite" => match &config.path {
                     Some(path) if path.is_relative() => Location::File(
@@ -69,12 +116,8 @@ impl SqliteDatabases {
                         uuid::Uuid::new_v4().simple()
                     )),
                 },
-                "libsql" => bail!(
-                    "{}: [sqlite_database.{label}] type = \"libsql\" (a remote libSQL server) is not supported yet\n  help: use type = \"spin\" with a `path` (embedded SQLite); docs/spin-compat.md lists what moa supports",
-                    cx.runtime_config.describe()
-                ),
                 other => bail!(
-                    "{}: [sqlite_database.{label}] has unknown type `{other}`\n  help: use type = \"spin\" (embedded SQLite; `path` for a file, none for in memory)",
+                    "{}: [sqlite_database.{label}] has unknown type `{other}`\n  help: use type = \"spin\" (embedded SQLite; `path` for a file, none for in memory) or type = \"libsql\" (a remote libSQL server: `url`, `token`)",
                     cx.runtime_config.describe()
                 ),
             };
