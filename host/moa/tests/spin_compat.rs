@@ -374,6 +374,92 @@ fn sqlite_configuration_mistakes_fail_at_load_with_the_fix() {
     );
 }
 
+// ---- Spin 2's interfaces (spin-sdk 2 to 5) ----
+
+#[test]
+fn spin2_sqlite_works_on_the_same_databases_and_grants_as_3_1() {
+    let app = AppDir::new(&format!(
+        "{SQLITE_APP}[[trigger.http]]\nroute = \"/v2/...\"\ncomponent = \"v2\"\n[component.v2]\nsource = \"{{spinv2probe}}\"\nsqlite_databases = [\"default\"]\n"
+    ));
+    let moa = Moa::start(&app, sqlite_options(&app, ""));
+    let blob: Vec<u8> = (0..=255).collect();
+    let (status, answer) = sql(
+        &moa,
+        "/v2/sqlite/default",
+        json!({"statements": [
+            {"sql": "CREATE TABLE legacy (i INTEGER, r REAL, t TEXT, b BLOB, n TEXT)", "params": []},
+            {"sql": "INSERT INTO legacy VALUES (?, ?, ?, ?, ?)", "params": [
+                {"integer": i64::MIN}, {"real": 2.5}, {"text": "순대"}, {"blob": blob}, null
+            ]},
+            {"sql": "SELECT i, r, t, b, n FROM legacy", "params": []},
+        ]}),
+    );
+    assert_eq!(status, 200, "{answer}");
+    let row = json!([{"integer": i64::MIN}, {"real": 2.5}, {"text": "순대"}, {"blob": blob}, null]);
+    assert_eq!(
+        answer["results"][2]["columns"],
+        json!(["i", "r", "t", "b", "n"])
+    );
+    assert_eq!(answer["results"][2]["rows"], json!([row]));
+    // The same database through spin:sqlite@3.1.0.
+    let (status, answer) = sql(
+        &moa,
+        "/db/default",
+        statements(true, &[("SELECT i, r, t, b, n FROM legacy", json!([]))]),
+    );
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["results"][0]["rows"], json!([row]));
+    // Errors: SQL the database refuses, and a database the component was not granted.
+    let (status, answer) = sql(
+        &moa,
+        "/v2/sqlite/default",
+        json!({"statements": [{"sql": "SELEC 1", "params": []}]}),
+    );
+    assert_eq!(status, 409, "{answer}");
+    assert!(
+        answer["error"].as_str().unwrap().contains("syntax error"),
+        "{answer}"
+    );
+    let (status, answer) = sql(&moa, "/v2/sqlite/orders", json!({"statements": []}));
+    assert_eq!(status, 409, "{answer}");
+    assert_eq!(answer["error"], "Error::AccessDenied");
+}
+
+#[test]
+fn redis_trigger_calls_spin_sdk_5_handlers_of_the_unversioned_export() {
+    let redis = RedisServer::start();
+    let app =
+        AppDir::new(&redis_app(&redis.url).replace("{redissub}", &common::wasm("spinv2probe")));
+    let moa = Moa::start(&app, Options::default());
+    publish_when_subscribed(&redis, "orders", "first");
+    for message in ["fail", "second"] {
+        assert_eq!(redis_cli(&redis, &["PUBLISH", "orders", message]), "1");
+    }
+    wait_until("both messages were handled", || {
+        seen(&moa, "first") == 1 && seen(&moa, "second") == 1
+    });
+    wait_until("the failure was counted", || {
+        metric(
+            &moa,
+            "moa_events_total",
+            r#"component="sub",topic="orders",outcome="dropped""#,
+        ) == 1.0
+    });
+    assert_eq!(
+        metric(
+            &moa,
+            "moa_events_total",
+            r#"component="sub",topic="orders",outcome="ok""#
+        ),
+        2.0
+    );
+    assert!(
+        moa.stderr().contains("the component returned Error"),
+        "{}",
+        moa.stderr()
+    );
+}
+
 // ---- SQLite on a remote libSQL server (`type = "libsql"`) ----
 
 /// The `default` database on `sqld`, `orders` embedded in memory.

@@ -67,6 +67,7 @@ impl AppDir {
             "rdbmslegacy",
             "greeter",
             "greet-http",
+            "spinv2probe",
         ] {
             let key = format!("{{{name}}}");
             if text.contains(&key) {

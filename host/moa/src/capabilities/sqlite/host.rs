@@ -11,7 +11,7 @@ use wasmtime::component::{
     Accessor, FutureReader, HasData, Linker, Resource, ResourceTable, StreamReader,
 };
 
-/// The value behind a `connection` resource handle.
+/// The value behind a `connection` resource handle (of 3.x and of Spin 2's 2.0.0).
 pub struct OpenConnection {
     connection: Arc<SqliteConnection>,
 }
@@ -37,7 +37,7 @@ pub fn add_to_linker<T: Send + 'static>(
     sqlite::add_to_linker::<T, Sqlite>(linker, view)
 }
 
-fn error(err: SqliteError) -> Error {
+pub(super) fn error(err: SqliteError) -> Error {
     match err {
         SqliteError::DatabaseFull => Error::DatabaseFull,
         SqliteError::Io(message) => Error::Io(message),
@@ -70,7 +70,10 @@ fn to_row(values: Vec<database::Value>) -> RowResult {
 }
 
 /// Opens a new connection on `label` if the component was granted it.
-async fn open_connection(grant: &SqliteGrant, label: &str) -> Result<OpenConnection, Error> {
+pub(super) async fn open_connection(
+    grant: &SqliteGrant,
+    label: &str,
+) -> Result<OpenConnection, Error> {
     let Some(database) = grant.databases.get(label) else {
         return Err(Error::AccessDenied);
     };
@@ -81,7 +84,7 @@ async fn open_connection(grant: &SqliteGrant, label: &str) -> Result<OpenConnect
 }
 
 impl SqliteView<'_> {
-    fn connection(
+    pub(super) fn connection(
         &self,
         handle: &Resource<OpenConnection>,
     ) -> wasmtime::Result<Arc<SqliteConnection>> {
@@ -89,7 +92,7 @@ impl SqliteView<'_> {
     }
 }
 
-fn push(
+pub(super) fn push(
     table: &mut ResourceTable,
     connection: OpenConnection,
 ) -> Result<Resource<OpenConnection>, Error> {

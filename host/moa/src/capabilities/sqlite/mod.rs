@@ -1,9 +1,10 @@
-//! SQLite capability: Spin's `spin:sqlite@3.1.0` (and 3.0.0) over SQLite databases, one per label:
-//! a file under the state directory by default; `[sqlite_database.<label>]` places it elsewhere, in
-//! memory, or on a remote libSQL server.
+//! SQLite capability: Spin's `spin:sqlite@3.1.0` (3.0.0, and Spin 2's `fermyon:spin/sqlite@2.0.0`)
+//! over SQLite databases, one per label: a file under the state directory by default;
+//! `[sqlite_database.<label>]` places it elsewhere, in memory, or on a remote libSQL server.
 
 mod database;
 mod host;
+mod legacy;
 mod libsql;
 
 use crate::capabilities::{
@@ -178,7 +179,7 @@ impl Capability for SqliteCapability {
     const NAME: &'static str = "sqlite";
     const RUNTIME_CONFIG_SECTIONS: &'static [&'static str] = &["sqlite_database"];
     const MANIFEST_KEYS: &'static [&'static str] = &["sqlite_databases"];
-    const IMPORTS: &'static [&'static str] = &["spin:sqlite@3.1.0"];
+    const IMPORTS: &'static [&'static str] = &["spin:sqlite@3.1.0", "fermyon:spin/sqlite@2.0.0"];
 
     type AppState = SqliteDatabases;
     type ComponentState = Arc<SqliteGrant>;
@@ -187,6 +188,7 @@ impl Capability for SqliteCapability {
 
     fn link<T: HasCapability<Self> + Send + 'static>(linker: &mut Linker<T>) -> Result<()> {
         host::add_to_linker(linker, T::capability_view)?;
+        legacy::add_to_linker(linker, T::capability_view)?;
         Ok(())
     }
 

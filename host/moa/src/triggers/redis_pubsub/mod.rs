@@ -1,5 +1,6 @@
 //! Spin's Redis trigger: `[[trigger.redis]]` subscribes to a pub/sub `channel` and calls the
-//! component's `handle-message` (`spin:redis/inbound-redis@3.0.0`) once per message, each on a fresh instance.
+//! component's `handle-message` (`spin:redis/inbound-redis@3.0.0`, or the unversioned
+//! `fermyon:spin/inbound-redis` of spin-sdk 2 to 5) once per message, each on a fresh instance.
 //!
 //! Pub/sub is at-most-once, as in Spin: a message published while moa is not subscribed (down,
 //! reconnecting) is never seen, and a failed call (error, trap, deadline) is logged and counted
@@ -33,8 +34,18 @@ mod bindings {
     });
 }
 
+/// Spin 1 and 2's export (spin-sdk 2 to 5), from the WIT root of the unversioned package.
+mod bindings_v1 {
+    wasmtime::component::bindgen!({
+        path: "../../wit/legacy",
+        world: "moa:legacy/redis-trigger-v1",
+        exports: { default: async | store },
+    });
+}
+
 use bindings::RedisTriggerPre;
 use bindings::spin::redis::redis::Error as RedisError;
+use bindings_v1::RedisTriggerV1Pre;
 
 /// Messages of one subscription handled at once; past it the subscriber waits (and Redis buffers).
 const CONCURRENT_MESSAGES: usize = 64;
@@ -53,7 +64,14 @@ pub struct PreparedRedis {
 #[derive(Clone)]
 struct Handler {
     component: Arc<AppComponent>,
-    pre: Arc<RedisTriggerPre<HostState>>,
+    export: HandlerExport,
+}
+
+/// Which `inbound-redis` the component exports.
+#[derive(Clone)]
+enum HandlerExport {
+    V3(Arc<RedisTriggerPre<HostState>>),
+    V1(Arc<RedisTriggerV1Pre<HostState>>),
 }
 
 impl Trigger for RedisTriggers {
@@ -72,18 +90,23 @@ impl Trigger for RedisTriggers {
             if handlers.contains_key(&component.id) {
                 continue;
             }
-            let pre = RedisTriggerPre::new(component.pre.clone()).map_err(|_| {
-                anyhow::anyhow!(
-                    "component `{}` ({}) is named by a [[trigger.redis]] but does not export handle-message (spin:redis/inbound-redis@3.0.0)\n  help: build it with spin-sdk 7's #[redis_subscriber]",
-                    component.id,
-                    component.source.display()
-                )
-            })?;
+            let export = match RedisTriggerPre::new(component.pre.clone()) {
+                Ok(pre) => HandlerExport::V3(Arc::new(pre)),
+                Err(_) => RedisTriggerV1Pre::new(component.pre.clone())
+                    .map(|pre| HandlerExport::V1(Arc::new(pre)))
+                    .map_err(|_| {
+                        anyhow::anyhow!(
+                            "component `{}` ({}) is named by a [[trigger.redis]] but does not export handle-message (spin:redis/inbound-redis@3.0.0, or fermyon:spin/inbound-redis of spin-sdk 5 and older)\n  help: build it with spin-sdk 7's #[redis_subscriber]",
+                            component.id,
+                            component.source.display()
+                        )
+                    })?,
+            };
             handlers.insert(
                 component.id.clone(),
                 Handler {
                     component: component.clone(),
-                    pre: Arc::new(pre),
+                    export,
                 },
             );
         }
@@ -93,8 +116,11 @@ impl Trigger for RedisTriggers {
     fn export_of(prepared: &PreparedRedis, id: &str) -> Option<&'static str> {
         prepared
             .handlers
-            .contains_key(id)
-            .then_some("spin:redis/inbound-redis")
+            .get(id)
+            .map(|handler| match handler.export {
+                HandlerExport::V3(_) => "spin:redis/inbound-redis",
+                HandlerExport::V1(_) => "fermyon:spin/inbound-redis",
+            })
     }
 
     async fn start(
@@ -347,31 +373,51 @@ impl MessageCall {
             .new_store(&self.engine, Invocation::new(id, timeout))
             .map_err(|e| format!("cannot create an instance: {e:#}"))?;
         let started = Instant::now();
-        let guest = self
-            .handler
-            .pre
-            .instantiate_async(&mut store)
-            .await
-            .map_err(trapped)?;
-        self.metrics.instantiated(&component.id, started.elapsed());
         let payload = self.payload.clone();
-        let call = store.run_concurrent(async move |accessor| {
-            guest
-                .spin_redis_inbound_redis()
-                .call_handle_message(accessor, payload)
-                .await
-        });
-        match tokio::time::timeout(timeout, call).await {
-            Err(_) => {
+        let deadline = |trap: Option<wasmtime::Error>| match trap {
+            None => {
                 self.metrics.deadline_hit(&component.id);
-                Err(format!("deadline of {} ms exceeded", timeout.as_millis()))
+                format!("deadline of {} ms exceeded", timeout.as_millis())
             }
-            Ok(Err(trap)) | Ok(Ok(Err(trap))) => Err(trapped(trap)),
-            Ok(Ok(Ok(Err(error)))) => Err(match error {
-                RedisError::Other(message) => message,
-                other => format!("{other:?}"),
-            }),
-            Ok(Ok(Ok(Ok(())))) => Ok(()),
+            Some(trap) => trapped(trap),
+        };
+        match &self.handler.export {
+            HandlerExport::V3(pre) => {
+                let guest = pre.instantiate_async(&mut store).await.map_err(trapped)?;
+                self.metrics.instantiated(&component.id, started.elapsed());
+                let call = store.run_concurrent(async move |accessor| {
+                    guest
+                        .spin_redis_inbound_redis()
+                        .call_handle_message(accessor, payload)
+                        .await
+                });
+                match tokio::time::timeout(timeout, call).await {
+                    Err(_) => Err(deadline(None)),
+                    Ok(Err(trap)) | Ok(Ok(Err(trap))) => Err(deadline(Some(trap))),
+                    Ok(Ok(Ok(Err(error)))) => Err(match error {
+                        RedisError::Other(message) => message,
+                        other => format!("{other:?}"),
+                    }),
+                    Ok(Ok(Ok(Ok(())))) => Ok(()),
+                }
+            }
+            HandlerExport::V1(pre) => {
+                let guest = pre.instantiate_async(&mut store).await.map_err(trapped)?;
+                self.metrics.instantiated(&component.id, started.elapsed());
+                let call = store.run_concurrent(async move |accessor| {
+                    guest
+                        .fermyon_spin_inbound_redis()
+                        .call_handle_message(accessor, payload)
+                        .await
+                });
+                match tokio::time::timeout(timeout, call).await {
+                    Err(_) => Err(deadline(None)),
+                    Ok(Err(trap)) | Ok(Ok(Err(trap))) => Err(deadline(Some(trap))),
+                    // Spin 1's error enum carries no text: `error` is all there is.
+                    Ok(Ok(Ok(Err(error)))) => Err(format!("the component returned {error:?}")),
+                    Ok(Ok(Ok(Ok(())))) => Ok(()),
+                }
+            }
         }
     }
 }
