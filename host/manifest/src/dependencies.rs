@@ -24,14 +24,17 @@ pub enum DependencySource {
     Path(PathBuf),
     /// `{ component = "greeter" }`: the `source` of another `[component.<id>]` of the app.
     Component { id: String, source: PathBuf },
+    /// `{ url = "https://...", digest = "sha256:<hex>" }`: downloaded, checked against the digest.
+    Url { url: String, digest: String },
 }
 
 impl DependencySource {
-    /// The `.wasm` file, relative to the manifest directory.
-    pub fn path(&self) -> &PathBuf {
+    /// The `.wasm` file, relative to the manifest directory (none for a download).
+    pub fn path(&self) -> Option<&PathBuf> {
         match self {
-            DependencySource::Path(path) => path,
-            DependencySource::Component { source, .. } => source,
+            DependencySource::Path(path) => Some(path),
+            DependencySource::Component { source, .. } => Some(source),
+            DependencySource::Url { .. } => None,
         }
     }
 }

@@ -568,7 +568,7 @@ fn component_dependency(
     inherit_all: Option<(bool, Position)>,
     capability_keys: &[&str],
 ) -> Result<ComponentDependency, ManifestError> {
-    let local_help = "write `{ path = \"deps/greeter.wasm\" }` for a local file or `{ component = \"<component id>\" }` for a component of this app";
+    let local_help = "write `{ path = \"deps/greeter.wasm\" }` for a local file, `{ component = \"<component id>\" }` for a component of this app, or `{ url = \"https://...\", digest = \"sha256:...\" }`";
     let table = match value {
         toml::Value::String(_) | toml::Value::Table(_)
             if value.as_str().is_some()
@@ -581,13 +581,6 @@ fn component_dependency(
                 format!("download the component (e.g. `wkg get`) and {local_help}"),
             ));
         }
-        toml::Value::Table(table) if table.contains_key("url") => {
-            return Err(cx.err(
-                position,
-                format!("component `{id}`: dependency `{name}` is a `url`, which moa does not download yet"),
-                format!("download it, check its digest, and {local_help}"),
-            ));
-        }
         toml::Value::Table(table) => table,
         _ => {
             return Err(cx.err(
@@ -597,7 +590,14 @@ fn component_dependency(
             ));
         }
     };
-    const FIELDS: &[&str] = &["path", "component", "export", "inherit_configuration"];
+    const FIELDS: &[&str] = &[
+        "path",
+        "component",
+        "url",
+        "digest",
+        "export",
+        "inherit_configuration",
+    ];
     if let Some(unknown) = table.keys().find(|k| !FIELDS.contains(&k.as_str())) {
         return Err(cx.err(
             position,
@@ -618,27 +618,63 @@ fn component_dependency(
             )),
         }
     };
-    let source = match (string("path")?, string("component")?) {
-        (Some(path), None) => DependencySource::Path(PathBuf::from(path)),
-        (None, Some(component)) => DependencySource::Component {
+    let digest = string("digest")?;
+    let source = match (string("path")?, string("component")?, string("url")?) {
+        (Some(path), None, None) => DependencySource::Path(PathBuf::from(path)),
+        (None, Some(component), None) => DependencySource::Component {
             id: component,
             source: PathBuf::new(),
         },
-        (Some(_), Some(_)) => {
-            return Err(cx.err(
-                position,
-                format!("component `{id}`: dependency `{name}` has both `path` and `component`"),
-                "keep one source",
-            ));
+        (None, None, Some(url)) => {
+            let Some(digest) = digest.clone() else {
+                return Err(cx.err(
+                    position,
+                    format!("component `{id}`: dependency `{name}` has a `url` but no `digest`"),
+                    "add `digest = \"sha256:<64 hex digits>\"` (e.g. from `sha256sum file.wasm`)",
+                ));
+            };
+            let hex = digest.strip_prefix("sha256:").unwrap_or_default();
+            if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(cx.err(
+                    position,
+                    format!("component `{id}`: dependency `{name}`: digest `{digest}` is not a sha256 digest"),
+                    "write `digest = \"sha256:<64 hex digits>\"` (e.g. from `sha256sum file.wasm`)",
+                ));
+            }
+            if !url.starts_with("https://") && !url.starts_with("http://") {
+                return Err(cx.err(
+                    position,
+                    format!("component `{id}`: dependency `{name}`: `{url}` is not an http(s) URL"),
+                    "write `url = \"https://example.com/greeter.wasm\"`",
+                ));
+            }
+            DependencySource::Url {
+                url,
+                digest: digest.to_ascii_lowercase(),
+            }
         }
-        (None, None) => {
+        (None, None, None) => {
             return Err(cx.err(
                 position,
                 format!("component `{id}`: dependency `{name}` has no source"),
                 local_help,
             ));
         }
+        _ => {
+            return Err(cx.err(
+                position,
+                format!("component `{id}`: dependency `{name}` has more than one of `path`, `component` and `url`"),
+                "keep one source",
+            ));
+        }
     };
+    if digest.is_some() && !matches!(source, DependencySource::Url { .. }) {
+        return Err(cx.err(
+            position,
+            format!("component `{id}`: dependency `{name}`: `digest` goes with `url`"),
+            "remove `digest`, or download from a `url`",
+        ));
+    }
     let export = string("export")?;
     if export.is_some() && name.is_package_level() {
         return Err(cx.err(
@@ -992,7 +1028,10 @@ command = "cargo build"
         );
         assert_eq!(deps[0].inherit, InheritConfiguration::Keys(vec![]));
         assert_eq!(deps[0].position.line, 28);
-        assert_eq!(deps[1].source.path(), Path::new("deps/other.wasm"));
+        assert_eq!(
+            deps[1].source.path().map(|p| p.as_path()),
+            Some(Path::new("deps/other.wasm"))
+        );
         assert!(deps[1].inherit.inherits("key_value_stores"));
         assert!(!deps[1].inherit.inherits("variables"));
         assert_eq!(deps[2].inherit, InheritConfiguration::All);
@@ -1028,12 +1067,27 @@ command = "cargo build"
             (
                 "\"foo:bar\" = { url = \"https://x/a.wasm\", digest = \"sha256:00\" }",
                 "",
-                "`url`",
+                "is not a sha256 digest",
+            ),
+            (
+                "\"foo:bar\" = { url = \"https://x/a.wasm\" }",
+                "",
+                "but no `digest`",
+            ),
+            (
+                "\"foo:bar\" = { url = \"ftp://x/a.wasm\", digest = \"sha256:0000000000000000000000000000000000000000000000000000000000000000\" }",
+                "",
+                "not an http(s) URL",
+            ),
+            (
+                "\"foo:bar\" = { path = \"a.wasm\", digest = \"sha256:00\" }",
+                "",
+                "`digest` goes with `url`",
             ),
             (
                 "\"foo:bar\" = { path = \"a.wasm\", component = \"greeter\" }",
                 "",
-                "both `path` and `component`",
+                "more than one of `path`, `component` and `url`",
             ),
             ("\"foo:bar\" = { export = \"x\" }", "", "has no source"),
             (

@@ -243,6 +243,7 @@ async fn load_component(
         let paths = crate::dependencies::AppPaths {
             manifest: app.path.clone(),
             base_dir: app.base_dir.clone(),
+            downloads: engine.cache_dir().map(|dir| dir.join("dependencies")),
         };
         tokio::task::spawn_blocking(move || {
             match crate::dependencies::Composition::read(&paths, &with_dependencies)? {
@@ -346,8 +347,12 @@ pub fn app_files(app: &LoadedManifest) -> Result<(Vec<PathBuf>, Vec<PathBuf>)> {
             )
         })?;
         components.push(source);
+        // Downloaded dependencies are fetched again (and checked) where the app is pulled.
         for dependency in &component.dependencies {
-            let path = relative(dependency.source.path()).with_context(|| {
+            let Some(path) = dependency.source.path() else {
+                continue;
+            };
+            let path = relative(path).with_context(|| {
                 format!(
                     "component `{}`: dependency `{}` is missing\n  help: build it first or fix its `path`",
                     component.id, dependency.name

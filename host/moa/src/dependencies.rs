@@ -5,15 +5,74 @@
 
 use anyhow::{Context, Result};
 use moa_compose::{Dependency, ImportPolicy};
-use moa_manifest::{Component, InheritConfiguration};
+use moa_manifest::{Component, DependencySource, InheritConfiguration};
 use sha2::{Digest, Sha256};
 use std::path::PathBuf;
 
-/// Where an app's manifest is and the directory its paths are relative to.
+/// Where an app's manifest is, the directory its paths are relative to, and where downloaded
+/// dependencies are kept (by digest; none: downloaded on every load).
 #[derive(Debug, Clone)]
 pub struct AppPaths {
     pub manifest: PathBuf,
     pub base_dir: PathBuf,
+    pub downloads: Option<PathBuf>,
+}
+
+/// Largest dependency moa downloads.
+const MAX_DOWNLOAD_BYTES: usize = 256 << 20;
+
+/// The bytes of a `{ url, digest }` dependency: from the download cache when it holds that
+/// digest, else downloaded, checked against the digest and kept.
+fn download(url: &str, digest: &str, downloads: Option<&std::path::Path>) -> Result<Vec<u8>> {
+    let expected = digest.strip_prefix("sha256:").unwrap_or(digest);
+    let cached = downloads.map(|dir| dir.join(format!("sha256-{expected}.wasm")));
+    if let Some(bytes) = cached.as_ref().and_then(|path| std::fs::read(path).ok())
+        && hex::encode(Sha256::digest(&bytes)) == expected
+    {
+        return Ok(bytes);
+    }
+    let runtime = tokio::runtime::Handle::try_current()
+        .context("downloading a dependency needs the async runtime")?;
+    let bytes = runtime.block_on(async {
+        let client = reqwest::Client::builder()
+            .connect_timeout(std::time::Duration::from_secs(10))
+            .timeout(std::time::Duration::from_secs(120))
+            .build()?;
+        let response = client.get(url).send().await?.error_for_status()?;
+        if response
+            .content_length()
+            .is_some_and(|len| len > MAX_DOWNLOAD_BYTES as u64)
+        {
+            anyhow::bail!("it is larger than {} MiB", MAX_DOWNLOAD_BYTES >> 20);
+        }
+        let bytes = response.bytes().await?;
+        if bytes.len() > MAX_DOWNLOAD_BYTES {
+            anyhow::bail!("it is larger than {} MiB", MAX_DOWNLOAD_BYTES >> 20);
+        }
+        Ok(bytes.to_vec())
+    });
+    let bytes = bytes.with_context(|| format!("cannot download {url}"))?;
+    let actual = hex::encode(Sha256::digest(&bytes));
+    if actual != expected {
+        anyhow::bail!(
+            "{url} has digest sha256:{actual}, not the manifest's {digest}\n  help: check the URL; if the file changed on purpose, update `digest`"
+        );
+    }
+    if let Some(path) = cached {
+        let written = path
+            .parent()
+            .map(std::fs::create_dir_all)
+            .transpose()
+            .and_then(|_| {
+                let partial = path.with_extension(format!("partial-{}", std::process::id()));
+                std::fs::write(&partial, &bytes)?;
+                std::fs::rename(&partial, &path)
+            });
+        if let Err(err) = written {
+            tracing::warn!(path = %path.display(), error = %err, "could not keep the downloaded dependency");
+        }
+    }
+    Ok(bytes)
 }
 use wasmtime::component::{Linker, Val, types};
 
@@ -142,17 +201,32 @@ impl Composition {
         hasher.update(Sha256::digest(&main));
         let mut dependencies = Vec::new();
         for dependency in &component.dependencies {
-            let path: PathBuf = app.base_dir.join(dependency.source.path());
-            let bytes = std::fs::read(&path).with_context(|| {
-                format!(
-                    "{}:{}: component `{}`: cannot read dependency `{}` at {}\n  help: build it first (`moa build`) or fix its `path`",
-                    app.manifest.display(),
-                    dependency.position,
-                    component.id,
-                    dependency.name,
-                    path.display()
-                )
-            })?;
+            let bytes = match (&dependency.source, dependency.source.path()) {
+                (DependencySource::Url { url, digest }, _) => {
+                    download(url, digest, app.downloads.as_deref()).with_context(|| {
+                        format!(
+                            "{}:{}: component `{}`: dependency `{}`",
+                            app.manifest.display(),
+                            dependency.position,
+                            component.id,
+                            dependency.name
+                        )
+                    })?
+                }
+                (_, path) => {
+                    let path: PathBuf = app.base_dir.join(path.cloned().unwrap_or_default());
+                    std::fs::read(&path).with_context(|| {
+                        format!(
+                            "{}:{}: component `{}`: cannot read dependency `{}` at {}\n  help: build it first (`moa build`) or fix its `path`",
+                            app.manifest.display(),
+                            dependency.position,
+                            component.id,
+                            dependency.name,
+                            path.display()
+                        )
+                    })?
+                }
+            };
             hasher.update(format!(
                 "\0{}\0{:?}\0{:?}\0",
                 dependency.name, dependency.export, dependency.inherit

@@ -145,6 +145,11 @@ impl MoaEngine {
         &self.engine
     }
 
+    /// The compile cache directory, if there is one.
+    pub fn cache_dir(&self) -> Option<&Path> {
+        self.cache_dir.as_deref()
+    }
+
     /// Number of epoch ticks covering `deadline` (at least one).
     pub fn ticks_for(deadline: Duration) -> u64 {
         let ticks = deadline.as_nanos().div_ceil(EPOCH_TICK.as_nanos());

@@ -1,7 +1,8 @@
 //! Component dependencies (`[component.<id>.dependencies]`) against a real `moa up`: `greet-http`
 //! (spin-sdk 7, WASIp3) imports `moa-test:greet/greeter`, which only a dependency provides —
-//! from a local path or another app component — with the key forms, `export`, configuration
-//! inheritance, load errors that name the line and the fix, the compile cache and registry push.
+//! from a local path, another app component or a URL with a digest — with the key forms, `export`,
+//! configuration inheritance, load errors that name the line and the fix, the compile cache and
+//! registry push.
 
 mod common;
 
@@ -262,6 +263,115 @@ fn registry_push_carries_local_dependencies() {
     )
     .unwrap_or_else(|e| panic!("moa up --from {pinned}: {e}"));
     assert_eq!(moa.get("/greet/jo"), (200, "hello, jo!\njo".into()));
+}
+
+/// A one-file HTTP server: `GET /greeter.wasm` answers `body`, anything else 404; counts requests.
+struct FileServer {
+    url: String,
+    hits: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl FileServer {
+    fn start(body: Vec<u8>) -> FileServer {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let hits = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = hits.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { continue };
+                counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let mut request = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => request.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let found = request.starts_with(b"GET /greeter.wasm ");
+                let (status, payload): (&str, &[u8]) = if found {
+                    ("200 OK", &body)
+                } else {
+                    ("404 Not Found", b"not here")
+                };
+                let _ = write!(
+                    stream,
+                    "HTTP/1.1 {status}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                    payload.len()
+                );
+                let _ = stream.write_all(payload);
+            }
+        });
+        FileServer { url, hits }
+    }
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest as _;
+    sha2::Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+#[test]
+fn a_url_dependency_is_downloaded_checked_against_its_digest_and_kept() {
+    let greeter = std::fs::read(wasm("greeter")).unwrap();
+    let digest = sha256_hex(&greeter);
+    let server = FileServer::start(greeter);
+    let cache = tempfile::tempdir().unwrap();
+    let options = Options {
+        cache_dir: Some(cache.path().to_path_buf()),
+        ..Default::default()
+    };
+    let downloaded = app(
+        &format!(
+            r#""moa-test:greet/greeter" = {{ url = "{}/greeter.wasm", digest = "sha256:{digest}" }}"#,
+            server.url
+        ),
+        "",
+    );
+    let moa = Moa::start(&downloaded, options.clone());
+    assert_eq!(moa.get("/greet/ka"), (200, "hello, ka!\nka".into()));
+    moa.stop();
+    assert_eq!(server.hits.load(std::sync::atomic::Ordering::SeqCst), 1);
+    // The second start uses the kept download.
+    let moa = Moa::start(&downloaded, options.clone());
+    assert_eq!(moa.get("/greet/lu"), (200, "hello, lu!\nlu".into()));
+    moa.stop();
+    assert_eq!(server.hits.load(std::sync::atomic::Ordering::SeqCst), 1);
+
+    // Another digest: refused, naming both digests; a missing file: the server's answer.
+    let wrong = "0".repeat(64);
+    for (deps, expected) in [
+        (
+            format!(
+                r#""moa-test:greet/greeter" = {{ url = "{}/greeter.wasm", digest = "sha256:{wrong}" }}"#,
+                server.url
+            ),
+            format!("has digest sha256:{digest}, not the manifest's sha256:{wrong}"),
+        ),
+        (
+            format!(
+                r#""moa-test:greet/greeter" = {{ url = "{}/nothing.wasm", digest = "sha256:{wrong}" }}"#,
+                server.url
+            ),
+            "404".to_string(),
+        ),
+    ] {
+        let refused = app(&deps, "");
+        let stderr = match Moa::try_start(&refused, options.clone()) {
+            Ok(_) => panic!("the app loaded"),
+            Err(stderr) => stderr,
+        };
+        assert!(stderr.contains(&expected), "{stderr}");
+        assert!(
+            stderr.contains("dependency `moa-test:greet/greeter`"),
+            "{stderr}"
+        );
+    }
 }
 
 trait ReplaceManifest {
