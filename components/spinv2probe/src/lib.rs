@@ -4,7 +4,10 @@
 //! `fermyon:spin/sqlite@2.0.0` connection and answers `{"results": [{"columns", "rows"}]}`, or 409
 //! with `{"error", "statement"}`. The unversioned `fermyon:spin/inbound-redis` export counts each
 //! message under `seen:<message>` in the `default` store (`fermyon:spin/key-value@2.0.0`); `trap`
-//! panics and `fail` returns the interface's `error`.
+//! panics and `fail` returns the interface's `error`. `POST /redis` (`{"address"}`) runs a fixed
+//! script through `fermyon:spin/redis@2.0.0` and answers what each call returned; `POST /mqtt`
+//! (`{"address", "username", "password", "topic", "payload", "qos": 0|1|2}`) publishes once
+//! through `fermyon:spin/mqtt@2.0.0`. A failed call is 409 with the error.
 
 use serde_json::{Value as Json, json};
 use spin_sdk::http::body::IncomingBodyExt as _;
@@ -32,6 +35,8 @@ mod spin1 {
 use spin1::exports::fermyon::spin::inbound_redis::Guest as InboundRedis;
 use spin1::fermyon::spin::redis_types::Error as RedisError;
 use spin2::fermyon::spin::key_value::Store;
+use spin2::fermyon::spin::mqtt;
+use spin2::fermyon::spin::redis;
 use spin2::fermyon::spin::sqlite::{Connection, Value};
 
 struct Probe;
@@ -102,10 +107,18 @@ async fn handle(req: Request) -> anyhow::Result<impl IntoResponse> {
         .bytes()
         .await
         .map_err(|e| anyhow::anyhow!("{e:?}"))?;
-    let Some(label) = info.strip_prefix("/sqlite/") else {
-        return reply(404, json!({ "error": "POST /sqlite/<label>" }));
-    };
     let batch: Json = serde_json::from_slice(&body)?;
+    match info.as_str() {
+        "/redis" => return redis_script(batch["address"].as_str().unwrap_or("")),
+        "/mqtt" => return mqtt_publish(&batch),
+        _ => {}
+    }
+    let Some(label) = info.strip_prefix("/sqlite/") else {
+        return reply(
+            404,
+            json!({ "error": "POST /sqlite/<label>, /redis or /mqtt" }),
+        );
+    };
     let connection = match Connection::open(label) {
         Ok(connection) => connection,
         Err(error) => {
@@ -140,4 +153,67 @@ async fn handle(req: Request) -> anyhow::Result<impl IntoResponse> {
         }
     }
     reply(200, json!({ "results": results }))
+}
+
+/// Answers 409 with the error of a failed call.
+macro_rules! attempt {
+    ($e:expr) => {
+        match $e {
+            Ok(value) => value,
+            Err(error) => return reply(409, json!({ "error": format!("{error:?}") })),
+        }
+    };
+}
+
+fn redis_script(address: &str) -> anyhow::Result<http::Response<String>> {
+    let connection = attempt!(redis::Connection::open(address));
+    attempt!(connection.set("v2:key", b"\x00bytes"));
+    let got = attempt!(connection.get("v2:key"));
+    let first = attempt!(connection.incr("v2:counter"));
+    let second = attempt!(connection.incr("v2:counter"));
+    let wrong_type = connection.incr("v2:key");
+    let added = attempt!(connection.sadd("v2:set", &["a".into(), "b".into(), "a".into()]));
+    let mut members = attempt!(connection.smembers("v2:set"));
+    members.sort();
+    let removed = attempt!(connection.srem("v2:set", &["a".into()]));
+    let deleted = attempt!(connection.del(&["v2:key".into(), "v2:missing".into()]));
+    let executed = attempt!(connection.execute(
+        "HSET",
+        &[
+            redis::RedisParameter::Binary(b"v2:hash".to_vec()),
+            redis::RedisParameter::Binary(b"f".to_vec()),
+            redis::RedisParameter::Int64(7),
+        ],
+    ));
+    attempt!(connection.publish("v2:channel", b"hello"));
+    reply(
+        200,
+        json!({
+            "get": got,
+            "incr": [first, second],
+            "incr_wrong_type": format!("{wrong_type:?}"),
+            "sadd": added,
+            "smembers": members,
+            "srem": removed,
+            "del": deleted,
+            "execute": format!("{executed:?}"),
+        }),
+    )
+}
+
+fn mqtt_publish(request: &Json) -> anyhow::Result<http::Response<String>> {
+    let text = |key: &str| request[key].as_str().unwrap_or("").to_string();
+    let connection = attempt!(mqtt::Connection::open(
+        &text("address"),
+        &text("username"),
+        &text("password"),
+        30,
+    ));
+    let qos = match request["qos"].as_u64() {
+        Some(0) => mqtt::Qos::AtMostOnce,
+        Some(1) => mqtt::Qos::AtLeastOnce,
+        _ => mqtt::Qos::ExactlyOnce,
+    };
+    attempt!(connection.publish(&text("topic"), text("payload").as_bytes(), qos));
+    reply(200, json!({ "published": true }))
 }

@@ -210,6 +210,44 @@ fn sqlite_in_memory_database_is_shared_by_requests_while_the_app_runs() {
     );
 }
 
+/// Creates `stock` (one item, 3 in stock) on the `default` database, then in a transaction takes 2
+/// twice: the second violates the CHECK, and the component drops the connection with the
+/// transaction open.
+fn failed_transaction(moa: &Moa) {
+    let (status, answer) = sql(
+        moa,
+        "/db/default",
+        statements(
+            false,
+            &[
+                (
+                    "CREATE TABLE stock (item TEXT PRIMARY KEY, qty INTEGER CHECK (qty >= 0))",
+                    json!([]),
+                ),
+                ("INSERT INTO stock VALUES ('kimchi', 3)", json!([])),
+                ("BEGIN", json!([])),
+                (
+                    "UPDATE stock SET qty = qty - 2 WHERE item = 'kimchi'",
+                    json!([]),
+                ),
+                (
+                    "UPDATE stock SET qty = qty - 2 WHERE item = 'kimchi'",
+                    json!([]),
+                ),
+            ],
+        ),
+    );
+    assert_eq!(status, 409, "{answer}");
+    assert_eq!(answer["statement"], 4);
+    assert!(
+        answer["error"]
+            .as_str()
+            .unwrap()
+            .contains("CHECK constraint failed"),
+        "{answer}"
+    );
+}
+
 #[test]
 fn sqlite_errors_reach_the_component_and_a_transaction_rolls_back() {
     let app = AppDir::new(SQLITE_APP);
@@ -249,38 +287,7 @@ fn sqlite_errors_reach_the_component_and_a_transaction_rolls_back() {
         }
     }
     // A constraint violation inside a transaction, then a rollback: nothing of it stays.
-    let (status, answer) = sql(
-        &moa,
-        "/db/default",
-        statements(
-            false,
-            &[
-                (
-                    "CREATE TABLE stock (item TEXT PRIMARY KEY, qty INTEGER CHECK (qty >= 0))",
-                    json!([]),
-                ),
-                ("INSERT INTO stock VALUES ('kimchi', 3)", json!([])),
-                ("BEGIN", json!([])),
-                (
-                    "UPDATE stock SET qty = qty - 2 WHERE item = 'kimchi'",
-                    json!([]),
-                ),
-                (
-                    "UPDATE stock SET qty = qty - 2 WHERE item = 'kimchi'",
-                    json!([]),
-                ),
-            ],
-        ),
-    );
-    assert_eq!(status, 409, "{answer}");
-    assert_eq!(answer["statement"], 4);
-    assert!(
-        answer["error"]
-            .as_str()
-            .unwrap()
-            .contains("CHECK constraint failed"),
-        "{answer}"
-    );
+    failed_transaction(&moa);
     // The connection was dropped with the transaction open: SQLite rolled it back.
     let (_, answer) = sql(
         &moa,
@@ -460,6 +467,103 @@ fn redis_trigger_calls_spin_sdk_5_handlers_of_the_unversioned_export() {
     );
 }
 
+#[test]
+fn spin2_outbound_redis_and_mqtt_work_as_their_3_0_versions() {
+    let redis = RedisServer::start();
+    let broker = MosquittoServer::start();
+    let app = AppDir::new(&format!(
+        r#"
+spin_manifest_version = 2
+[application]
+name = "v2"
+[[trigger.http]]
+route = "/v2/..."
+component = "v2"
+[[trigger.http]]
+route = "/denied/..."
+component = "denied"
+[component.v2]
+source = "{{spinv2probe}}"
+allowed_outbound_hosts = ["{}", "mqtt://127.0.0.1:{}"]
+[component.denied]
+source = "{{spinv2probe}}"
+"#,
+        redis.url, broker.port
+    ));
+    let moa = Moa::start(&app, Options::default());
+    let redis_script = |path: &str| {
+        sql(
+            &moa,
+            &format!("{path}/redis"),
+            json!({ "address": redis.url }),
+        )
+    };
+    let (status, answer) = redis_script("/v2");
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["get"], json!([0, 98, 121, 116, 101, 115]));
+    assert_eq!(answer["incr"], json!([1, 2]));
+    assert_eq!(answer["incr_wrong_type"], "Err(Error::TypeError)");
+    assert_eq!(answer["sadd"], 2);
+    assert_eq!(answer["smembers"], json!(["a", "b"]));
+    assert_eq!(answer["srem"], 1);
+    assert_eq!(answer["del"], 1);
+    assert_eq!(answer["execute"], "[RedisResult::Int64(1)]");
+    assert_eq!(redis_cli(&redis, &["HGET", "v2:hash", "f"]), "7");
+    // A component without the grant is refused before any connection.
+    let (status, answer) = redis_script("/denied");
+    assert_eq!(status, 409, "{answer}");
+    assert!(
+        answer["error"]
+            .as_str()
+            .unwrap()
+            .contains("not in this component's allowed_outbound_hosts"),
+        "{answer}"
+    );
+
+    let publish = |path: &str, password: &str, qos: u64| {
+        sql(
+            &moa,
+            &format!("{path}/mqtt"),
+            json!({
+                "address": format!("mqtt://127.0.0.1:{}?client_id=v2-{qos}", broker.port),
+                "username": broker.user,
+                "password": password,
+                "topic": "orders/v2",
+                "payload": format!("v2 q{qos}"),
+                "qos": qos,
+            }),
+        )
+    };
+    for qos in [0, 1, 2] {
+        let subscriber = broker.subscribe("orders/v2", 1, 20);
+        let (status, answer) = publish("/v2", &broker.password, qos);
+        assert_eq!(status, 200, "{answer}");
+        let output = subscriber.wait_with_output().unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&output.stdout),
+            format!("v2 q{qos}\n")
+        );
+    }
+    let (status, answer) = publish("/v2", "wrong", 1);
+    assert_eq!(status, 409, "{answer}");
+    assert!(
+        answer["error"]
+            .as_str()
+            .unwrap()
+            .contains("ConnectionFailed"),
+        "{answer}"
+    );
+    let (status, answer) = publish("/denied", &broker.password, 1);
+    assert_eq!(status, 409, "{answer}");
+    assert!(
+        answer["error"]
+            .as_str()
+            .unwrap()
+            .contains("not in this component's allowed_outbound_hosts"),
+        "{answer}"
+    );
+}
+
 // ---- SQLite on a remote libSQL server (`type = "libsql"`) ----
 
 /// The `default` database on `sqld`, `orders` embedded in memory.
@@ -505,38 +609,7 @@ fn libsql_errors_transactions_and_the_server_going_away() {
     }
     // A transaction spans the statements of one connection; a failed one is rolled back when the
     // component drops the connection, and releases the database for the next writer.
-    let (status, answer) = sql(
-        &moa,
-        "/db/default",
-        statements(
-            false,
-            &[
-                (
-                    "CREATE TABLE stock (item TEXT PRIMARY KEY, qty INTEGER CHECK (qty >= 0))",
-                    json!([]),
-                ),
-                ("INSERT INTO stock VALUES ('kimchi', 3)", json!([])),
-                ("BEGIN", json!([])),
-                (
-                    "UPDATE stock SET qty = qty - 2 WHERE item = 'kimchi'",
-                    json!([]),
-                ),
-                (
-                    "UPDATE stock SET qty = qty - 2 WHERE item = 'kimchi'",
-                    json!([]),
-                ),
-            ],
-        ),
-    );
-    assert_eq!(status, 409, "{answer}");
-    assert_eq!(answer["statement"], 4);
-    assert!(
-        answer["error"]
-            .as_str()
-            .unwrap()
-            .contains("CHECK constraint failed"),
-        "{answer}"
-    );
+    failed_transaction(&moa);
     let (status, answer) = sql(
         &moa,
         "/db/default",

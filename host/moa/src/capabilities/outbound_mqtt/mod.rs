@@ -1,5 +1,6 @@
-//! Outbound MQTT: Spin's `spin:mqtt/mqtt@3.0.0` (`spin_sdk::mqtt`), one MQTT connection per `open`
-//! (as Spin makes them); `open` needs an `mqtt://host:port` allow-list entry and connects nowhere else.
+//! Outbound MQTT: Spin's `spin:mqtt/mqtt@3.0.0` (`spin_sdk::mqtt`; Spin 2's 2.0.0 too), one MQTT
+//! connection per `open` (as Spin makes them); `open` needs an `mqtt://host:port` allow-list entry
+//! and connects nowhere else.
 //!
 //! `publish` returns when the broker has the message as the QoS promises it: at-most-once once it
 //! is written, at-least-once on PUBACK, exactly-once on PUBCOMP.
@@ -14,6 +15,8 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{Mutex, mpsc};
 use wasmtime::component::{Accessor, HasData, Linker, Resource, ResourceTable};
+
+mod legacy;
 
 mod bindings {
     wasmtime::component::bindgen!({
@@ -93,7 +96,7 @@ pub struct OutboundMqttInstance {
 
 impl Capability for OutboundMqttCapability {
     const NAME: &'static str = "outbound-mqtt";
-    const IMPORTS: &'static [&'static str] = &["spin:mqtt@3.0.0"];
+    const IMPORTS: &'static [&'static str] = &["spin:mqtt@3.0.0", "fermyon:spin/mqtt@2.0.0"];
 
     type AppState = ();
     type ComponentState = Arc<OutboundMqttGrant>;
@@ -102,6 +105,7 @@ impl Capability for OutboundMqttCapability {
 
     fn link<T: HasCapability<Self> + Send + 'static>(linker: &mut Linker<T>) -> anyhow::Result<()> {
         spin_mqtt::add_to_linker::<T, OutboundMqtt>(linker, T::capability_view)?;
+        legacy::add_to_linker(linker, T::capability_view)?;
         Ok(())
     }
 
@@ -200,6 +204,107 @@ impl spin_mqtt::HostConnection for OutboundMqttView<'_> {
     }
 }
 
+impl OutboundMqttView<'_> {
+    /// The broker and client id of `address` if the component may connect there and has room for
+    /// another connection (what `open` checks before connecting, in 3.0.0 and 2.0.0).
+    fn check_open(&self, address: &str) -> Result<(String, u16, String), Error> {
+        let Some((uri, host, port, client_id)) = parse_address(address) else {
+            return Err(Error::InvalidAddress);
+        };
+        if !self.allowed.allows_uri(&uri) {
+            tracing::warn!(component = self.component, address = %uri, "MQTT connection denied: not in allowed_outbound_hosts");
+            return Err(Error::ConnectionFailed(format!(
+                "mqtt://{host}:{port} is not in this component's allowed_outbound_hosts"
+            )));
+        }
+        if *self.open >= MAX_CONNECTIONS {
+            return Err(Error::TooManyConnections);
+        }
+        Ok((host, port, client_id))
+    }
+
+    /// Keeps a new connection in the instance's table.
+    fn register(&mut self, connection: OpenConnection) -> Result<Resource<OpenConnection>, Error> {
+        match self.table.push(connection) {
+            Ok(handle) => {
+                *self.open += 1;
+                Ok(handle)
+            }
+            Err(_) => Err(Error::TooManyConnections),
+        }
+    }
+
+    /// The client and reports of an open connection.
+    fn publisher(
+        &self,
+        handle: &Resource<OpenConnection>,
+    ) -> wasmtime::Result<(AsyncClient, Arc<Mutex<mpsc::UnboundedReceiver<Report>>>)> {
+        let connection = self.table.get(handle)?;
+        Ok((connection.client.clone(), connection.reports.clone()))
+    }
+}
+
+/// Connects to the broker and waits for its CONNACK, so a wrong address or password fails in
+/// `open`, where the component can handle it.
+async fn connect(
+    (host, port, client_id): (String, u16, String),
+    username: String,
+    password: String,
+    keep_alive_interval_in_secs: u64,
+) -> Result<OpenConnection, Error> {
+    let mut options = MqttOptions::new(client_id, host, port);
+    // MQTT's keep alive is 16 bits of seconds; 0 turns it off.
+    let keep_alive = keep_alive_interval_in_secs.min(u64::from(u16::MAX));
+    options.set_keep_alive(Duration::from_secs(keep_alive));
+    options.set_max_packet_size(MAX_PAYLOAD + 64 * 1024, MAX_PAYLOAD + 64 * 1024);
+    if !username.is_empty() || !password.is_empty() {
+        options.set_credentials(username, password);
+    }
+    let (client, events) = AsyncClient::new(options, 64);
+    let (reports_tx, mut reports) = mpsc::unbounded_channel();
+    let driver = tokio::spawn(drive(events, reports_tx));
+    let connected = tokio::time::timeout(BROKER_TIMEOUT, reports.recv()).await;
+    let failure = match connected {
+        Ok(Some(Report::Connected)) => None,
+        Ok(Some(Report::Failed(why))) => Some(why),
+        Ok(_) => Some("the connection closed".to_string()),
+        Err(_) => Some(format!(
+            "no answer from the broker within {} s",
+            BROKER_TIMEOUT.as_secs()
+        )),
+    };
+    if let Some(why) = failure {
+        driver.abort();
+        return Err(Error::ConnectionFailed(why));
+    }
+    Ok(OpenConnection {
+        client,
+        reports: Arc::new(Mutex::new(reports)),
+        driver,
+    })
+}
+
+/// Checks the message, publishes it and waits as its QoS asks (`publish` of 3.0.0 and 2.0.0).
+async fn publish_checked(
+    (client, reports): (AsyncClient, Arc<Mutex<mpsc::UnboundedReceiver<Report>>>),
+    topic: String,
+    payload: Vec<u8>,
+    qos: QoS,
+) -> Result<(), Error> {
+    if payload.len() > MAX_PAYLOAD {
+        return Err(Error::Other(format!(
+            "the payload is {} bytes; moa publishes at most {MAX_PAYLOAD}",
+            payload.len()
+        )));
+    }
+    if topic.is_empty() || topic.contains(['+', '#', '\0']) {
+        return Err(Error::Other(format!(
+            "`{topic}` is not a topic to publish to (empty, or with a wildcard)"
+        )));
+    }
+    publish_and_wait(client, &reports, topic, payload, qos).await
+}
+
 impl<T: Send> spin_mqtt::HostConnectionWithStore<T> for OutboundMqtt {
     async fn open(
         accessor: &Accessor<T, Self>,
@@ -208,68 +313,16 @@ impl<T: Send> spin_mqtt::HostConnectionWithStore<T> for OutboundMqtt {
         password: String,
         keep_alive_interval_in_secs: u64,
     ) -> wasmtime::Result<Result<Resource<OpenConnection>, Error>> {
-        let Some((uri, host, port, client_id)) = parse_address(&address) else {
-            return Ok(Err(Error::InvalidAddress));
+        let broker = match accessor.with(|mut access| access.get().check_open(&address)) {
+            Ok(broker) => broker,
+            Err(err) => return Ok(Err(err)),
         };
-        let allowed = accessor.with(|mut access| {
-            let view = access.get();
-            let allowed = view.allowed.allows_uri(&uri);
-            if !allowed {
-                tracing::warn!(component = view.component, address = %uri, "MQTT connection denied: not in allowed_outbound_hosts");
-            }
-            (allowed, *view.open < MAX_CONNECTIONS)
-        });
-        match allowed {
-            (false, _) => {
-                return Ok(Err(Error::ConnectionFailed(format!(
-                    "mqtt://{host}:{port} is not in this component's allowed_outbound_hosts"
-                ))));
-            }
-            (true, false) => return Ok(Err(Error::TooManyConnections)),
-            (true, true) => {}
-        }
-        let mut options = MqttOptions::new(client_id, host, port);
-        // MQTT's keep alive is 16 bits of seconds; 0 turns it off.
-        let keep_alive = keep_alive_interval_in_secs.min(u64::from(u16::MAX));
-        options.set_keep_alive(Duration::from_secs(keep_alive));
-        options.set_max_packet_size(MAX_PAYLOAD + 64 * 1024, MAX_PAYLOAD + 64 * 1024);
-        if !username.is_empty() || !password.is_empty() {
-            options.set_credentials(username, password);
-        }
-        let (client, events) = AsyncClient::new(options, 64);
-        let (reports_tx, mut reports) = mpsc::unbounded_channel();
-        let driver = tokio::spawn(drive(events, reports_tx));
-        // Wait for the CONNACK, so a wrong address or password fails here, where the component
-        // can handle it.
-        let connected = tokio::time::timeout(BROKER_TIMEOUT, reports.recv()).await;
-        let failure = match connected {
-            Ok(Some(Report::Connected)) => None,
-            Ok(Some(Report::Failed(why))) => Some(why),
-            Ok(_) => Some("the connection closed".to_string()),
-            Err(_) => Some(format!(
-                "no answer from the broker within {} s",
-                BROKER_TIMEOUT.as_secs()
-            )),
-        };
-        if let Some(why) = failure {
-            driver.abort();
-            return Ok(Err(Error::ConnectionFailed(why)));
-        }
-        let connection = OpenConnection {
-            client,
-            reports: Arc::new(Mutex::new(reports)),
-            driver,
-        };
-        accessor.with(|mut access| {
-            let view = access.get();
-            match view.table.push(connection) {
-                Ok(handle) => {
-                    *view.open += 1;
-                    Ok(Ok(handle))
-                }
-                Err(_) => Ok(Err(Error::TooManyConnections)),
-            }
-        })
+        let connection =
+            match connect(broker, username, password, keep_alive_interval_in_secs).await {
+                Ok(connection) => connection,
+                Err(err) => return Ok(Err(err)),
+            };
+        Ok(accessor.with(|mut access| access.get().register(connection)))
     }
 
     async fn publish(
@@ -279,23 +332,8 @@ impl<T: Send> spin_mqtt::HostConnectionWithStore<T> for OutboundMqtt {
         payload: Vec<u8>,
         qos_level: Qos,
     ) -> wasmtime::Result<Result<(), Error>> {
-        if payload.len() > MAX_PAYLOAD {
-            return Ok(Err(Error::Other(format!(
-                "the payload is {} bytes; moa publishes at most {MAX_PAYLOAD}",
-                payload.len()
-            ))));
-        }
-        if topic.is_empty() || topic.contains(['+', '#', '\0']) {
-            return Ok(Err(Error::Other(format!(
-                "`{topic}` is not a topic to publish to (empty, or with a wildcard)"
-            ))));
-        }
-        let (client, reports) = accessor.with(|mut access| -> wasmtime::Result<_> {
-            let connection = access.get().table.get(&self_)?;
-            Ok((connection.client.clone(), connection.reports.clone()))
-        })?;
-        let result = publish_and_wait(client, &reports, topic, payload, qos(qos_level)).await;
-        Ok(result)
+        let publisher = accessor.with(|mut access| access.get().publisher(&self_))?;
+        Ok(publish_checked(publisher, topic, payload, qos(qos_level)).await)
     }
 }
 

@@ -1,5 +1,6 @@
-//! Outbound Redis: Spin's `spin:redis/redis@3.0.0` (`spin_sdk::redis`), over one multiplexed
-//! connection per address shared by every instance; `open` needs a `redis://` allow-list entry.
+//! Outbound Redis: Spin's `spin:redis/redis@3.0.0` (`spin_sdk::redis`; Spin 2's 2.0.0 too), over
+//! one multiplexed connection per address shared by every instance; `open` needs a `redis://`
+//! allow-list entry.
 
 use super::outbound_http::AllowedHosts;
 use crate::capabilities::{
@@ -10,6 +11,8 @@ use redis::aio::ConnectionManager;
 use std::collections::HashMap;
 use std::sync::Arc;
 use wasmtime::component::{Accessor, HasData, Linker, Resource, ResourceTable};
+
+mod legacy;
 
 mod bindings {
     wasmtime::component::bindgen!({
@@ -79,7 +82,7 @@ pub struct OutboundRedisGrant {
 
 impl Capability for OutboundRedisCapability {
     const NAME: &'static str = "outbound-redis";
-    const IMPORTS: &'static [&'static str] = &["spin:redis@3.0.0"];
+    const IMPORTS: &'static [&'static str] = &["spin:redis@3.0.0", "fermyon:spin/redis@2.0.0"];
 
     type AppState = RedisConnections;
     type ComponentState = OutboundRedisGrant;
@@ -88,6 +91,7 @@ impl Capability for OutboundRedisCapability {
 
     fn link<T: HasCapability<Self> + Send + 'static>(linker: &mut Linker<T>) -> anyhow::Result<()> {
         spin_redis::add_to_linker::<T, OutboundRedis>(linker, T::capability_view)?;
+        legacy::add_to_linker(linker, T::capability_view)?;
         Ok(())
     }
 
@@ -116,6 +120,23 @@ impl Capability for OutboundRedisCapability {
             table: parts.table,
         }
     }
+}
+
+/// A `redis://` or `rediss://` address the component may open (`open` of 3.0.0 and 2.0.0).
+fn check_address(allowed: &AllowedHosts, address: &str) -> Result<(), Error> {
+    let Ok(uri) = address.parse::<http::Uri>() else {
+        return Err(Error::InvalidAddress);
+    };
+    if !matches!(uri.scheme_str(), Some("redis" | "rediss")) || uri.host().is_none() {
+        return Err(Error::InvalidAddress);
+    }
+    if !allowed.allows_uri(&uri) {
+        return Err(Error::Other(format!(
+            "{} is not in this component's allowed_outbound_hosts",
+            crate::redis_client::redact(address)
+        )));
+    }
+    Ok(())
 }
 
 /// Spin's mapping: a value of the wrong type (or not an integer for `incr`) is `type-error`.
@@ -163,24 +184,15 @@ impl<T: Send> spin_redis::HostConnectionWithStore<T> for OutboundRedis {
         accessor: &Accessor<T, Self>,
         address: String,
     ) -> wasmtime::Result<Result<Resource<OpenConnection>, Error>> {
-        let Ok(uri) = address.parse::<http::Uri>() else {
-            return Ok(Err(Error::InvalidAddress));
-        };
-        if !matches!(uri.scheme_str(), Some("redis" | "rediss")) || uri.host().is_none() {
-            return Ok(Err(Error::InvalidAddress));
-        }
-        let (allowed, connections) = accessor.with(|mut access| {
+        let checked = accessor.with(|mut access| {
             let view = access.get();
-            (view.allowed.allows_uri(&uri), view.connections.clone())
+            check_address(view.allowed, &address).map(|()| view.connections.clone())
         });
-        if !allowed {
-            return Ok(Err(Error::Other(format!(
-                "{} is not in this component's allowed_outbound_hosts",
-                crate::redis_client::redact(&address)
-            ))));
-        }
-        let connection = match connections.get(&address).await {
-            Ok(connection) => connection,
+        let connection = match checked {
+            Ok(connections) => match connections.get(&address).await {
+                Ok(connection) => connection,
+                Err(err) => return Ok(Err(err)),
+            },
             Err(err) => return Ok(Err(err)),
         };
         accessor.with(
