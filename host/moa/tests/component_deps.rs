@@ -209,6 +209,11 @@ fn a_restart_loads_the_composition_from_the_cache_until_a_dependency_changes() {
     };
     let first = Moa::start(&app, options.clone());
     assert!(loaded(&first).contains("compiled in"), "{:?}", first.stdout);
+    assert!(
+        loaded(&first).contains("composed with `moa-test:greet/greeter`"),
+        "{:?}",
+        first.stdout
+    );
     first.stop();
     let second = Moa::start(&app, options.clone());
     assert!(loaded(&second).contains("cache in"), "{:?}", second.stdout);

@@ -133,12 +133,29 @@ async fn serve(args: UpArgs, manifest_path: PathBuf, traces_exported: bool) -> R
     );
     let prepared = trigger_configs.prepare(&app)?;
     for component in app.components.values() {
+        let dependencies: Vec<String> = app
+            .manifest
+            .manifest
+            .components
+            .get(&component.id)
+            .map(|c| {
+                c.dependencies
+                    .iter()
+                    .map(|d| format!("`{}`", d.name))
+                    .collect()
+            })
+            .unwrap_or_default();
         println!(
-            "Loaded component `{}` ({}, {} in {:.2}s)",
+            "Loaded component `{}` ({}, {} in {:.2}s{})",
             component.id,
             prepared.exports_of(&component.id),
             component.origin.as_str(),
-            component.load_time.as_secs_f64()
+            component.load_time.as_secs_f64(),
+            if dependencies.is_empty() {
+                String::new()
+            } else {
+                format!(", composed with {}", dependencies.join(", "))
+            }
         );
     }
 
