@@ -244,34 +244,19 @@ impl Composition {
 
     /// Composes the component with its dependencies (on a compile-cache miss).
     pub fn compose(self) -> Result<Vec<u8>> {
-        let inherits: Vec<InheritConfiguration> = self
-            .dependencies
+        // The manifest entries stay borrowed while their bytes move into the composition.
+        let (entries, bytes): (Vec<_>, Vec<_>) = self.dependencies.into_iter().unzip();
+        let dependencies = entries
             .iter()
-            .map(|(d, _)| d.inherit.clone())
-            .collect();
-        let names: Vec<moa_manifest::DependencyName> = self
-            .dependencies
-            .iter()
-            .map(|(d, _)| d.name.clone())
-            .collect();
-        let exports: Vec<Option<String>> = self
-            .dependencies
-            .iter()
-            .map(|(d, _)| d.export.clone())
-            .collect();
-        let dependencies = self
-            .dependencies
-            .into_iter()
-            .zip(&names)
-            .zip(&exports)
-            .map(|(((_, bytes), name), export)| Dependency {
-                name,
+            .zip(bytes)
+            .map(|(entry, bytes)| Dependency {
+                name: &entry.name,
                 bytes,
-                export: export.as_deref(),
+                export: entry.export.as_deref(),
             })
             .collect();
         let composed = moa_compose::compose(self.main, dependencies, |index, import| {
-            import_policy(&inherits[index], import)
+            import_policy(&entries[index].inherit, import)
         })
         .with_context(|| {
             format!(

@@ -210,6 +210,21 @@ fn sqlite_in_memory_database_is_shared_by_requests_while_the_app_runs() {
     );
 }
 
+/// SQL the database refuses: the component gets `io` with the database's message.
+fn refused_sql(moa: &Moa, sync: bool) {
+    let (status, answer) = sql(
+        moa,
+        "/db/default",
+        statements(sync, &[("SELEC 1", json!([]))]),
+    );
+    assert_eq!(status, 409, "{answer}");
+    let error = answer["error"].as_str().unwrap();
+    assert!(
+        error.starts_with("Error::Io(") && error.contains("syntax error"),
+        "{error}"
+    );
+}
+
 /// Creates `stock` (one item, 3 in stock) on the `default` database, then in a transaction takes 2
 /// twice: the second violates the CHECK, and the component drops the connection with the
 /// transaction open.
@@ -254,17 +269,7 @@ fn sqlite_errors_reach_the_component_and_a_transaction_rolls_back() {
     let moa = Moa::start(&app, sqlite_options(&app, ""));
     for sync in [false, true] {
         // SQL the database refuses: the component gets `io` with SQLite's message.
-        let (status, answer) = sql(
-            &moa,
-            "/db/default",
-            statements(sync, &[("SELEC 1", json!([]))]),
-        );
-        assert_eq!(status, 409, "{answer}");
-        let error = answer["error"].as_str().unwrap();
-        assert!(
-            error.starts_with("Error::Io(") && error.contains("syntax error"),
-            "{error}"
-        );
+        refused_sql(&moa, sync);
         // Parameters that do not match the statement.
         let (status, answer) = sql(
             &moa,
@@ -595,17 +600,7 @@ fn libsql_errors_transactions_and_the_server_going_away() {
     let moa = Moa::start(&app, libsql_options(&app, &sqld));
     // The server's own errors reach the component as `io`.
     for sync in [false, true] {
-        let (status, answer) = sql(
-            &moa,
-            "/db/default",
-            statements(sync, &[("SELEC 1", json!([]))]),
-        );
-        assert_eq!(status, 409, "{answer}");
-        let error = answer["error"].as_str().unwrap();
-        assert!(
-            error.starts_with("Error::Io(") && error.contains("syntax error"),
-            "{error}"
-        );
+        refused_sql(&moa, sync);
     }
     // A transaction spans the statements of one connection; a failed one is rolled back when the
     // component drops the connection, and releases the database for the next writer.
