@@ -6,13 +6,18 @@
 #             (WORKERS concurrent requests, one worker's ROUNDS each);
 #   embedded: the same component on the embedded store;
 #   outbox:   docbench commits WORKERS x OUTBOX_TX transactions on MongoDB, each inserting a document
-#             and staging one outbox message, timed until the last message is on the Redis stream.
+#             and staging one outbox message, timed until the last message is on the Redis stream;
+#   tx:       small durable transactions (read an account, $inc it, insert an entry): docbench's /tx
+#             on the embedded store from TX_WORKERS concurrent requests of TX_N each, against
+#             examples/sqlite_raw.rs doing the same statements on SQLite in one connection with
+#             synchronous = FULL (what a naive loop gets); each ROUNDS_OF times, taking turns.
 # Each of raw / mongo / embedded runs ROUNDS_OF times, taking turns, each on an empty database; each
 # reports its median, and mongo_ratio is the median of the per-round moa/raw ratios.
 #
-#   scripts/bench-documents.sh        # WORKERS=4 ROUNDS=200 OUTBOX_TX=100 ROUNDS_OF=5 by default
+#   scripts/bench-documents.sh        # WORKERS=4 ROUNDS=200 OUTBOX_TX=100 ROUNDS_OF=5 TX_WORKERS=16 TX_N=200
 #
 # Ends with: RESULT documents mongo_ops_s=... raw_mongo_ops_s=... mongo_ratio=... embedded_ops_s=... outbox_tx_s=...
+#            embedded_tx_s=... raw_sqlite_tx_s=... tx_ratio=...
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 
@@ -21,12 +26,14 @@ WORKERS="${WORKERS:-4}"
 ROUNDS="${ROUNDS:-200}"
 OUTBOX_TX="${OUTBOX_TX:-100}"
 ROUNDS_OF="${ROUNDS_OF:-5}"
+TX_WORKERS="${TX_WORKERS:-16}"
+TX_N="${TX_N:-200}"
 
 ensure_toolchain
 ensure_redis
 ensure_secantus
 log "building moa and the raw driver loop (release)"
-(cd "$MOA_ROOT" && cargo build --release --workspace --bin moa --example mongo_raw)
+(cd "$MOA_ROOT" && cargo build --release --workspace --bin moa --example mongo_raw --example sqlite_raw)
 build_components
 
 WORK="$(mktemp -d)"
@@ -132,7 +139,9 @@ run_moa() { start_moa "$(mongo_config "moa$1")"; MONGO+=("$(moa_ops "m$1")"); st
 # SecantusDB's speed drifts during a run, so the mongo ratio is the median of per-round ratios, and
 # raw and moa take turns going first.
 RAW=(); MONGO=(); EMBEDDED=(); RATIOS=()
-for round in $(seq 1 "$ROUNDS_OF"); do
+# ONLY_TX=1 runs just the small-transaction rounds (a quick check while working on the store).
+MONGO_ROUNDS="$ROUNDS_OF"; [ -n "${ONLY_TX:-}" ] && MONGO_ROUNDS=0
+for round in $(seq 1 "$MONGO_ROUNDS"); do
   if [ $((round % 2)) -eq 1 ]; then run_raw "$round"; run_moa "$round"; else run_moa "$round"; run_raw "$round"; fi
   start_moa "$(embedded_config "e$round")"; EMBEDDED+=("$(moa_ops "e$round")"); stop_moa
   RATIOS+=("$(awk -v a="${MONGO[-1]}" -v b="${RAW[-1]}" 'BEGIN {printf "%.3f", a / b}')")
@@ -140,6 +149,7 @@ for round in $(seq 1 "$ROUNDS_OF"); do
 done
 
 # Outbox: committed transactions per second, until the last message is on the stream.
+if [ -z "${ONLY_TX:-}" ]; then
 start_moa "$(mongo_config outbox)"
 before="$(redis-cli -p "$REDIS_PORT" XLEN bench.outbox)"
 want=$((before + WORKERS * OUTBOX_TX))
@@ -154,10 +164,35 @@ stop_moa
 got="$(redis-cli -p "$REDIS_PORT" XLEN bench.outbox)"
 [ "$got" -ge "$want" ] || { echo "error: only $((got - before)) of $((want - before)) outbox messages arrived" >&2; exit 1; }
 OUTBOX_S="$(awk -v n=$((WORKERS * OUTBOX_TX)) -v s="$start" -v e="$end" 'BEGIN {printf "%.1f", n / (e - s)}')"
+fi
 
+# Small durable transactions: moa's embedded store (group commit) against raw SQLite in a loop.
+EMB_TX=(); RAW_TX=()
+moa_tx() { # run-id
+  local start end
+  start="$(now)"
+  seq 0 $((TX_WORKERS - 1)) | xargs -P "$TX_WORKERS" -I{} curl -fsS -o /dev/null "$MOA_URL/tx?n=$TX_N&w={}&run=$1"
+  end="$(now)"
+  awk -v n=$((TX_WORKERS * TX_N)) -v s="$start" -v e="$end" 'BEGIN {printf "%.1f", n / (e - s)}'
+}
+for round in $(seq 1 "$ROUNDS_OF"); do
+  raw_tx() { "$CARGO_TARGET_DIR/release/examples/sqlite_raw" "$WORK/raw-tx-$round.db" $((TX_WORKERS * TX_N)) | sed 's/.*tx_s=//'; }
+  if [ $((round % 2)) -eq 1 ]; then RAW_TX+=("$(raw_tx)"); fi
+  start_moa "$(embedded_config "tx$round")"; EMB_TX+=("$(moa_tx "t$round")"); stop_moa
+  if [ $((round % 2)) -eq 0 ]; then RAW_TX+=("$(raw_tx)"); fi
+  log "round $round: moa embedded ${EMB_TX[-1]} tx/s, raw SQLite (synchronous = FULL) ${RAW_TX[-1]} tx/s"
+done
+EMB_TX_M="$(median "${EMB_TX[@]}")"; RAW_TX_M="$(median "${RAW_TX[@]}")"
+TX_RATIO="$(awk -v a="$EMB_TX_M" -v b="$RAW_TX_M" 'BEGIN {printf "%.2f", a / b}')"
+
+if [ -n "${ONLY_TX:-}" ]; then
+  echo "RESULT documents embedded_tx_s=$EMB_TX_M raw_sqlite_tx_s=$RAW_TX_M tx_ratio=$TX_RATIO"
+  exit 0
+fi
 RAW_M="$(median "${RAW[@]}")"; MONGO_M="$(median "${MONGO[@]}")"; EMB_M="$(median "${EMBEDDED[@]}")"
 RATIO="$(median "${RATIOS[@]}" | awk '{printf "%.2f", $1}')"
 printf '\n%-34s %12s\n' "contender" "ops/s (median of $ROUNDS_OF)"
 printf '%-34s %12s\n' "raw mongodb driver (native loop)" "$RAW_M" "moa docbench on MongoDB" "$MONGO_M" "moa docbench on the embedded store" "$EMB_M"
 printf '%-34s %12s\n' "outbox transactions/s (to Redis)" "$OUTBOX_S"
-echo "RESULT documents mongo_ops_s=$MONGO_M raw_mongo_ops_s=$RAW_M mongo_ratio=$RATIO embedded_ops_s=$EMB_M outbox_tx_s=$OUTBOX_S"
+printf '%-34s %12s\n' "embedded small tx/s (durable)" "$EMB_TX_M" "raw SQLite tx/s (FULL, one conn)" "$RAW_TX_M"
+echo "RESULT documents mongo_ops_s=$MONGO_M raw_mongo_ops_s=$RAW_M mongo_ratio=$RATIO embedded_ops_s=$EMB_M outbox_tx_s=$OUTBOX_S embedded_tx_s=$EMB_TX_M raw_sqlite_tx_s=$RAW_TX_M tx_ratio=$TX_RATIO"

@@ -165,15 +165,17 @@ build_components() {
 # Benchmark scripts build with `--workspace` and at least one example: that selects the features
 # `cargo test --release --workspace` built with (dev-dependencies' features included), so a script
 # run after scripts/test.sh reuses its build instead of rebuilding the host with other features.
+# build_host and build_dev_services do the same, so ./scripts/up.sh after ./scripts/test.sh builds
+# nothing (a plain `cargo build -p moa` resolves other features and recompiles the host).
 build_host() {
   log "building the moa host (release)"
-  (cd "$MOA_ROOT" && cargo build --release -p moa)
+  (cd "$MOA_ROOT" && cargo build --release --workspace --bin moa --example saga_load)
 }
 
 # The local stand-ins the reference app talks to: the Toss Payments emulator and the dev token issuer.
 build_dev_services() {
   log "building the Toss emulator and the dev token issuer (release)"
-  (cd "$MOA_ROOT" && cargo build --release -p moa-toss-emulator -p moa-dev-issuer)
+  (cd "$MOA_ROOT" && cargo build --release --workspace --bin toss-emulator --bin dev-issuer --example saga_load)
 }
 
 # tansu with SQLite storage (cargo install, ~10 min once on 2 cores), for runs that restart the

@@ -1,7 +1,8 @@
 //! Benchmark component (scripts/bench-documents.sh). `GET /ops?n=N&w=W` runs N rounds of insert +
 //! find-one-and-update (`$inc`) + find by an indexed field (limit 10), as worker W; `GET
 //! /outbox?n=N&w=W` commits N transactions that each insert a document and stage one outbox
-//! message. Both answer how many operations they ran. The same work as `examples/mongo_raw.rs`.
+//! message; `GET /tx?n=N&w=W` commits N small transactions (read an account, `$inc` it, insert an
+//! entry). Each answers how many operations (or transactions) it ran. The same work as `examples/mongo_raw.rs`.
 
 use moa_sdk::documents::{Find, FindAndModify, Ops, Store};
 use moa_sdk::messaging::Message;
@@ -43,6 +44,28 @@ fn ops(store: &Store, n: u64, worker: u64, run: &str) -> anyhow::Result<u64> {
     Ok(n * 3)
 }
 
+/// One small transaction, N times: read the worker's account, add 1 to it (upsert), insert a ledger
+/// entry; the same statements as `examples/sqlite_raw.rs` runs on SQLite directly.
+fn transactions(store: &Store, n: u64, worker: u64, run: &str) -> anyhow::Result<u64> {
+    let account = format!("{run}-w{worker}");
+    for i in 0..n {
+        store.transaction(|tx| {
+            let _: Option<Value> = tx.find_one("accounts", json!({ "_id": account }))?;
+            tx.upsert_one(
+                "accounts",
+                json!({ "_id": account }),
+                json!({ "$inc": { "balance": 1 } }),
+            )?;
+            tx.insert_one(
+                "entries",
+                &json!({ "_id": format!("{account}-{i}"), "account": account, "amount": 1 }),
+            )?;
+            Ok(())
+        })?;
+    }
+    Ok(n)
+}
+
 fn outbox(store: &Store, n: u64, worker: u64, run: &str) -> anyhow::Result<u64> {
     for i in 0..n {
         let id = format!("{run}-w{worker}-{i}");
@@ -78,7 +101,8 @@ async fn handle(req: Request) -> anyhow::Result<impl IntoResponse> {
     let done = match path.as_str() {
         "/ops" => ops(&store, n, worker, &run),
         "/outbox" => outbox(&store, n, worker, &run),
-        _ => Err(anyhow::anyhow!("use /ops or /outbox")),
+        "/tx" => transactions(&store, n, worker, &run),
+        _ => Err(anyhow::anyhow!("use /ops, /tx or /outbox")),
     };
     let (status, body) = match done {
         Ok(count) => (200, format!("{count}\n")),

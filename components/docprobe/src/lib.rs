@@ -2,6 +2,7 @@
 //! "commit" | "abort" | "none", "ops": [...]}` runs each op through moa-sdk's documents API (on the
 //! store, or inside one transaction) and answers `{"results": [...], "end": ...}`, each result
 //! `{"ok": value}` or `{"error": {"kind": "...", "message": "..."}}`; a failing op does not stop the rest.
+//! In a transaction, an op with `"outside": true` runs on the store instead (the re-entrant write).
 
 use moa_sdk::documents::{self, Error, Find, FindAndModify, Ops, ReturnDocument, Store};
 use moa_sdk::messaging::Message;
@@ -178,7 +179,7 @@ fn run_op(
                 .map(|()| Value::Null)
                 .map_err(|e| Error::Other(format!("{e:?}")))
         }
-        // Holds whatever this script holds (a transaction's write turn) for `ms`.
+        // Keeps whatever this script has open (a transaction) open for `ms`.
         "sleep" => {
             let ms = op.get("ms").and_then(Value::as_u64).unwrap_or(0);
             std::thread::sleep(std::time::Duration::from_millis(ms));
@@ -237,9 +238,13 @@ fn run(script: &Value) -> Value {
         Ok(tx) => tx,
         Err(error) => return json!({ "begin": error_json(&error) }),
     };
+    // An op with `"outside": true` runs on the store while the transaction is open.
     let results: Vec<Value> = ops
         .iter()
-        .map(|op| outcome(run_op(&tx, op, Some(&tx))))
+        .map(|op| match op.get("outside").and_then(Value::as_bool) {
+            Some(true) => outcome(run_op(&store, op, None)),
+            _ => outcome(run_op(&tx, op, Some(&tx))),
+        })
         .collect();
     let end = match script
         .get("end")

@@ -3,7 +3,8 @@
 //!
 //! It is a development default, not a broker: one process owns the file; records are ordered per
 //! partition; a record's partition follows its key (same key, same partition, order kept).
-//! Appends survive a crash of the process (SQLite WAL); offsets move only when a consumer commits.
+//! Appends and offset commits are on disk before they return (SQLite WAL, `synchronous = FULL`), so
+//! they survive a crash of the process or of the machine; offsets move only when a consumer commits.
 
 use rusqlite::{Connection, OptionalExtension, params};
 use std::collections::HashMap;
@@ -129,7 +130,7 @@ impl EventLog {
         let connection = Connection::open(path)?;
         connection.execute_batch(
             "PRAGMA journal_mode = WAL;
-             PRAGMA synchronous = NORMAL;
+             PRAGMA synchronous = FULL;
              PRAGMA busy_timeout = 5000;
              CREATE TABLE IF NOT EXISTS topics (
                  name TEXT PRIMARY KEY,

@@ -714,11 +714,11 @@ fn the_outbox_publishes_to_kafka_in_commit_order_per_key() {
     assert_eq!(seen, ids, "each message carries the id publish returned");
 }
 
-/// A handler that fails because another transaction holds the store (write-conflict after the
-/// busy timeout) is retried without spending an attempt: with `max_attempts = 1` the message is
-/// still applied once, after the holder commits, and never dead-lettered.
+/// A handler that fails because another process holds the store's write lock (write-conflict after
+/// the busy timeout) is retried without spending an attempt: with `max_attempts = 1` the message is
+/// still applied once, after the holder lets go, and never dead-lettered.
 #[test]
-fn a_delivery_blocked_by_another_transaction_waits_instead_of_dead_lettering() {
+fn a_delivery_blocked_by_another_process_waits_instead_of_dead_lettering() {
     let app = AppDir::new(
         r#"
 spin_manifest_version = 2
@@ -743,31 +743,112 @@ document_stores = ["default"]
     );
     let rc = app.write(
         "runtime-config.toml",
-        "[document_store.default]\ntype = \"embedded\"\nbusy_timeout_ms = 100\n",
+        "[document_store.default]\ntype = \"embedded\"\npath = \"blocked.db\"\nbusy_timeout_ms = 100\n",
     );
     let moa = Moa::start(&app, Options::runtime_config(&rc));
-    // Takes the store's write turn, publishes the order while holding it, holds it 8 s (longer
-    // than the inbox's own transaction retries), then commits.
+    one(
+        &moa,
+        json!({ "op": "insert_one", "collection": "hold", "document": { "_id": "h" } }),
+    );
+    // Another process takes SQLite's write lock on the store's file and keeps it 8 s (longer than
+    // the inbox's own transaction retries) while the order is published.
+    let holder = rusqlite::Connection::open(app.path().join("blocked.db")).expect("open the store");
+    holder
+        .execute_batch("BEGIN IMMEDIATE; UPDATE documents SET body = body WHERE id = '\"h\"';")
+        .expect("take the write lock");
     let reply = script(
         &moa,
         "/run",
-        json!({ "transaction": true, "end": "commit", "ops": [
-            { "op": "insert_one", "collection": "hold", "document": { "_id": "h" } },
-            { "op": "publish_now", "topic": "orders.placed", "payload": "o-1" },
-            { "op": "sleep", "ms": 8000 }
-        ]}),
+        json!({ "ops": [{ "op": "publish_now", "topic": "orders.placed", "payload": "o-1" }] }),
     );
-    assert_eq!(reply["results"][1], json!({ "ok": null }), "{reply}");
+    assert_eq!(reply["results"][0], json!({ "ok": null }), "{reply}");
+    wait_until("the handler failed on the held store", || {
+        common::metric(&moa, "moa_events_total", "outcome=\"transient\"") >= 1.0
+    });
+    std::thread::sleep(std::time::Duration::from_secs(8));
+    holder.execute_batch("COMMIT").expect("let go of the lock");
     wait_until("the order's effect is applied", || {
         find(&moa, "effects", json!({}), json!({})).len() == 1
     });
     let effects = find(&moa, "effects", json!({}), json!({}));
     assert_eq!(effects[0]["n"], 1, "{effects:?}");
-    let transient = common::metric(&moa, "moa_events_total", "outcome=\"transient\"");
     let dead = common::metric(&moa, "moa_events_total", "outcome=\"dead_letter\"");
-    assert!(
-        transient >= 1.0,
-        "the handler failed on the held store first"
-    );
     assert_eq!(dead, 0.0, "nothing was dead-lettered\n{}", moa.stderr());
+}
+
+/// A write through the store while the same invocation has a transaction open on it is refused at
+/// once with an error that names the mistake, and a transaction left open (here: sleeping) does not
+/// hold up other writers.
+#[test]
+fn a_reentrant_write_fails_at_once_and_an_open_transaction_blocks_no_one() {
+    let fixture = start(Backend::Embedded);
+    let moa = &fixture.moa;
+    let reply = script(
+        moa,
+        "/run",
+        json!({ "transaction": true, "end": "commit", "ops": [
+            { "op": "insert_one", "collection": "ledger", "document": { "_id": "inside" } },
+            { "op": "insert_one", "collection": "ledger", "document": { "_id": "outside" }, "outside": true },
+            { "op": "find", "collection": "ledger", "filter": { "_id": "inside" }, "outside": true }
+        ]}),
+    );
+    assert_eq!(error_kind(&reply["results"][1]), "other", "{reply}");
+    let message = reply["results"][1]["error"]["message"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(message.contains("re-entrant write"), "{message}");
+    assert!(message.contains("outside the transaction"), "{message}");
+    assert_eq!(
+        ok(&reply["results"][2]),
+        &json!([]),
+        "reads outside see only committed documents"
+    );
+    ok(&reply["end"]);
+    let ids: Vec<Value> = find(moa, "ledger", json!({}), json!({}))
+        .iter()
+        .map(|d| d["_id"].clone())
+        .collect();
+    assert_eq!(
+        ids,
+        vec![json!("inside")],
+        "the refused write changed nothing"
+    );
+
+    // A transaction that wrote and then waits 3 s before committing: other requests write and
+    // commit meanwhile.
+    let url = format!("{}/run", moa.url);
+    let slow = std::thread::spawn(move || {
+        common::blocking(
+            Method::POST,
+            &url,
+            Some(
+                json!({ "transaction": true, "end": "commit", "ops": [
+                    { "op": "insert_one", "collection": "ledger", "document": { "_id": "slow" } },
+                    { "op": "sleep", "ms": 3000 }
+                ]})
+                .to_string()
+                .into_bytes(),
+            ),
+        )
+    });
+    wait_until("the slow transaction has begun", || {
+        common::metric(moa, "moa_http_requests_in_flight", "") >= 1.0 || slow.is_finished()
+    });
+    for i in 0..20 {
+        let reply = script(
+            moa,
+            "/run",
+            json!({ "transaction": true, "end": "commit", "ops": [
+                { "op": "insert_one", "collection": "ledger", "document": { "_id": format!("quick-{i}") } }
+            ]}),
+        );
+        ok(&reply["end"]);
+    }
+    assert!(
+        !slow.is_finished(),
+        "20 transactions committed while the slow one was still open"
+    );
+    let (status, body) = slow.join().expect("slow client");
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(find(moa, "ledger", json!({}), json!({})).len(), 22);
 }

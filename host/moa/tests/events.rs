@@ -200,22 +200,28 @@ fn read_kafka(bootstrap: &str, topic: &str) -> Vec<Seen> {
             let (_, high) = consumer
                 .fetch_watermarks(topic, p.id(), Duration::from_secs(5))
                 .unwrap_or((0, 0));
-            if high > 0 {
-                list.add_partition_offset(topic, p.id(), Offset::Beginning)
-                    .unwrap();
-                ends.insert(p.id(), high);
-            }
+            list.add_partition_offset(topic, p.id(), Offset::Beginning)
+                .unwrap();
+            ends.insert(p.id(), high);
         }
     }
     if ends.is_empty() {
         return Vec::new();
     }
     consumer.assign(&list).unwrap();
+    // tansu can report a high watermark below the records it holds (42 for 50) until the next
+    // produce, so the watermarks are a floor: read 500 ms past them for what they left out.
     let total: i64 = ends.values().sum();
     let mut out = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(20);
-    while (out.len() as i64) < total && Instant::now() < deadline {
-        let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) else {
+    let mut past_watermarks: Option<Instant> = None;
+    while Instant::now() < deadline
+        && past_watermarks.is_none_or(|t| t.elapsed() < Duration::from_millis(500))
+    {
+        if past_watermarks.is_none() && out.len() as i64 >= total {
+            past_watermarks = Some(Instant::now());
+        }
+        let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) else {
             continue;
         };
         out.push(Seen {
@@ -352,6 +358,40 @@ fn sequences(seen: &[Seen]) -> BTreeMap<String, Vec<u32>> {
     out
 }
 
+/// A key's sequence numbers as seen across a kill: runs of consecutive numbers, the first from 0,
+/// each later one a redelivery from a commit point (at most one past the highest seen before) that
+/// goes on past that highest before the next run starts; together they cover 0..n. A message seen
+/// before an earlier one of its key fails this.
+fn assert_in_order_with_restarts(key: &str, seqs: &[u32], n: u32) {
+    let mut highest: Option<u32> = None;
+    let mut previous: Option<u32> = None;
+    // The highest number seen when the current run started: a replay must pass it.
+    let mut replaying_to: Option<u32> = None;
+    for &seq in seqs {
+        let continues = previous.is_some_and(|p| seq == p + 1);
+        if !continues {
+            let restart_ok = match (highest, previous) {
+                (None, _) => seq == 0,
+                (Some(h), Some(p)) => seq <= h + 1 && replaying_to.is_none_or(|r| p >= r),
+                (Some(_), None) => false,
+            };
+            assert!(
+                restart_ok,
+                "key {key}: {seq} came after {previous:?} (highest {highest:?}): out of order in {seqs:?}"
+            );
+            replaying_to = highest;
+        }
+        highest = Some(highest.map_or(seq, |h| h.max(seq)));
+        previous = Some(seq);
+    }
+    let distinct: BTreeSet<u32> = seqs.iter().copied().collect();
+    assert_eq!(
+        distinct,
+        (0..n).collect::<BTreeSet<_>>(),
+        "key {key}: every message"
+    );
+}
+
 // ---------- the shared behaviour suite ----------
 
 fn delivers_every_message_once_in_key_order(backend: Backend) {
@@ -433,8 +473,8 @@ fn failures_are_retried_then_dead_lettered(backend: Backend) {
 fn nothing_is_lost_when_the_host_is_killed(backend: Backend) {
     let (app, options) = app(&backend, "");
     let moa = Moa::start(&app, options.clone());
-    // 15 ms each: at least 1.5 s of work, so the kill below lands mid-stream.
-    publish_many(&moa, "n=400&keys=8&batch=100&prefix=sleep:15:");
+    // 40 ms each, 4 at a time: about 4 s of work, so the kill below lands mid-stream.
+    publish_many(&moa, "n=400&keys=8&batch=100&prefix=sleep:40:");
     // Kill it mid-stream, without any chance to commit or clean up.
     let partial = backend.read(&app, "seen.orders", 40, Duration::from_secs(60));
     assert!(
@@ -454,12 +494,14 @@ fn nothing_is_lost_when_the_host_is_killed(backend: Backend) {
     );
     // Redelivered messages come again in order per key; duplicates only from the kill.
     for (key, seqs) in sequences(&seen) {
-        let mut dedup = seqs.clone();
-        dedup.dedup();
-        let mut sorted = dedup.clone();
-        sorted.sort();
-        sorted.dedup();
-        assert_eq!(sorted, (0..50).collect::<Vec<_>>(), "key {key}");
+        if matches!(backend, Backend::Redis(_)) {
+            // Known gap: the survivor claims the dead consumer's pending entries while it reads
+            // new ones, so a key's claimed entries come after its later ones (issue 33, item 5).
+            let distinct: BTreeSet<u32> = seqs.iter().copied().collect();
+            assert_eq!(distinct, (0..50).collect::<BTreeSet<_>>(), "key {key}");
+            continue;
+        }
+        assert_in_order_with_restarts(&key, &seqs, 50);
     }
     restarted.stop();
 }
@@ -725,4 +767,98 @@ source = "{probe}"
         err.contains("does not export handle-cron-event (fermyon:spin-cron@2.0.0)"),
         "{err}"
     );
+}
+
+/// A message that keeps failing holds up only its own key (Kafka): on a one-partition topic, the
+/// messages of ten other keys published after it are all handled, in order per key, while it is
+/// still being retried (1 s, 2 s, 4 s apart); it is dead-lettered after, and only then is the
+/// partition's offset committed past it.
+#[test]
+fn kafka_a_stuck_key_blocks_only_itself() {
+    let kafka = KafkaServer::start();
+    kafka.create_topic("orders", 1);
+    kafka.create_topic("seen.orders", 1);
+    kafka.create_topic("orders.dlq", 1);
+    let app = AppDir::new(
+        r#"
+spin_manifest_version = 2
+[application]
+name = "stuck"
+[[trigger.http]]
+route = "/..."
+component = "front"
+[[trigger.kafka]]
+component = "relay"
+topics = ["orders"]
+group = "relay"
+max_attempts = 4
+retry_backoff_ms = 1000
+concurrency = 8
+[component.front]
+source = "{probe}"
+allowed_publish_topics = ["orders"]
+[component.relay]
+source = "{relay}"
+allowed_publish_topics = ["seen.*"]
+environment = { RELAY_PREFIX = "seen." }
+"#,
+    );
+    let backend = Backend::Kafka(kafka);
+    let rc = app.write("runtime-config.toml", &backend.runtime_config(&app));
+    let moa = Moa::start(&app, Options::runtime_config(&rc));
+    publish(&moa, "stuck", "fail-always");
+    publish_many(&moa, "n=50&keys=10&batch=50");
+    let seen = backend.read(&app, "seen.orders", 50, Duration::from_secs(60));
+    assert_eq!(seen.len(), 50, "{}", moa.stderr());
+    let dead_meanwhile = backend.read_now(&app, "orders.dlq");
+    assert!(
+        dead_meanwhile.is_empty(),
+        "the other keys were handled while the stuck message was still retried: {dead_meanwhile:?}"
+    );
+    for (key, seqs) in sequences(&seen) {
+        assert_eq!(
+            seqs,
+            (0..5).collect::<Vec<_>>(),
+            "key {key}: in publish order"
+        );
+    }
+    let Backend::Kafka(kafka) = &backend else {
+        unreachable!()
+    };
+    let committed_before = committed_offset(&kafka.bootstrap, "relay", "orders");
+    assert!(
+        committed_before < 1,
+        "nothing is committed past the unfinished stuck message (offset 0): {committed_before}"
+    );
+    let dead = backend.read(&app, "orders.dlq", 1, Duration::from_secs(60));
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].key.as_deref(), Some("stuck"));
+    assert_eq!(dead[0].headers["moa-attempts"], "4");
+    common::wait_until("the partition is committed to its end", || {
+        committed_offset(&kafka.bootstrap, "relay", "orders") == 51
+    });
+    moa.stop();
+}
+
+/// The offset `group` has committed on partition 0 of `topic` (0 when none).
+fn committed_offset(bootstrap: &str, group: &str, topic: &str) -> i64 {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::{Offset, TopicPartitionList};
+    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", group)
+        .create()
+        .unwrap();
+    let mut list = TopicPartitionList::new();
+    list.add_partition(topic, 0);
+    match consumer
+        .committed_offsets(list, Duration::from_secs(10))
+        .unwrap()
+        .elements()
+        .first()
+        .map(|e| e.offset())
+    {
+        Some(Offset::Offset(n)) => n,
+        _ => 0,
+    }
 }

@@ -26,6 +26,48 @@ pub struct OpenTransaction {
     /// A lent transaction that begins on its first operation.
     begin_on_use: bool,
     staged: usize,
+    /// Marks the store as having an open transaction in this instance until the end.
+    mark: Option<OpenMark>,
+}
+
+/// The stores an instance has a transaction open on, for the re-entrant write check: a write
+/// through the store while its own transaction is open is a mistake (on the embedded store it
+/// would also wait for nothing it could ever get before optimistic transactions).
+#[derive(Default)]
+pub struct OpenTransactions(std::sync::Mutex<Vec<String>>);
+
+impl OpenTransactions {
+    fn mark(self: &Arc<Self>, label: &str) -> OpenMark {
+        if let Ok(mut open) = self.0.lock() {
+            open.push(label.to_string());
+        }
+        OpenMark {
+            open: self.clone(),
+            label: label.to_string(),
+        }
+    }
+
+    fn is_open(&self, label: &str) -> bool {
+        self.0
+            .lock()
+            .is_ok_and(|open| open.iter().any(|l| l == label))
+    }
+}
+
+/// One open transaction's entry in [`OpenTransactions`]; removed when dropped.
+struct OpenMark {
+    open: Arc<OpenTransactions>,
+    label: String,
+}
+
+impl Drop for OpenMark {
+    fn drop(&mut self) {
+        if let Ok(mut open) = self.open.0.lock()
+            && let Some(at) = open.iter().position(|l| *l == self.label)
+        {
+            open.swap_remove(at);
+        }
+    }
 }
 
 /// What a component left of a lent transaction.
@@ -41,7 +83,7 @@ pub enum Lent {
 impl OpenTransaction {
     /// A transaction the host lends to a component (a job chunk's). It begins on the component's
     /// first operation, so work before its first read or write (an embedding call, say) does not
-    /// hold the store (the embedded store has one writer). The host takes it back with
+    /// hold a snapshot (or, on MongoDB, a server-side transaction). The host takes it back with
     /// [`OpenTransaction::finish`].
     pub fn lend(store: Arc<DocumentStore>) -> Self {
         OpenTransaction {
@@ -49,6 +91,7 @@ impl OpenTransaction {
             tx: None,
             begin_on_use: true,
             staged: 0,
+            mark: None,
         }
     }
 
@@ -76,6 +119,7 @@ impl OpenTransaction {
     /// Takes the transaction to end it (a lent one that was never used ends as nothing).
     fn take(&mut self) -> Option<Box<dyn DocumentTransaction>> {
         self.begin_on_use = false;
+        self.mark = None;
         self.tx.take()
     }
 }
@@ -304,6 +348,22 @@ impl DocumentsView<'_> {
         Ok(self.table.get(handle)?.store.clone())
     }
 
+    /// The store for a write outside a transaction; refused at once while this instance has a
+    /// transaction open on it (not transient: running it again cannot help).
+    fn store_to_write(
+        &self,
+        handle: &Resource<OpenStore>,
+    ) -> wasmtime::Result<Result<Arc<DocumentStore>, DocumentError>> {
+        let store = self.store(handle)?;
+        if self.grant.open.is_open(&store.label) {
+            return Ok(Err(DocumentError::Other(format!(
+                "re-entrant write: this call writes to document store `{}` outside the transaction it has open on that store; write through the transaction (tx.insert_one, tx.update_one, ...) or commit it first",
+                store.label
+            ))));
+        }
+        Ok(Ok(store))
+    }
+
     /// Checks an outbox message as `moa:messaging/producer` checks a publish, and adds the
     /// invocation's trace context.
     fn outgoing(&self, message: Message) -> Result<OutgoingMessage, DocumentError> {
@@ -355,7 +415,10 @@ impl documents::HostStore for DocumentsView<'_> {
         collection: String,
         document: String,
     ) -> Answer<String> {
-        let store = self.store(&handle)?;
+        let store = match self.store_to_write(&handle)? {
+            Ok(store) => store,
+            Err(error) => return answer(self.invocation, Err(error)),
+        };
         let ids = insert_many(Target::Store(&store), collection, vec![document]).await;
         answer(
             self.invocation,
@@ -369,7 +432,10 @@ impl documents::HostStore for DocumentsView<'_> {
         collection: String,
         documents: Vec<String>,
     ) -> Answer<Vec<String>> {
-        let store = self.store(&handle)?;
+        let store = match self.store_to_write(&handle)? {
+            Ok(store) => store,
+            Err(error) => return answer(self.invocation, Err(error)),
+        };
         answer(
             self.invocation,
             insert_many(Target::Store(&store), collection, documents).await,
@@ -428,7 +494,10 @@ impl documents::HostStore for DocumentsView<'_> {
         change: String,
         upsert: bool,
     ) -> Answer<UpdateResult> {
-        let store = self.store(&handle)?;
+        let store = match self.store_to_write(&handle)? {
+            Ok(store) => store,
+            Err(error) => return answer(self.invocation, Err(error)),
+        };
         answer(
             self.invocation,
             update(
@@ -451,7 +520,10 @@ impl documents::HostStore for DocumentsView<'_> {
         change: String,
         upsert: bool,
     ) -> Answer<UpdateResult> {
-        let store = self.store(&handle)?;
+        let store = match self.store_to_write(&handle)? {
+            Ok(store) => store,
+            Err(error) => return answer(self.invocation, Err(error)),
+        };
         answer(
             self.invocation,
             update(
@@ -474,7 +546,10 @@ impl documents::HostStore for DocumentsView<'_> {
         replacement: String,
         upsert: bool,
     ) -> Answer<UpdateResult> {
-        let store = self.store(&handle)?;
+        let store = match self.store_to_write(&handle)? {
+            Ok(store) => store,
+            Err(error) => return answer(self.invocation, Err(error)),
+        };
         answer(
             self.invocation,
             replace_one(
@@ -496,7 +571,10 @@ impl documents::HostStore for DocumentsView<'_> {
         change: String,
         options: FindAndModifyOptions,
     ) -> Answer<Option<String>> {
-        let store = self.store(&handle)?;
+        let store = match self.store_to_write(&handle)? {
+            Ok(store) => store,
+            Err(error) => return answer(self.invocation, Err(error)),
+        };
         answer(
             self.invocation,
             find_one_and_update(Target::Store(&store), collection, filter, change, options).await,
@@ -509,7 +587,10 @@ impl documents::HostStore for DocumentsView<'_> {
         collection: String,
         filter: String,
     ) -> Answer<u64> {
-        let store = self.store(&handle)?;
+        let store = match self.store_to_write(&handle)? {
+            Ok(store) => store,
+            Err(error) => return answer(self.invocation, Err(error)),
+        };
         answer(
             self.invocation,
             delete(Target::Store(&store), collection, filter, false).await,
@@ -522,7 +603,10 @@ impl documents::HostStore for DocumentsView<'_> {
         collection: String,
         filter: String,
     ) -> Answer<u64> {
-        let store = self.store(&handle)?;
+        let store = match self.store_to_write(&handle)? {
+            Ok(store) => store,
+            Err(error) => return answer(self.invocation, Err(error)),
+        };
         answer(
             self.invocation,
             delete(Target::Store(&store), collection, filter, true).await,
@@ -535,11 +619,13 @@ impl documents::HostStore for DocumentsView<'_> {
             Ok(tx) => tx,
             Err(error) => return answer(self.invocation, Err(error)),
         };
+        let mark = Some(self.grant.open.mark(&store.label));
         Ok(Ok(self.table.push(OpenTransaction {
             store,
             tx: Some(tx),
             begin_on_use: false,
             staged: 0,
+            mark,
         })?))
     }
 

@@ -328,6 +328,8 @@ pub struct DocumentsGrant {
     stores: Arc<DocumentStores>,
     labels: Arc<[String]>,
     topics: Arc<[String]>,
+    /// Per instance: the stores it has a transaction open on.
+    open: Arc<host::OpenTransactions>,
 }
 
 impl DocumentsGrant {
@@ -377,11 +379,15 @@ impl Capability for DocumentsCapability {
             stores: stores.clone(),
             labels: cx.strings("document_stores")?.into(),
             topics: cx.strings("allowed_publish_topics")?.into(),
+            open: Arc::default(),
         })
     }
 
     fn instance(grant: &DocumentsGrant) -> DocumentsGrant {
-        grant.clone()
+        DocumentsGrant {
+            open: Arc::default(),
+            ..grant.clone()
+        }
     }
 
     fn view<'a>(parts: InstanceParts<'a, DocumentsGrant>) -> DocumentsView<'a> {

@@ -132,6 +132,32 @@ impl Filter {
         out
     }
 
+    /// Top-level range conditions every match meets (`$gt`, `$gte`, `$lt`, `$lte` on a number or a
+    /// string): `(path, Greater or Less, inclusive, bound)`, for range scans of an index.
+    pub fn bounds(&self) -> Vec<(&str, Ordering, bool, &Value)> {
+        let mut out = Vec::new();
+        for condition in &self.conditions {
+            match condition {
+                Condition::Field { path, tests } => {
+                    for test in tests {
+                        if let Test::Cmp(direction, inclusive, value) = test
+                            && (value.is_number() || value.is_string())
+                        {
+                            out.push((path.as_str(), *direction, *inclusive, value));
+                        }
+                    }
+                }
+                Condition::And(filters) => {
+                    for filter in filters {
+                        out.extend(filter.bounds());
+                    }
+                }
+                _ => {}
+            }
+        }
+        out
+    }
+
     /// The fields an upsert copies from the filter: top-level equalities (objects included).
     pub fn upsert_seed(&self) -> Map<String, Value> {
         let mut seed = Map::new();

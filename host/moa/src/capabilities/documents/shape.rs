@@ -31,6 +31,11 @@ impl Sort {
         self.0.is_empty()
     }
 
+    /// The keys, `(path, ascending)`, in priority order.
+    pub fn keys(&self) -> &[(String, bool)] {
+        &self.0
+    }
+
     /// Orders two documents by the sort keys.
     pub fn order(&self, a: &Value, b: &Value) -> Ordering {
         for (path, ascending) in &self.0 {

@@ -1,11 +1,12 @@
 //! Kafka as a trigger source: one rdkafka consumer per trigger in the trigger's group; messages of
-//! each partition go to that partition's worker, which handles them one at a time (order per key)
-//! while partitions run in parallel (up to `concurrency`).
+//! each partition go to that partition's worker, which handles each key's messages one at a time
+//! (order per key) and different keys side by side; everything runs up to `concurrency` at once.
 //!
 //! Offsets are stored only after a message was handled or dead-lettered and committed by
 //! librdkafka's auto-commit (and synchronously on revoke and shutdown). On revoke, workers of the
 //! revoked partitions get a grace period to finish; what is still running is abandoned uncommitted.
 
+use super::keyed::{KeyedLanes, MAX_KEYS_IN_FLIGHT};
 use super::{Event, Lane, TriggerRuntime};
 use crate::capabilities::messaging::kafka::{KafkaClientContext, seed_msk_token};
 use anyhow::{Context as _, Result};
@@ -20,6 +21,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::{Semaphore, mpsc};
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 /// A partition is paused when this many messages wait for its worker, resumed below the low mark.
@@ -389,7 +391,9 @@ impl KafkaTrigger {
     }
 }
 
-/// Handles one partition's messages in order; stores each offset after success or dead-letter.
+/// Handles one partition's messages: each key's in order, different keys side by side (up to
+/// [`MAX_KEYS_IN_FLIGHT`]), so a failing message holds up only its key. Stores the offset below
+/// the lowest unfinished message after each one ends (handled or dead-lettered).
 async fn partition_worker(
     runtime: Arc<TriggerRuntime>,
     consumer: Arc<StreamConsumer<RebalanceContext>>,
@@ -399,39 +403,65 @@ async fn partition_worker(
     permits: Arc<Semaphore>,
     resume: mpsc::UnboundedSender<PartitionKey>,
 ) {
-    let mut lane = Lane::default();
+    let mut lanes = KeyedLanes::default();
+    let mut running: JoinSet<(Event, Option<super::Outcome>, Lane)> = JoinSet::new();
+    let mut receiving = true;
+    let start = |running: &mut JoinSet<_>, lanes: &mut KeyedLanes, event: Event| {
+        let runtime = runtime.clone();
+        let permits = permits.clone();
+        let abort = shared.abort.clone();
+        let mut lane = lanes.lane();
+        running.spawn(async move {
+            let outcome = match permits.acquire().await {
+                Ok(_permit) => runtime.deliver(&event, 1, &mut lane, &abort).await,
+                Err(_) => None,
+            };
+            (event, outcome, lane)
+        });
+    };
     loop {
-        let event = tokio::select! {
-            event = receiver.recv() => event,
-            _ = shared.stop.cancelled() => None,
-        };
-        let Some(event) = event else { return };
-        if shared.stop.is_cancelled() {
-            return;
-        }
-        shared.busy.store(true, Ordering::Release);
-        let outcome = match permits.acquire().await {
-            Ok(_permit) => runtime.deliver(&event, 1, &mut lane, &shared.abort).await,
-            Err(_) => None,
-        };
-        if outcome.is_some() {
-            match consumer.store_offset(&key.0, key.1, event.offset as i64) {
-                Ok(()) => runtime.committed(1),
-                Err(err) => {
-                    tracing::warn!(topic = %key.0, partition = key.1, offset = event.offset, error = %err, "cannot store the offset (partition revoked?)")
+        let take = receiving && lanes.in_flight() < MAX_KEYS_IN_FLIGHT;
+        tokio::select! {
+            event = receiver.recv(), if take => match event {
+                Some(_) if shared.stop.is_cancelled() => receiving = false,
+                Some(event) => {
+                    if let Some(event) = lanes.admit(event) {
+                        start(&mut running, &mut lanes, event);
+                    }
+                }
+                None => receiving = false,
+            },
+            Some(done) = running.join_next() => {
+                let Ok((event, outcome, lane)) = done else { return };
+                // Abandoned (revoked or shutting down): neither handled nor committed.
+                if outcome.is_none() {
+                    return;
+                }
+                lanes.give_back(lane);
+                let (next, commit) = lanes.finish(&event);
+                if let Some(offset) = commit {
+                    if let Err(err) = consumer.store_offset(&key.0, key.1, offset as i64) {
+                        tracing::warn!(topic = %key.0, partition = key.1, offset, error = %err, "cannot store the offset (partition revoked?)");
+                    }
+                }
+                runtime.committed(1);
+                shared.queued.fetch_sub(1, Ordering::AcqRel);
+                shared.queued_bytes.fetch_sub(event.size(), Ordering::AcqRel);
+                if shared.under_low_mark() && shared.paused.swap(false, Ordering::AcqRel) {
+                    let _ = resume.send(key.clone());
+                }
+                if let Some(next) = next
+                    && !shared.stop.is_cancelled()
+                {
+                    start(&mut running, &mut lanes, next);
                 }
             }
+            _ = shared.stop.cancelled(), if receiving => receiving = false,
+            else => return,
         }
-        shared.busy.store(false, Ordering::Release);
-        if outcome.is_none() {
+        shared.busy.store(!running.is_empty(), Ordering::Release);
+        if running.is_empty() && (shared.stop.is_cancelled() || (!receiving && lanes.is_idle())) {
             return;
-        }
-        shared.queued.fetch_sub(1, Ordering::AcqRel);
-        shared
-            .queued_bytes
-            .fetch_sub(event.size(), Ordering::AcqRel);
-        if shared.under_low_mark() && shared.paused.swap(false, Ordering::AcqRel) {
-            let _ = resume.send(key.clone());
         }
     }
 }

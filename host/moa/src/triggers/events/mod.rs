@@ -8,6 +8,7 @@
 pub mod config;
 mod embedded;
 mod kafka;
+mod keyed;
 mod redis_streams;
 
 use super::retry::{DeadLetterFacts, RetryPolicy, slot_waits, transient_waits};
