@@ -3,11 +3,11 @@
 //! older than `auth_jwks_ttl_s`, or once for an unknown `kid` if the last such fetch is older
 //! than `auth_jwks_refetch_s`.
 
+use crate::bindings::moa::crypto::signatures::RsaPublicKey;
 use crate::config::Config;
 use crate::jwt::Denial;
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use rsa::{BigUint, RsaPublicKey};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use spin_sdk::key_value::Store;
@@ -109,14 +109,20 @@ fn find(jwks: &Value, kid: &str) -> Result<Option<RsaPublicKey>, Denial> {
         let part = |name: &str| {
             text(name)
                 .and_then(|v| URL_SAFE_NO_PAD.decode(v).ok())
-                .map(|b| BigUint::from_bytes_be(&b))
+                .filter(|bytes| !bytes.is_empty())
         };
         let (Some(n), Some(e)) = (part("n"), part("e")) else {
             continue;
         };
-        return RsaPublicKey::new(n, e).map(Some).map_err(|_| {
-            Denial::unavailable(format!("key `{kid}` in the JWKS is not a usable RSA key"))
-        });
+        // RS256 keys are 2048 to 8192 bits (as the host checks them); anything else is refused
+        // here with a reason instead of failing every signature.
+        let bits = n.iter().skip_while(|b| **b == 0).count() * 8;
+        if !(2048..=8192).contains(&bits) || e.len() > 8 {
+            return Err(Denial::unavailable(format!(
+                "key `{kid}` in the JWKS is not a usable RSA key (2048-8192 bits)"
+            )));
+        }
+        return Ok(Some(RsaPublicKey { n, e }));
     }
     Ok(None)
 }

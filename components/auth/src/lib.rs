@@ -9,6 +9,16 @@
 //! `WWW-Authenticate`) or 403 (valid token, missing permission), with a JSON body
 //! `{"error": <reason code>, "message": ...}`.
 
+mod bindings {
+    // The host checks RS256 signatures natively (moa:crypto/signatures), remembering the ones
+    // that verified; docs/auth.md has the threat model.
+    wit_bindgen::generate!({
+        path: "../../wit",
+        world: "moa:host/crypto",
+        generate_all,
+    });
+}
+
 mod config;
 mod jwks;
 mod jwt;

@@ -2,8 +2,8 @@
 //! contexts, the resource table, memory limits, the current invocation, one state per capability.
 
 use crate::capabilities::{
-    documents, key_value, llm, messaging, mysql, outbound_http, outbound_mqtt, outbound_redis,
-    postgres, register_capabilities, sqlite, variables, vectors,
+    crypto, documents, key_value, llm, messaging, mysql, outbound_http, outbound_mqtt,
+    outbound_redis, postgres, register_capabilities, sqlite, variables, vectors,
 };
 use crate::invocation::Invocation;
 use crate::telemetry::guest_output::RequestIdCell;
@@ -28,6 +28,7 @@ register_capabilities! {
     llm: llm::LlmCapability,
     documents: documents::DocumentsCapability,
     vectors: vectors::VectorsCapability,
+    crypto: crypto::CryptoCapability,
 }
 
 /// What every component can import whatever it is granted: WASI and wasi:http, both 0.2 and 0.3.

@@ -2,6 +2,7 @@
 //! configure, per-instance state). Which capabilities the host runs is listed once, in [`crate::state`].
 
 mod capability;
+pub mod crypto;
 pub mod documents;
 pub mod key_value;
 pub mod llm;
