@@ -87,6 +87,7 @@ pub(crate) struct RawBuild {
 pub(crate) struct RawComponentLimits {
     pub memory_limit_mb: Option<u64>,
     pub request_timeout_ms: Option<u64>,
+    pub max_instance_reuse: Option<u64>,
 }
 
 // ---------- validated ----------
@@ -171,6 +172,8 @@ pub struct BuildConfig {
 pub struct ComponentLimits {
     pub memory_limit_mb: Option<u64>,
     pub request_timeout_ms: Option<u64>,
+    /// Invocations one instance may serve in a row (`[limits] max_instance_reuse` by default).
+    pub max_instance_reuse: Option<u64>,
 }
 
 impl AppManifest {

@@ -452,7 +452,10 @@ fn validate_component(
         Some(limits) => {
             let limits_position = cx.pos(&limits);
             let limits = limits.into_inner();
-            if limits.memory_limit_mb == Some(0) || limits.request_timeout_ms == Some(0) {
+            if limits.memory_limit_mb == Some(0)
+                || limits.request_timeout_ms == Some(0)
+                || limits.max_instance_reuse == Some(0)
+            {
                 return Err(cx.err(
                     limits_position,
                     format!("component `{id}`: limits must be greater than zero"),
@@ -462,6 +465,7 @@ fn validate_component(
             ComponentLimits {
                 memory_limit_mb: limits.memory_limit_mb,
                 request_timeout_ms: limits.request_timeout_ms,
+                max_instance_reuse: limits.max_instance_reuse,
             }
         }
     };

@@ -289,7 +289,11 @@ async fn load_component(
         memory_limit_bytes: usize::try_from(memory_mb.saturating_mul(1 << 20))
             .unwrap_or(usize::MAX),
         request_timeout: Duration::from_millis(timeout_ms),
-        max_instance_reuse: limits.max_instance_reuse,
+        max_instance_reuse: component
+            .limits
+            .max_instance_reuse
+            .and_then(|n| usize::try_from(n).ok())
+            .unwrap_or(limits.max_instance_reuse),
         origin,
         load_time: started.elapsed(),
         environment: component

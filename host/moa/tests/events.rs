@@ -519,11 +519,32 @@ fn instances_are_reused_only_when_configured_and_never_after_a_failure() {
     );
     options.args[1] = rc.display().to_string();
     let moa = Moa::start(&app, options);
+    assert_reused_in_threes(&backend, &app, &moa);
+}
+
+/// The same on Kafka, where deliveries of one partition run per key, with the reuse set for the one
+/// component in spin.toml (`[component.relay.moa]`) instead of the runtime config.
+#[test]
+fn kafka_instances_are_reused_as_the_component_sets_it() {
+    let backend = Backend::Kafka(KafkaServer::start());
+    let (app, options) = app(&backend, "");
+    let manifest = std::fs::read_to_string(app.manifest()).unwrap();
+    std::fs::write(
+        app.manifest(),
+        format!("{manifest}\n[component.relay.moa]\nmax_instance_reuse = 3\n"),
+    )
+    .unwrap();
+    let moa = Moa::start(&app, options);
+    assert_reused_in_threes(&backend, &app, &moa);
+}
+
+/// Seven messages of one key on instances kept for three deliveries, a failed attempt dropping its.
+fn assert_reused_in_threes(backend: &Backend, app: &AppDir, moa: &Moa) {
     // One key: one partition, one lane, in order.
     for payload in ["m0", "m1", "m2", "m3", "fail-first-m4", "m5", "m6"] {
-        publish(&moa, "one-key", payload);
+        publish(moa, "one-key", payload);
     }
-    let seen = backend.read(&app, "seen.orders", 7, Duration::from_secs(60));
+    let seen = backend.read(app, "seen.orders", 7, Duration::from_secs(60));
     let uses: Vec<(&str, &str)> = seen
         .iter()
         .map(|s| {
@@ -546,7 +567,6 @@ fn instances_are_reused_only_when_configured_and_never_after_a_failure() {
             ("m6", "3"),
         ]
     );
-    moa.stop();
 }
 
 // ---------- embedded log ----------

@@ -94,9 +94,11 @@ impl KeyedLanes {
         self.idle.pop().unwrap_or_default()
     }
 
-    /// Gives back a finished delivery's lane.
+    /// Gives back a finished delivery's lane. One warm instance is kept per source, as before
+    /// deliveries of different keys ran side by side: idle instances hold slots of the instance
+    /// pool that HTTP requests need too.
     pub fn give_back(&mut self, lane: Lane) {
-        if lane.warm.is_some() {
+        if lane.warm.is_some() && self.idle.is_empty() {
             self.idle.push(lane);
         }
     }

@@ -97,14 +97,12 @@ pub fn plan(collection: &str, indexes: &[IndexSpec], filter: &Filter) -> Plan {
             if bound_path != path {
                 continue;
             }
-            let op = match (direction, inclusive) {
-                (Ordering::Greater, false) => ">",
-                (Ordering::Greater, true) => ">=",
-                (Ordering::Less, false) => "<",
-                _ => "<=",
-            };
             args.push(sql_value(Some(value)));
-            conditions.push(format!("{expression} {op} ?{}", args.len()));
+            conditions.push(format!(
+                "{expression} {} ?{}",
+                comparison(*direction, *inclusive),
+                args.len()
+            ));
             if !fenced {
                 fenced = true;
                 conditions.push(if value.is_number() {
@@ -128,6 +126,16 @@ pub fn plan(collection: &str, indexes: &[IndexSpec], filter: &Filter) -> Plan {
         sql: format!("{base} ORDER BY seq"),
         args: Vec::new(),
         keyed: false,
+    }
+}
+
+/// The SQL operator of a filter's range bound (`$gt`, `$gte`, `$lt`, `$lte`).
+fn comparison(direction: Ordering, inclusive: bool) -> &'static str {
+    match (direction, inclusive) {
+        (Ordering::Greater, false) => ">",
+        (Ordering::Greater, true) => ">=",
+        (Ordering::Less, false) => "<",
+        _ => "<=",
     }
 }
 
@@ -170,14 +178,12 @@ pub fn sorted_plan(
         if bound_path != path {
             continue;
         }
-        let op = match (direction, inclusive) {
-            (Ordering::Greater, false) => ">",
-            (Ordering::Greater, true) => ">=",
-            (Ordering::Less, false) => "<",
-            _ => "<=",
-        };
         args.push(sql_value(Some(value)));
-        range.push_str(&format!(" AND {expression} {op} ?{}", args.len()));
+        range.push_str(&format!(
+            " AND {expression} {} ?{}",
+            comparison(direction, inclusive),
+            args.len()
+        ));
     }
     let classes = [
         format!("{expression} = x'00'"),
