@@ -95,11 +95,12 @@ fn run_op(
             )
             .map(|docs| json!(docs)),
         "find" => {
-            let mut find = Find::default();
-            find.sort = op.get("sort").cloned();
-            find.skip = op.get("skip").and_then(Value::as_u64);
-            find.limit = op.get("limit").and_then(Value::as_u64);
-            find.projection = op.get("projection").cloned();
+            let find = Find {
+                sort: op.get("sort").cloned(),
+                skip: op.get("skip").and_then(Value::as_u64),
+                limit: op.get("limit").and_then(Value::as_u64),
+                projection: op.get("projection").cloned(),
+            };
             target
                 .find::<Value>(&collection, value(op, "filter"), find)
                 .map(Value::from)

@@ -31,8 +31,11 @@ const CACHED_SIGNATURES: usize = 100_000;
 /// token says (issuer, audience, expiry, groups) is still checked by the guest on every request.
 #[derive(Default)]
 pub struct VerifiedSignatures {
-    seen: Mutex<(HashSet<[u8; 32]>, VecDeque<[u8; 32]>)>,
+    seen: Mutex<Remembered>,
 }
+
+/// The fingerprints of verified signatures, as a set and in the order they came.
+type Remembered = (HashSet<[u8; 32]>, VecDeque<[u8; 32]>);
 
 impl VerifiedSignatures {
     /// Whether `signature` is `key`'s RS256 signature of `message` (from the cache when it is there).

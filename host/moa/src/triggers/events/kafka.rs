@@ -439,10 +439,10 @@ async fn partition_worker(
                 }
                 lanes.give_back(lane);
                 let (next, commit) = lanes.finish(&event);
-                if let Some(offset) = commit {
-                    if let Err(err) = consumer.store_offset(&key.0, key.1, offset as i64) {
-                        tracing::warn!(topic = %key.0, partition = key.1, offset, error = %err, "cannot store the offset (partition revoked?)");
-                    }
+                if let Some(offset) = commit
+                    && let Err(err) = consumer.store_offset(&key.0, key.1, offset as i64)
+                {
+                    tracing::warn!(topic = %key.0, partition = key.1, offset, error = %err, "cannot store the offset (partition revoked?)");
                 }
                 runtime.committed(1);
                 shared.queued.fetch_sub(1, Ordering::AcqRel);

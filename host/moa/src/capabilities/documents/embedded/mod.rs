@@ -182,7 +182,11 @@ impl DocumentBackend for EmbeddedStore {
     async fn run(&self, op: Op) -> Result<Output, DocumentError> {
         if op.writes() {
             let indexes = self.inner.indexes_of(op.collection());
-            return self.inner.writer.submit(Work::Run(op, indexes)).await;
+            return self
+                .inner
+                .writer
+                .submit(Work::Run(Box::new(op), indexes))
+                .await;
         }
         let connection = self.inner.take_reader()?;
         let (kept, result) = read(&self.inner, connection, Overlay::default(), op).await;

@@ -19,7 +19,7 @@ pub enum Work {
     /// A transaction's buffered writes: validated against the current versions, then applied.
     Commit(Vec<Change>),
     /// One write operation on the current state (atomic on its own).
-    Run(Op, Vec<IndexSpec>),
+    Run(Box<Op>, Vec<IndexSpec>),
     /// Schema SQL (index creation).
     Schema(String),
 }
@@ -150,7 +150,7 @@ fn perform(
                 overlay: &mut overlay,
                 indexes: &indexes,
             }
-            .run(op)?;
+            .run(*op)?;
             apply(connection, path, &overlay.into_changes(), version)?;
             Ok(output)
         }
