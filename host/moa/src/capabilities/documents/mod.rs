@@ -80,7 +80,7 @@ enum StoreConfig {
     Embedded {
         /// The SQLite file (default: `<state dir>/documents/<label>.db`).
         path: Option<PathBuf>,
-        /// How long a write waits for another transaction to finish (default 5000).
+        /// How long the writer waits for another process holding the file (default 5000).
         busy_timeout_ms: Option<u64>,
         outbox_poll_ms: Option<u64>,
     },
