@@ -171,6 +171,12 @@ fn run_op(
             if let Some(key) = op.get("key").and_then(Value::as_str) {
                 message = message.with_key(key.as_bytes().to_vec());
             }
+            // `"headers": { "name": "value" }`
+            if let Some(headers) = op.get("headers").and_then(Value::as_object) {
+                for (name, value) in headers {
+                    message = message.with_header(name, value.as_str().unwrap_or_default());
+                }
+            }
             tx.publish(message).map(Value::from)
         }
         // Published at once (not through the outbox), e.g. while this transaction holds the store.

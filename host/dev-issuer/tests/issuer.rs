@@ -43,7 +43,7 @@ fn start(key_file: &std::path::Path) -> Issuer {
         .spawn()
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+    while !moa_test_support::port::listens(port) {
         assert!(Instant::now() < deadline, "dev-issuer did not listen");
         std::thread::sleep(Duration::from_millis(50));
     }

@@ -434,6 +434,47 @@ impl EventLog {
         Ok(count as u32)
     }
 
+    /// Deletes records appended before `before_ms` that every group reading their topic has
+    /// committed past, at most `max_per_partition` per partition per call (the log's lock is held
+    /// meanwhile); returns how many. A partition's last record stays, so its offsets never start
+    /// again at 0.
+    pub fn prune(&self, before_ms: i64, max_per_partition: u64) -> Result<u64> {
+        let state = self.lock()?;
+        let mut deleted = 0u64;
+        for ((topic, partition), next) in &state.next_offsets {
+            let mut upto = next.saturating_sub(1) as i64;
+            // A group with an offset anywhere in the topic protects what it has not read here
+            // (a partition it has no offset for yet is read from the start).
+            let mut groups = state.connection.prepare_cached(
+                "SELECT COALESCE(
+                     (SELECT o.next_offset FROM group_offsets o
+                      WHERE o.grp = g.grp AND o.topic = g.topic AND o.partition = ?2), 0)
+                 FROM (SELECT DISTINCT grp, topic FROM group_offsets WHERE topic = ?1) g",
+            )?;
+            let positions =
+                groups.query_map(params![topic, partition], |row| row.get::<_, i64>(0))?;
+            for position in positions {
+                upto = upto.min(position?);
+            }
+            let first: Option<i64> = state
+                .connection
+                .prepare_cached(
+                    "SELECT MIN(offset) FROM records WHERE topic = ?1 AND partition = ?2",
+                )?
+                .query_row(params![topic, partition], |row| row.get(0))?;
+            let Some(first) = first else { continue };
+            let upto = upto.min(first.saturating_add(max_per_partition as i64));
+            if upto <= first {
+                continue;
+            }
+            deleted += state.connection.prepare_cached(
+                "DELETE FROM records WHERE topic = ?1 AND partition = ?2 AND offset < ?3 AND timestamp_ms < ?4",
+            )?
+            .execute(params![topic, partition, upto, before_ms])? as u64;
+        }
+        Ok(deleted)
+    }
+
     /// Notified on every append. To sleep without missing an append, a consumer calls
     /// `let wake = log.appended().notified(); pin!(wake).enable();` before it fetches, then awaits it.
     pub fn appended(&self) -> &tokio::sync::Notify {
@@ -461,6 +502,67 @@ fn decode_headers(text: &str) -> Vec<(String, Vec<u8>)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pruning_keeps_what_a_group_has_not_read_and_each_partition_s_last_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = log(&dir);
+        log.ensure_topic("t", 1).unwrap();
+        for n in 0..10u8 {
+            log.append("t", Some(b"k"), &[n], &[]).unwrap();
+        }
+        let future = i64::MAX;
+        // Group g has read 4 of the 10.
+        log.commit("g", "t", 0, 4).unwrap();
+        assert_eq!(log.prune(future, 1000).unwrap(), 4, "only what g committed");
+        assert_eq!(log.fetch("t", 0, 0, 100).unwrap()[0].offset, 4);
+        log.commit("g", "t", 0, 10).unwrap();
+        assert_eq!(
+            log.prune(future, 2).unwrap(),
+            2,
+            "at most max per partition"
+        );
+        assert_eq!(log.prune(future, 1000).unwrap(), 3, "the last record stays");
+        let left = log.fetch("t", 0, 0, 100).unwrap();
+        assert_eq!(left.iter().map(|r| r.offset).collect::<Vec<_>>(), [9]);
+        assert_eq!(
+            log.prune(0, 1000).unwrap(),
+            0,
+            "nothing is older than the epoch"
+        );
+        // Reopened, offsets go on after the kept record.
+        drop(log);
+        let log = super::EventLog::open(&dir.path().join("events.db")).unwrap();
+        assert_eq!(
+            log.append("t", Some(b"k"), b"next", &[]).unwrap().offset,
+            10
+        );
+        // A group that has an offset in the topic but not in a partition protects all of it.
+        log.ensure_topic("u", 2).unwrap();
+        log.append_batch(&[
+            NewRecord {
+                topic: "u".into(),
+                key: Some(b"a".to_vec()),
+                payload: vec![1],
+                headers: vec![],
+            },
+            NewRecord {
+                topic: "u".into(),
+                key: Some(b"a".to_vec()),
+                payload: vec![2],
+                headers: vec![],
+            },
+        ])
+        .unwrap();
+        let partition = partition_for(b"a", 2);
+        log.commit("h", "u", 1 - partition, 0).unwrap();
+        assert_eq!(
+            log.prune(future, 1000).unwrap(),
+            1,
+            "t's record 9 (read by g, no longer the last), nothing of u"
+        );
+        assert_eq!(log.fetch("u", partition, 0, 10).unwrap().len(), 2);
+    }
 
     fn log(dir: &tempfile::TempDir) -> EventLog {
         EventLog::open(&dir.path().join("events.db")).unwrap()

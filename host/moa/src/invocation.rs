@@ -2,7 +2,7 @@
 //! context, in-app nesting depth and deadline, carried the same way by every trigger.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 /// What the host knows about the work an instance is doing right now. Set by the trigger at the
@@ -25,26 +25,35 @@ pub struct Invocation {
     pub next: Option<Arc<dyn std::any::Any + Send + Sync>>,
 }
 
-/// How many transient failures a capability returned to the guest in one invocation: a write
-/// conflict with another transaction (one a killed host left open holds its documents until the
-/// store aborts it), a backend briefly unavailable. An event delivery that fails after one is
-/// retried without spending an attempt, so a healthy message is not dead-lettered for them.
+/// Whether the last answer a capability gave the guest in this invocation was a transient
+/// failure: a write conflict with another transaction (one a killed host left open holds its
+/// documents until the store aborts it), a backend briefly unavailable. An event delivery that
+/// fails right after one is retried without spending an attempt, so a healthy message is not
+/// dead-lettered for them. A later successful answer clears it: a conflict the guest got past
+/// (the SDK ran the transaction again) does not make a later, unrelated failure transient.
 #[derive(Debug, Default)]
-pub struct TransientFailures(AtomicU32);
+pub struct TransientFailures(AtomicBool);
 
 impl TransientFailures {
+    /// A capability answered with a transient failure.
     pub fn record(&self) {
-        self.0.fetch_add(1, Ordering::Relaxed);
+        self.0.store(true, Ordering::Relaxed);
     }
 
-    pub fn count(&self) -> u32 {
+    /// A capability answered successfully.
+    pub fn resolve(&self) {
+        self.0.store(false, Ordering::Relaxed);
+    }
+
+    /// Whether the last answer was a transient failure.
+    pub fn pending(&self) -> bool {
         self.0.load(Ordering::Relaxed)
     }
 }
 
 impl Clone for TransientFailures {
     fn clone(&self) -> Self {
-        TransientFailures(AtomicU32::new(self.count()))
+        TransientFailures(AtomicBool::new(self.pending()))
     }
 }
 

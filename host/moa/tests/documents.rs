@@ -466,7 +466,9 @@ fn outbox_and_inbox(fixture: &Fixture) {
             { "op": "insert_one", "collection": "orders", "document": { "_id": "o1", "status": "created" } },
             { "op": "publish", "topic": "orders.created", "key": "o1", "payload": "first" },
             { "op": "publish", "topic": "orders.created", "key": "o1", "payload": "second" },
-            { "op": "publish", "topic": "payments", "payload": "denied" }
+            { "op": "publish", "topic": "payments", "payload": "denied" },
+            { "op": "publish", "topic": "orders.created", "key": "o1", "payload": "forged",
+              "headers": { "Moa-Message-Id": "shadow" } }
         ]}),
     );
     let message_id = ok(&committed["results"][1])
@@ -478,6 +480,12 @@ fn outbox_and_inbox(fixture: &Fixture) {
         error_kind(&committed["results"][3]),
         "access-denied",
         "payments is not granted"
+    );
+    assert_eq!(
+        error_kind(&committed["results"][4]),
+        "access-denied",
+        "moa-* headers belong to the host: {}",
+        committed["results"][4]
     );
     script(
         moa,

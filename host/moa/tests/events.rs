@@ -506,6 +506,59 @@ fn nothing_is_lost_when_the_host_is_killed(backend: Backend) {
     restarted.stop();
 }
 
+/// A message whose every delivery ends with the host dying (here: killed while the handler
+/// sleeps) is counted across restarts and dead-lettered after `max_attempts`, instead of taking
+/// every restarted host down forever.
+fn a_message_that_kills_the_host_is_dead_lettered(backend: Backend) {
+    let (app, options) = app(&backend, "");
+    let mut moa = Moa::start(&app, options.clone());
+    for round in 1..=3 {
+        if round == 1 {
+            publish(&moa, "deadly", "sleep:600000:hangs");
+        }
+        // A message on another key shows that the consumer runs (and so took the deadly one).
+        publish(&moa, &format!("k{round}"), &format!("ok-{round}"));
+        let seen = backend.read(&app, "seen.orders", round, Duration::from_secs(60));
+        // Redeliveries after a kill may repeat the earlier rounds' messages.
+        let distinct: BTreeSet<&str> = seen.iter().map(|s| s.payload.as_str()).collect();
+        assert_eq!(
+            distinct,
+            (1..=round)
+                .map(|r| format!("ok-{r}"))
+                .collect::<BTreeSet<_>>()
+                .iter()
+                .map(String::as_str)
+                .collect(),
+            "round {round}: {}",
+            moa.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(1500));
+        drop(moa);
+        moa = Moa::start(&app, options.clone());
+    }
+    // Three deliveries ended with the host killed; the fourth start is past max_attempts = 3.
+    let dead = backend.read(&app, "orders.dlq", 1, Duration::from_secs(90));
+    assert_eq!(dead.len(), 1, "{}", moa.stderr());
+    assert_eq!(dead[0].payload, "sleep:600000:hangs");
+    assert_eq!(dead[0].headers["moa-attempts"], "3", "{:?}", dead[0]);
+    assert!(
+        dead[0].headers["moa-error"].contains("without being handled"),
+        "{:?}",
+        dead[0]
+    );
+    moa.stop();
+}
+
+#[test]
+fn embedded_a_message_that_kills_the_host_is_dead_lettered() {
+    a_message_that_kills_the_host_is_dead_lettered(Backend::Embedded);
+}
+
+#[test]
+fn kafka_a_message_that_kills_the_host_is_dead_lettered() {
+    a_message_that_kills_the_host_is_dead_lettered(Backend::Kafka(KafkaServer::start()));
+}
+
 #[test]
 fn instances_are_reused_only_when_configured_and_never_after_a_failure() {
     let backend = Backend::Embedded;
@@ -793,13 +846,18 @@ source = "{probe}"
 /// messages of ten other keys published after it are all handled, in order per key, while it is
 /// still being retried (1 s, 2 s, 4 s apart); it is dead-lettered after, and only then is the
 /// partition's offset committed past it.
-#[test]
-fn kafka_a_stuck_key_blocks_only_itself() {
-    let kafka = KafkaServer::start();
-    kafka.create_topic("orders", 1);
-    kafka.create_topic("seen.orders", 1);
-    kafka.create_topic("orders.dlq", 1);
-    let app = AppDir::new(
+/// One message that keeps failing holds up only its key: the other keys of its partition are
+/// handled meanwhile, and the partition's committed offset stays below it until it is
+/// dead-lettered, then moves to the end.
+fn a_stuck_key_blocks_only_itself(backend: Backend) {
+    let (kind, source) = match backend {
+        Backend::Redis(_) => (
+            "redis-stream",
+            "stream = \"orders\"\nmax_deliveries = 4\nclaim_idle_ms = 60000",
+        ),
+        _ => ("kafka", "topics = [\"orders\"]\nmax_attempts = 4"),
+    };
+    let app = AppDir::new(&format!(
         r#"
 spin_manifest_version = 2
 [application]
@@ -807,23 +865,46 @@ name = "stuck"
 [[trigger.http]]
 route = "/..."
 component = "front"
-[[trigger.kafka]]
+[[trigger.{kind}]]
 component = "relay"
-topics = ["orders"]
+{source}
 group = "relay"
-max_attempts = 4
 retry_backoff_ms = 1000
 concurrency = 8
 [component.front]
-source = "{probe}"
+source = "{{probe}}"
 allowed_publish_topics = ["orders"]
 [component.relay]
-source = "{relay}"
+source = "{{relay}}"
 allowed_publish_topics = ["seen.*"]
-environment = { RELAY_PREFIX = "seen." }
-"#,
-    );
-    let backend = Backend::Kafka(kafka);
+environment = {{ RELAY_PREFIX = "seen." }}
+"#
+    ));
+    // One partition, so that every key shares the stuck message's partition.
+    match &backend {
+        Backend::Kafka(kafka) => {
+            kafka.create_topic("orders", 1);
+            kafka.create_topic("seen.orders", 1);
+            kafka.create_topic("orders.dlq", 1);
+        }
+        Backend::Embedded => {
+            let log = moa_eventlog::EventLog::open(&app.path().join("events.db")).unwrap();
+            log.ensure_topic("orders", 1).unwrap();
+        }
+        Backend::Redis(_) => {}
+    }
+    // The committed offset of the one partition; on Redis (no offsets) 51 minus the entries
+    // still pending.
+    let committed = |backend: &Backend| -> i64 {
+        match backend {
+            Backend::Kafka(kafka) => committed_offset(&kafka.bootstrap, "relay", "orders"),
+            Backend::Embedded => moa_eventlog::EventLog::open(&app.path().join("events.db"))
+                .unwrap()
+                .committed("relay", "orders", 0)
+                .unwrap() as i64,
+            Backend::Redis(_) => 51 - backend.uncommitted(&app, 51) as i64,
+        }
+    };
     let rc = app.write("runtime-config.toml", &backend.runtime_config(&app));
     let moa = Moa::start(&app, Options::runtime_config(&rc));
     publish(&moa, "stuck", "fail-always");
@@ -842,22 +923,40 @@ environment = { RELAY_PREFIX = "seen." }
             "key {key}: in publish order"
         );
     }
-    let Backend::Kafka(kafka) = &backend else {
-        unreachable!()
-    };
-    let committed_before = committed_offset(&kafka.bootstrap, "relay", "orders");
-    assert!(
-        committed_before < 1,
-        "nothing is committed past the unfinished stuck message (offset 0): {committed_before}"
-    );
+    let committed_before = committed(&backend);
+    if matches!(backend, Backend::Redis(_)) {
+        common::wait_until("every entry but the stuck one is acknowledged", || {
+            committed(&backend) == 50
+        });
+    } else {
+        assert!(
+            committed_before < 1,
+            "nothing is committed past the unfinished stuck message (offset 0): {committed_before}"
+        );
+    }
     let dead = backend.read(&app, "orders.dlq", 1, Duration::from_secs(60));
     assert_eq!(dead.len(), 1);
     assert_eq!(dead[0].key.as_deref(), Some("stuck"));
     assert_eq!(dead[0].headers["moa-attempts"], "4");
     common::wait_until("the partition is committed to its end", || {
-        committed_offset(&kafka.bootstrap, "relay", "orders") == 51
+        committed(&backend) == 51
     });
     moa.stop();
+}
+
+#[test]
+fn kafka_a_stuck_key_blocks_only_itself() {
+    a_stuck_key_blocks_only_itself(Backend::Kafka(KafkaServer::start()));
+}
+
+#[test]
+fn embedded_a_stuck_key_blocks_only_itself() {
+    a_stuck_key_blocks_only_itself(Backend::Embedded);
+}
+
+#[test]
+fn redis_a_stuck_key_blocks_only_itself() {
+    a_stuck_key_blocks_only_itself(Backend::Redis(RedisServer::start()));
 }
 
 /// The offset `group` has committed on partition 0 of `topic` (0 when none).

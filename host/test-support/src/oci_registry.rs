@@ -46,7 +46,7 @@ impl OciRegistry {
                 )
             });
         let deadline = Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        while !crate::port::listens(port) {
             assert!(
                 Instant::now() < deadline,
                 "docker-registry did not start on port {port}"

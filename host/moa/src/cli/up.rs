@@ -172,6 +172,7 @@ async fn serve(args: UpArgs, manifest_path: PathBuf, traces_exported: bool) -> R
         listen: args.listen,
         drain: Duration::from_secs(args.drain_timeout),
         traces_exported,
+        state_dir: state_dir.clone(),
     };
     let running = prepared.start(&app, &context).await?;
     for trigger in &running {

@@ -34,6 +34,8 @@ pub struct TriggerContext {
     pub drain: Duration,
     /// Whether spans are exported (OTLP); without it no per-request span is built.
     pub traces_exported: bool,
+    /// The host's state directory (`moa up --state-dir`), for what triggers keep on disk.
+    pub state_dir: std::path::PathBuf,
 }
 
 /// One trigger kind.

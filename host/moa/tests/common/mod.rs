@@ -466,7 +466,7 @@ pub fn free_port() -> u16 {
 /// Waits (up to 20 s) until a server listens on `port`.
 pub fn wait_for_port(port: u16, what: &str) {
     let deadline = Instant::now() + Duration::from_secs(20);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+    while !moa_test_support::port::listens(port) {
         assert!(
             Instant::now() < deadline,
             "{what} did not start on port {port}"
@@ -734,7 +734,7 @@ impl MongoServer {
             if let Ok(Some(_)) = child.try_wait() {
                 return None;
             }
-            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            if moa_test_support::port::listens(port) {
                 return Some(MongoServer {
                     child,
                     port,
@@ -887,7 +887,7 @@ impl MosquittoServer {
                 if let Ok(Some(_)) = child.try_wait() {
                     break;
                 }
-                if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                if moa_test_support::port::listens(port) {
                     return MosquittoServer {
                         child: Some(child),
                         port,
@@ -1030,7 +1030,7 @@ impl SqldServer {
                 if let Ok(Some(_)) = child.try_wait() {
                     break;
                 }
-                if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                if moa_test_support::port::listens(port) {
                     self.port = port;
                     self.child = Some(child);
                     return;

@@ -6,7 +6,7 @@ use super::bindings::moa::documents::types::{
     self, Error, FindAndModifyOptions, FindOptions, ReturnDocument, UpdateResult,
 };
 use super::ops::{self, DocumentError, FindSpec, Op, Output, Query, UpdateSpec, parse_document};
-use super::{DocumentStore, DocumentTransaction, DocumentsGrant, outbox};
+use super::{DocumentStore, DocumentTransaction, DocumentsGrant};
 use crate::capabilities::messaging::{OutgoingMessage, Refusal, check_outgoing};
 use crate::invocation::Invocation;
 use serde_json::Value;
@@ -389,10 +389,15 @@ impl DocumentsView<'_> {
 type Answer<T> = wasmtime::Result<Result<T, Error>>;
 
 /// The guest's answer; a transient failure (write conflict, store unavailable) is noted on the
-/// invocation, so an event delivery that fails because of it does not spend an attempt.
+/// invocation, so an event delivery that fails because of it does not spend an attempt, and a
+/// success clears the note.
 fn answer<T>(invocation: &Invocation, result: Result<T, DocumentError>) -> Answer<T> {
-    if let Err(DocumentError::WriteConflict(_) | DocumentError::Unavailable(_)) = &result {
-        invocation.transient.record();
+    match &result {
+        Err(DocumentError::WriteConflict(_) | DocumentError::Unavailable(_)) => {
+            invocation.transient.record()
+        }
+        Ok(_) => invocation.transient.resolve(),
+        Err(_) => {}
     }
     Ok(result.map_err(Error::from))
 }
@@ -837,7 +842,7 @@ impl documents::HostTransaction for DocumentsView<'_> {
             Ok(tx) => tx,
             Err(error) => return answer(self.invocation, Err(error)),
         };
-        let staged = outbox::stage(tx.as_mut(), outgoing).await;
+        let staged = tx.stage(outgoing).await;
         if staged.is_ok() {
             open.staged += 1;
         }
@@ -855,10 +860,7 @@ impl documents::HostTransaction for DocumentsView<'_> {
             Ok(tx) => tx,
             Err(error) => return answer(self.invocation, Err(error)),
         };
-        answer(
-            self.invocation,
-            outbox::first_time(tx.as_mut(), &consumer, &message_id).await,
-        )
+        answer(self.invocation, tx.first_time(&consumer, &message_id).await)
     }
 
     async fn commit(&mut self, handle: Resource<OpenTransaction>) -> Answer<()> {

@@ -11,7 +11,7 @@ mod shape;
 mod update;
 mod values;
 
-use crate::capabilities::messaging::MessagingCapability;
+use crate::capabilities::messaging::{MessagingCapability, OutgoingMessage};
 use crate::capabilities::{
     Capability, ComponentContext, ConfigureContext, HasCapability, InstanceParts,
 };
@@ -52,12 +52,36 @@ pub trait DocumentBackend: Send + Sync {
     async fn begin(&self) -> Result<Box<dyn DocumentTransaction>, DocumentError>;
     /// Creates a declared index (a no-op when it exists).
     async fn create_index(&self, index: &IndexSpec) -> Result<(), DocumentError>;
+
+    /// Up to `limit` staged outbox messages to publish next, every key's in its order.
+    async fn outbox_pending(&self, limit: usize) -> Result<Vec<outbox::Staged>, DocumentError>;
+    /// Takes or renews the relay lease for `holder` for `for_ms` (a negative time gives it up);
+    /// false when another holder has it.
+    async fn outbox_lease(&self, holder: &str, for_ms: i64) -> Result<bool, DocumentError>;
+    /// Deletes published messages (what `outbox_pending` returned, all of it) if `holder` still
+    /// holds the lease, renewing it for `for_ms`; else [`outbox::lease_lost`].
+    async fn outbox_remove(
+        &self,
+        published: &[outbox::Staged],
+        holder: &str,
+        for_ms: i64,
+    ) -> Result<(), DocumentError>;
+    /// How many staged messages wait.
+    async fn outbox_backlog(&self) -> Result<u64, DocumentError>;
+    /// Deletes inbox marks made before `before_ms`; returns how many.
+    async fn inbox_prune(&self, before_ms: i64) -> Result<u64, DocumentError>;
 }
 
 /// An open transaction; dropping it aborts it.
 #[async_trait]
 pub trait DocumentTransaction: Send {
     async fn run(&mut self, op: Op) -> Result<Output, DocumentError>;
+    /// Stages `message` for the outbox, to be published once the transaction commits; returns
+    /// its message id.
+    async fn stage(&mut self, message: OutgoingMessage) -> Result<String, DocumentError>;
+    /// Marks `message_id` processed by `consumer` at commit; true when it was not marked before.
+    async fn first_time(&mut self, consumer: &str, message_id: &str)
+    -> Result<bool, DocumentError>;
     async fn commit(self: Box<Self>) -> Result<(), DocumentError>;
     async fn abort(self: Box<Self>) -> Result<(), DocumentError>;
 }
@@ -83,6 +107,8 @@ enum StoreConfig {
         /// How long the writer waits for another process holding the file (default 5000).
         busy_timeout_ms: Option<u64>,
         outbox_poll_ms: Option<u64>,
+        /// How long inbox marks are kept (default 168 hours: a week).
+        inbox_retention_hours: Option<u64>,
     },
     Mongodb {
         /// `mongodb://...` or `mongodb+srv://...`; put it in the environment (`{ env = "..." }`).
@@ -93,6 +119,7 @@ enum StoreConfig {
         /// Server selection and connect timeout (default 5000).
         timeout_ms: Option<u64>,
         outbox_poll_ms: Option<u64>,
+        inbox_retention_hours: Option<u64>,
     },
 }
 
@@ -134,56 +161,71 @@ impl DocumentStores {
         let cancel = tokio_util::sync::CancellationToken::new();
         let mut stores = BTreeMap::new();
         for label in labels {
-            let (backend, poll): (Arc<dyn DocumentBackend>, Option<u64>) = match configs.get(&label)
-            {
-                None => (
-                    Arc::new(embedded::EmbeddedStore::open(
-                        &cx.state_dir.join("documents").join(format!("{label}.db")),
-                        Duration::from_secs(5),
-                    )?),
-                    None,
-                ),
-                Some(StoreConfig::Embedded {
-                    path,
-                    busy_timeout_ms,
-                    outbox_poll_ms,
-                }) => {
-                    let path = match path {
-                        Some(p) if p.is_relative() => cx
-                            .runtime_config
-                            .base_dir()
-                            .unwrap_or(std::path::Path::new("."))
-                            .join(p),
-                        Some(p) => p.clone(),
-                        None => cx.state_dir.join("documents").join(format!("{label}.db")),
-                    };
-                    let store = embedded::EmbeddedStore::open(
-                        &path,
-                        Duration::from_millis(busy_timeout_ms.unwrap_or(5000)),
-                    )
-                    .with_context(|| format!("{describe}: [document_store.{label}]"))?;
-                    (Arc::new(store), *outbox_poll_ms)
-                }
-                Some(StoreConfig::Mongodb {
-                    url,
-                    database,
-                    pool_size,
-                    timeout_ms,
-                    outbox_poll_ms,
-                }) => {
-                    let settings = mongo::MongoSettings {
-                        url: url.resolve(&format!("[document_store.{label}] url"))?,
-                        database: database.clone(),
-                        pool_size: *pool_size,
-                        timeout: Duration::from_millis(timeout_ms.unwrap_or(5000)),
-                    };
-                    let store = mongo::MongoStore::connect(&settings)
+            let (backend, poll, retention): (Arc<dyn DocumentBackend>, Option<u64>, Option<u64>) =
+                match configs.get(&label) {
+                    None => (
+                        Arc::new(embedded::EmbeddedStore::open(
+                            &cx.state_dir.join("documents").join(format!("{label}.db")),
+                            Duration::from_secs(5),
+                        )?),
+                        None,
+                        None,
+                    ),
+                    Some(StoreConfig::Embedded {
+                        path,
+                        busy_timeout_ms,
+                        outbox_poll_ms,
+                        inbox_retention_hours,
+                    }) => {
+                        let path = match path {
+                            Some(p) if p.is_relative() => cx
+                                .runtime_config
+                                .base_dir()
+                                .unwrap_or(std::path::Path::new("."))
+                                .join(p),
+                            Some(p) => p.clone(),
+                            None => cx.state_dir.join("documents").join(format!("{label}.db")),
+                        };
+                        let store = embedded::EmbeddedStore::open(
+                            &path,
+                            Duration::from_millis(busy_timeout_ms.unwrap_or(5000)),
+                        )
+                        .with_context(|| format!("{describe}: [document_store.{label}]"))?;
+                        (Arc::new(store), *outbox_poll_ms, *inbox_retention_hours)
+                    }
+                    Some(StoreConfig::Mongodb {
+                        url,
+                        database,
+                        pool_size,
+                        timeout_ms,
+                        outbox_poll_ms,
+                        inbox_retention_hours,
+                    }) => {
+                        let settings = mongo::MongoSettings {
+                            url: url.resolve(&format!("[document_store.{label}] url"))?,
+                            database: database.clone(),
+                            pool_size: *pool_size,
+                            timeout: Duration::from_millis(timeout_ms.unwrap_or(5000)),
+                        };
+                        let store = mongo::MongoStore::connect(&settings)
                         .await
                         .with_context(|| format!("{describe}: [document_store.{label}]\n  help: check the URL and that the server runs (transactions need a replica set)"))?;
-                    (Arc::new(store), *outbox_poll_ms)
-                }
-            };
-            let outbox = outbox::Outbox::new(&label, backend.clone(), (*brokers).clone());
+                        for index in outbox::collections::indexes(&label) {
+                            store
+                            .create_index(&index)
+                            .await
+                            .map_err(|e| anyhow::anyhow!("{e}"))
+                            .with_context(|| format!("{describe}: [document_store.{label}]: cannot create the outbox index `{}`", index.name))?;
+                        }
+                        (Arc::new(store), *outbox_poll_ms, *inbox_retention_hours)
+                    }
+                };
+            let outbox = outbox::Outbox::new(
+                &label,
+                backend.clone(),
+                (*brokers).clone(),
+                Duration::from_secs(retention.unwrap_or(168).saturating_mul(3600)),
+            );
             outbox::spawn_relay(
                 outbox.clone(),
                 Duration::from_millis(poll.unwrap_or(1000).max(10)),
@@ -199,11 +241,7 @@ impl DocumentStores {
                 }),
             );
         }
-        let mut indexes = declared_indexes(cx)?;
-        for label in stores.keys() {
-            indexes.extend(outbox::internal_indexes(label));
-        }
-        for index in indexes {
+        for index in declared_indexes(cx)? {
             let Some(store) = stores.get(&index.store) else {
                 continue;
             };

@@ -3,7 +3,9 @@
 //! typed errors (duplicate key by code 11000, write conflicts by code 112 or the transient label).
 
 use super::ops::{DocumentError, Op, Output, UpdateOutcome};
+use super::outbox::{Staged, collections};
 use super::{DocumentBackend, DocumentTransaction, IndexSpec};
+use crate::capabilities::messaging::OutgoingMessage;
 use async_trait::async_trait;
 use futures::TryStreamExt as _;
 use mongodb::bson::{Bson, Document, RawDocumentBuf};
@@ -105,6 +107,31 @@ impl DocumentBackend for MongoStore {
             .map(drop)
             .map_err(map_error)
     }
+
+    async fn outbox_pending(&self, limit: usize) -> Result<Vec<Staged>, DocumentError> {
+        collections::pending(self, limit).await
+    }
+
+    async fn outbox_lease(&self, holder: &str, for_ms: i64) -> Result<bool, DocumentError> {
+        collections::lease(self, holder, for_ms).await
+    }
+
+    async fn outbox_remove(
+        &self,
+        published: &[Staged],
+        holder: &str,
+        for_ms: i64,
+    ) -> Result<(), DocumentError> {
+        collections::remove(self, published, holder, for_ms).await
+    }
+
+    async fn outbox_backlog(&self) -> Result<u64, DocumentError> {
+        collections::backlog(self).await
+    }
+
+    async fn inbox_prune(&self, before_ms: i64) -> Result<u64, DocumentError> {
+        collections::prune_inbox(self, before_ms).await
+    }
 }
 
 struct MongoTransaction {
@@ -116,6 +143,18 @@ struct MongoTransaction {
 impl DocumentTransaction for MongoTransaction {
     async fn run(&mut self, op: Op) -> Result<Output, DocumentError> {
         execute(&self.database, Some(&mut self.session), op).await
+    }
+
+    async fn stage(&mut self, message: OutgoingMessage) -> Result<String, DocumentError> {
+        collections::stage(self, message).await
+    }
+
+    async fn first_time(
+        &mut self,
+        consumer: &str,
+        message_id: &str,
+    ) -> Result<bool, DocumentError> {
+        collections::first_time(self, consumer, message_id).await
     }
 
     async fn commit(mut self: Box<Self>) -> Result<(), DocumentError> {

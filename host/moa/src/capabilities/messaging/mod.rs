@@ -19,6 +19,7 @@ use moa_manifest::LoadedManifest;
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 use wasmtime::component::{HasData, Linker};
 
 mod bindings {
@@ -125,6 +126,8 @@ enum BrokerConfig {
     Embedded {
         /// The log file (default: `<state dir>/events.db`).
         path: Option<std::path::PathBuf>,
+        /// How long records are kept once every group read them (default 168 hours: a week).
+        retention_hours: Option<u64>,
     },
 }
 
@@ -141,6 +144,41 @@ pub fn topic_matches(pattern: &str, name: &str) -> bool {
         Some(prefix) => name.starts_with(prefix),
         None => pattern == name,
     }
+}
+
+/// Deletes an embedded log's records past `retention` that every group has read, each minute,
+/// until the log is dropped.
+fn spawn_log_pruner(log: &Arc<moa_eventlog::EventLog>, retention: Duration) {
+    const SLICE: u64 = 10_000;
+    let log = Arc::downgrade(log);
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_secs(60)).await;
+            let Ok(retention) = i64::try_from(retention.as_millis()) else {
+                return;
+            };
+            let before = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as i64)
+                - retention;
+            loop {
+                let Some(log) = log.upgrade() else { return };
+                let pruned = tokio::task::spawn_blocking(move || log.prune(before, SLICE)).await;
+                match pruned {
+                    Ok(Ok(n)) if n > 0 => tracing::debug!(
+                        pruned = n,
+                        "event log records past their retention deleted"
+                    ),
+                    Ok(Ok(_)) => break,
+                    Ok(Err(error)) => {
+                        tracing::warn!(error = %error, "cannot prune the event log");
+                        break;
+                    }
+                    Err(_) => break,
+                }
+            }
+        }
+    });
 }
 
 /// The app's brokers and which topics go where.
@@ -167,16 +205,21 @@ impl MessagingBrokers {
         // One log object per file: two brokers naming the same file share it.
         let mut open_logs: BTreeMap<std::path::PathBuf, Arc<moa_eventlog::EventLog>> =
             BTreeMap::new();
-        let mut open_embedded = |path: &Path| -> Result<Arc<moa_eventlog::EventLog>> {
-            if let Some(log) = open_logs.get(path) {
-                return Ok(log.clone());
-            }
-            let log = Arc::new(moa_eventlog::EventLog::open(path).with_context(|| {
-                format!("cannot open the embedded event log at {}", path.display())
-            })?);
-            open_logs.insert(path.to_path_buf(), log.clone());
-            Ok(log)
-        };
+        let mut open_embedded =
+            |path: &Path, retention_hours: Option<u64>| -> Result<Arc<moa_eventlog::EventLog>> {
+                if let Some(log) = open_logs.get(path) {
+                    return Ok(log.clone());
+                }
+                let log = Arc::new(moa_eventlog::EventLog::open(path).with_context(|| {
+                    format!("cannot open the embedded event log at {}", path.display())
+                })?);
+                spawn_log_pruner(
+                    &log,
+                    Duration::from_secs(retention_hours.unwrap_or(168).saturating_mul(3600)),
+                );
+                open_logs.insert(path.to_path_buf(), log.clone());
+                Ok(log)
+            };
         for (name, config) in &section.brokers {
             let broker: Arc<dyn Broker> = match config {
                 BrokerConfig::Kafka {
@@ -221,7 +264,10 @@ impl MessagingBrokers {
                         .with_context(|| format!("{describe}: [messaging.brokers.{name}]"))?;
                     Arc::new(broker)
                 }
-                BrokerConfig::Embedded { path } => {
+                BrokerConfig::Embedded {
+                    path,
+                    retention_hours,
+                } => {
                     let path = match path {
                         Some(p) if p.is_relative() => {
                             runtime_config.base_dir().unwrap_or(Path::new(".")).join(p)
@@ -229,7 +275,7 @@ impl MessagingBrokers {
                         Some(p) => p.clone(),
                         None => state_dir.join("events.db"),
                     };
-                    let log = open_embedded(&path)?;
+                    let log = open_embedded(&path, *retention_hours)?;
                     embedded_log = Some(log.clone());
                     Arc::new(embedded::EmbeddedBroker::new(log))
                 }
@@ -245,7 +291,7 @@ impl MessagingBrokers {
             })?,
             (None, 1) => brokers.values().next().cloned().context("one broker")?,
             (None, 0) => {
-                let log = open_embedded(&state_dir.join("events.db"))?;
+                let log = open_embedded(&state_dir.join("events.db"), None)?;
                 embedded_log = Some(log.clone());
                 counted::CountedBroker::wrap(
                     Arc::new(embedded::EmbeddedBroker::new(log)),
@@ -382,9 +428,13 @@ pub enum Refusal {
     AccessDenied(String),
 }
 
+/// Headers whose names start with this belong to the host (`moa-message-id`, the dead-letter
+/// headers): a component setting one could shadow the id consumers deduplicate on.
+pub const RESERVED_HEADER_PREFIX: &str = "moa-";
+
 /// Checks a message a component publishes (the topic's name, the component's
-/// `allowed_publish_topics`) and adds the invocation's trace context. The documents outbox checks
-/// its messages with the same function.
+/// `allowed_publish_topics`, no header of the host's) and adds the invocation's trace context. The
+/// documents outbox checks its messages with the same function.
 pub fn check_outgoing(
     allowed: &[String],
     invocation: &Invocation,
@@ -403,6 +453,14 @@ pub fn check_outgoing(
         return Err(Refusal::AccessDenied(format!(
             "topic `{}` is not in this component's allowed_publish_topics",
             message.topic
+        )));
+    }
+    if let Some((name, _)) = message.headers.iter().find(|(name, _)| {
+        name.get(..RESERVED_HEADER_PREFIX.len())
+            .is_some_and(|prefix| prefix.eq_ignore_ascii_case(RESERVED_HEADER_PREFIX))
+    }) {
+        return Err(Refusal::AccessDenied(format!(
+            "header `{name}`: names starting with `{RESERVED_HEADER_PREFIX}` belong to the host (it sets `moa-message-id` itself)"
         )));
     }
     let mut message = message;

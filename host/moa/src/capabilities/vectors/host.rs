@@ -50,8 +50,10 @@ type Answer<T> = wasmtime::Result<Result<T, Error>>;
 /// The guest's answer; an unavailable backend is noted on the invocation, so an event delivery
 /// that fails because of it does not spend an attempt.
 fn answer<T>(invocation: &Invocation, result: Result<T, VectorError>) -> Answer<T> {
-    if let Err(VectorError::Unavailable(_)) = &result {
-        invocation.transient.record();
+    match &result {
+        Err(VectorError::Unavailable(_)) => invocation.transient.record(),
+        Ok(_) => invocation.transient.resolve(),
+        Err(_) => {}
     }
     Ok(result.map_err(Error::from))
 }

@@ -6,6 +6,7 @@
 //! librdkafka's auto-commit (and synchronously on revoke and shutdown). On revoke, workers of the
 //! revoked partitions get a grace period to finish; what is still running is abandoned uncommitted.
 
+use super::attempts::{AttemptLog, Delivery};
 use super::keyed::{KeyedLanes, MAX_KEYS_IN_FLIGHT};
 use super::{Event, Lane, TriggerRuntime};
 use crate::capabilities::messaging::kafka::{KafkaClientContext, seed_msk_token};
@@ -167,6 +168,8 @@ pub struct KafkaTrigger {
     /// The consumer's settings, for the admin client that creates missing topics.
     admin_config: ClientConfig,
     client: KafkaClientContext,
+    /// Delivery counts kept across restarts.
+    attempts: Arc<AttemptLog>,
 }
 
 impl KafkaTrigger {
@@ -177,6 +180,7 @@ impl KafkaTrigger {
         bootstrap: &str,
         properties: &BTreeMap<String, String>,
         msk_iam: Option<Arc<moa_msk_iam::MskIam>>,
+        attempts: Arc<AttemptLog>,
     ) -> Result<Self> {
         let mut config = ClientConfig::new();
         config
@@ -216,6 +220,7 @@ impl KafkaTrigger {
             workers,
             admin_config: config,
             client,
+            attempts,
         })
     }
 
@@ -299,6 +304,9 @@ impl KafkaTrigger {
                     };
                     self.runtime.working();
                     let Ok(offset) = u64::try_from(message.offset()) else { continue };
+                    // The timestamp keeps ids apart across a deleted and recreated topic, whose
+                    // offsets start again at 0.
+                    let timestamp = message.timestamp().to_millis().unwrap_or(0);
                     let topic = message.topic().to_string();
                     let partition = message.partition();
                     let headers = message
@@ -310,7 +318,7 @@ impl KafkaTrigger {
                         })
                         .unwrap_or_default();
                     let event = Event {
-                        id: format!("{topic}/{partition}/{offset}"),
+                        id: format!("{topic}/{partition}/{offset}@{timestamp}"),
                         topic: topic.clone(),
                         partition: partition as u32,
                         offset,
@@ -334,6 +342,7 @@ impl KafkaTrigger {
                             });
                             worker_tasks.spawn(partition_worker(
                                 self.runtime.clone(),
+                                self.attempts.clone(),
                                 self.consumer.clone(),
                                 key.clone(),
                                 receiver,
@@ -396,6 +405,7 @@ impl KafkaTrigger {
 /// the lowest unfinished message after each one ends (handled or dead-lettered).
 async fn partition_worker(
     runtime: Arc<TriggerRuntime>,
+    attempts: Arc<AttemptLog>,
     consumer: Arc<StreamConsumer<RebalanceContext>>,
     key: PartitionKey,
     mut receiver: mpsc::UnboundedReceiver<Event>,
@@ -409,11 +419,27 @@ async fn partition_worker(
     let start = |running: &mut JoinSet<_>, lanes: &mut KeyedLanes, event: Event| {
         let runtime = runtime.clone();
         let permits = permits.clone();
+        let attempts = attempts.clone();
         let abort = shared.abort.clone();
         let mut lane = lanes.lane();
         running.spawn(async move {
             let outcome = match permits.acquire().await {
-                Ok(_permit) => runtime.deliver(&event, 1, &mut lane, &abort).await,
+                Ok(_permit) => {
+                    // Counted before it runs: a message that takes the host down is counted
+                    // at each restart and dead-lettered after `max_attempts`.
+                    let delivery = Delivery {
+                        group: runtime.trigger.group.clone(),
+                        topic: event.topic.clone(),
+                        partition: event.partition as i32,
+                        offset: event.offset as i64,
+                    };
+                    let attempt = attempts.start(delivery.clone()).await;
+                    let outcome = runtime.deliver(&event, attempt, &mut lane, &abort).await;
+                    if outcome.is_some() {
+                        attempts.end(delivery);
+                    }
+                    outcome
+                }
                 Err(_) => None,
             };
             (event, outcome, lane)

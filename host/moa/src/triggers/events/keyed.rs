@@ -84,6 +84,11 @@ impl KeyedLanes {
         self.waiting.len()
     }
 
+    /// Messages admitted and not finished (in flight or waiting behind their key).
+    pub fn unfinished(&self) -> usize {
+        self.unfinished.len()
+    }
+
     /// Whether nothing is in flight or waiting.
     pub fn is_idle(&self) -> bool {
         self.unfinished.is_empty()

@@ -5,6 +5,7 @@
 //! doubling backoff, then the dead-letter topic with the error in headers. A source commits a
 //! message (Kafka offset, XACK, log offset) only after `deliver` says it was handled or dead-lettered.
 
+mod attempts;
 pub mod config;
 mod embedded;
 mod kafka;
@@ -150,7 +151,7 @@ pub struct Event {
     pub topic: String,
     pub partition: u32,
     pub offset: u64,
-    /// The broker's id: `<topic>/<partition>/<offset>` or the stream entry id.
+    /// The broker's id: `<topic>/<partition>/<offset>@<append time in ms>` or the stream entry id.
     pub id: String,
     pub key: Option<Vec<u8>>,
     pub payload: Vec<u8>,
@@ -331,7 +332,7 @@ impl TriggerRuntime {
                 )))
             }
             Ok((_, _, Err(trap))) => Err(AttemptError::Failed(self.classify_trap(trap))),
-            Ok((store, _, Ok(Err(error)))) if store.data().invocation.transient.count() > 0 => {
+            Ok((store, _, Ok(Err(error)))) if store.data().invocation.transient.pending() => {
                 Err(AttemptError::Transient(error))
             }
             Ok((store, handler, Ok(result))) => {
@@ -553,6 +554,8 @@ impl EventConsumers {
         let mut tasks = JoinSet::new();
         let mut descriptions = Vec::new();
         let (engine, metrics, health) = (&cx.engine, &cx.metrics, &cx.health);
+        // Kafka deliveries are counted on the host (Kafka keeps only offsets), in one file.
+        let mut kafka_attempts: Option<Arc<attempts::AttemptLog>> = None;
         for (trigger, source) in prepared.triggers {
             let component = app.component(&trigger.component)?.clone();
             let handler = prepared
@@ -590,6 +593,11 @@ impl EventConsumers {
                 trigger.topics.join(", "),
                 trigger.group
             );
+            if matches!(source, ConsumerSource::Kafka { .. }) && kafka_attempts.is_none() {
+                kafka_attempts = Some(Arc::new(attempts::AttemptLog::open(
+                    &cx.state_dir.join("kafka-deliveries.db"),
+                )?));
+            }
             match source {
                 ConsumerSource::Embedded(log) => {
                     tasks.spawn(embedded::run(runtime, log, stop, abort));
@@ -599,8 +607,16 @@ impl EventConsumers {
                     properties,
                     msk_iam,
                 } => {
-                    let consumer =
-                        kafka::KafkaTrigger::connect(runtime, &bootstrap, &properties, msk_iam)?;
+                    let attempts = kafka_attempts
+                        .clone()
+                        .ok_or_else(|| anyhow::anyhow!("the Kafka delivery counts are not open"))?;
+                    let consumer = kafka::KafkaTrigger::connect(
+                        runtime,
+                        &bootstrap,
+                        &properties,
+                        msk_iam,
+                        attempts,
+                    )?;
                     tasks.spawn(consumer.run(stop, abort));
                 }
                 ConsumerSource::Redis { url } => {

@@ -3,9 +3,11 @@
 //! another consumer left pending longer than `claim_idle_ms`.
 //!
 //! An entry is processed by one host at a time: this host holds at most `concurrency` ×
-//! [`HELD_PER_LANE`] entries, and every `claim_idle_ms / 4` it resets the idle time of every entry
+//! [`HELD_PER_SLOT`] entries, and every `claim_idle_ms / 4` it resets the idle time of every entry
 //! it holds (`XCLAIM … JUSTID` of the ones still its own), so no other host
-//! can claim them while it is alive. Entries with the same key go to the same lane and run in order.
+//! can claim them while it is alive. Entries with the same key run one at a time in the order this
+//! host took them; other keys go on beside them, so an entry that keeps failing holds up only its
+//! key.
 //! The attempt number is Redis's own delivery counter, so an entry that keeps crashing hosts still
 //! reaches `max_deliveries` and is dead-lettered. The group's lag is reported every second.
 
@@ -14,19 +16,20 @@ use crate::capabilities::messaging::redis_streams::{HEADER_PREFIX, KEY_FIELD, PA
 use redis::Value;
 use redis::aio::ConnectionManager;
 use redis::streams::{StreamAutoClaimReply, StreamId, StreamPendingCountReply, StreamReadReply};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 /// How long one `XREADGROUP` blocks on the server.
 const BLOCK: Duration = Duration::from_millis(1000);
 /// Most entries read (or claimed) per command.
 const READ_COUNT: usize = 128;
-/// Entries a lane may hold (the one it works on and those queued behind it). Held entries are kept
-/// fresh, so this bounds memory and the refresh script's work, not safety.
-const HELD_PER_LANE: usize = 32;
+/// Entries held per unit of `concurrency` (running, or waiting behind their key or for a slot).
+/// Held entries are kept fresh, so this bounds memory and the refresh script's work, not safety.
+const HELD_PER_SLOT: usize = 32;
 /// Most entries acknowledged by one `XACK`.
 const ACK_BATCH: usize = 512;
 /// How often the group's lag is read (`XINFO GROUPS`: one small reply per trigger and host).
@@ -51,7 +54,7 @@ end
 return lost
 "#;
 
-/// An entry on its way to a lane: how many times Redis has delivered it, and its slot among
+/// An entry on its way to its delivery: how many times Redis has delivered it, and its slot among
 /// the entries this host holds (freed when it is acknowledged or abandoned).
 struct Pending {
     event: Event,
@@ -136,29 +139,24 @@ pub async fn run(
         (claim_idle / 4).max(Duration::from_millis(50)),
     ));
     let lag_reporter = tokio::spawn(report_lag(runtime.clone(), target.clone(), LAG_EVERY));
-    let lanes_count = runtime.trigger.concurrency.max(1) as usize;
-    let slots = Arc::new(Semaphore::new(lanes_count * HELD_PER_LANE));
-    let mut lanes = Vec::with_capacity(lanes_count);
-    let mut lane_tasks = tokio::task::JoinSet::new();
-    for _ in 0..lanes_count {
-        let (sender, receiver) = mpsc::channel::<Pending>(HELD_PER_LANE);
-        lanes.push(sender);
-        lane_tasks.spawn(lane(
-            runtime.clone(),
-            receiver,
-            ack_sender.clone(),
-            abort.clone(),
-        ));
-    }
-    drop(ack_sender);
+    let concurrency = runtime.trigger.concurrency.max(1) as usize;
+    let slots = Arc::new(Semaphore::new(concurrency * HELD_PER_SLOT));
+    // Every held entry has a slot, so the dispatcher's queue never holds more than that.
+    let (to_dispatcher, entries) = mpsc::unbounded_channel::<Pending>();
+    let dispatcher = tokio::spawn(dispatch_by_key(
+        runtime.clone(),
+        entries,
+        ack_sender,
+        abort.clone(),
+        concurrency,
+    ));
     let claim_every = (claim_idle / 2).clamp(Duration::from_millis(100), Duration::from_secs(10));
     let mut next_claim = tokio::time::Instant::now();
     let mut claim_cursor = "0-0".to_string();
-    let mut round_robin = 0usize;
     // First our own pending entries (a restart under the same consumer name), then new ones.
     let mut start_id = "0".to_string();
     'consume: loop {
-        // Take at least one free slot (waiting while every lane is full), then all free ones.
+        // Take at least one free slot (waiting while every slot is taken), then all free ones.
         let first = tokio::select! {
             slot = slots.clone().acquire_owned() => match slot {
                 Ok(slot) => slot,
@@ -242,40 +240,17 @@ pub async fn run(
                 attempt,
                 _slot: slot,
             };
-            if dispatch(&lanes, &mut round_robin, pending, &stop)
-                .await
-                .is_err()
-            {
+            if to_dispatcher.send(pending).is_err() {
                 break 'consume;
             }
         }
     }
-    drop(lanes);
-    while lane_tasks.join_next().await.is_some() {}
-    // Every lane is done: the acker sends what is left and ends.
+    drop(to_dispatcher);
+    let _ = dispatcher.await;
+    // Every delivery is done: the acker sends what is left and ends.
     let _ = acker.await;
     refresher.abort();
     lag_reporter.abort();
-}
-
-/// Sends an entry to its key's lane (unkeyed entries round-robin); waits while the lane is full.
-async fn dispatch(
-    lanes: &[mpsc::Sender<Pending>],
-    round_robin: &mut usize,
-    pending: Pending,
-    stop: &CancellationToken,
-) -> Result<(), ()> {
-    let index = match &pending.event.key {
-        Some(key) => (moa_eventlog::key_hash(key) % lanes.len() as u64) as usize,
-        None => {
-            *round_robin = round_robin.wrapping_add(1);
-            *round_robin % lanes.len()
-        }
-    };
-    tokio::select! {
-        sent = lanes[index].send(pending) => sent.map_err(drop),
-        _ = stop.cancelled() => Err(()),
-    }
 }
 
 /// The stream, group and consumer this host works as, with its command connection.
@@ -375,7 +350,7 @@ impl Target {
 }
 
 /// Every `every`, resets the idle time of the entries this host holds, so no other host can
-/// claim them while they wait in a lane or run. An entry found on another consumer (this host
+/// claim them while they wait or run. An entry found on another consumer (this host
 /// was stalled past `claim_idle_ms`) is reported: that host now delivers it too.
 async fn refresh_held(target: Target, held: Held, every: Duration) {
     let script = redis::Script::new(REFRESH_SCRIPT);
@@ -454,25 +429,75 @@ async fn report_lag(runtime: Arc<TriggerRuntime>, target: Target, every: Duratio
     }
 }
 
-/// Delivers a lane's entries one after the other; each handled (or dead-lettered) entry goes to
-/// the acker.
-async fn lane(
+/// Delivers entries one at a time per key, in the order they came, and different keys side by
+/// side (up to `concurrency`; key-less entries each on their own), so an entry that keeps failing
+/// holds up only its key. Each handled (or dead-lettered) entry goes to the acker. Ends when the
+/// reader stopped and every entry it sent has ended, or at `abort`.
+async fn dispatch_by_key(
     runtime: Arc<TriggerRuntime>,
-    mut receiver: mpsc::Receiver<Pending>,
+    mut entries: mpsc::UnboundedReceiver<Pending>,
     acks: mpsc::UnboundedSender<String>,
     abort: CancellationToken,
+    concurrency: usize,
 ) {
-    let mut lane = Lane::default();
-    while let Some(pending) = receiver.recv().await {
-        if runtime
-            .deliver(&pending.event, pending.attempt, &mut lane, &abort)
-            .await
-            .is_none()
-        {
-            return;
+    // Keys with an entry running or ready, and the entries waiting behind it.
+    let mut busy: HashMap<Vec<u8>, VecDeque<Pending>> = HashMap::new();
+    // Entries whose key is free, waiting for a concurrency slot.
+    let mut ready: VecDeque<Pending> = VecDeque::new();
+    let mut running: JoinSet<(Pending, Option<super::Outcome>, Lane)> = JoinSet::new();
+    // One warm instance kept for the next delivery (idle ones hold pool slots HTTP needs).
+    let mut idle: Option<Lane> = None;
+    let mut receiving = true;
+    loop {
+        while running.len() < concurrency {
+            let Some(pending) = ready.pop_front() else {
+                break;
+            };
+            let (runtime, abort) = (runtime.clone(), abort.clone());
+            let mut lane = idle.take().unwrap_or_default();
+            running.spawn(async move {
+                let outcome = runtime
+                    .deliver(&pending.event, pending.attempt, &mut lane, &abort)
+                    .await;
+                (pending, outcome, lane)
+            });
         }
-        if acks.send(pending.event.id).is_err() {
-            return;
+        tokio::select! {
+            pending = entries.recv(), if receiving => match pending {
+                Some(pending) => match &pending.event.key {
+                    Some(key) => match busy.get_mut(key) {
+                        Some(queue) => queue.push_back(pending),
+                        None => {
+                            busy.insert(key.clone(), VecDeque::new());
+                            ready.push_back(pending);
+                        }
+                    },
+                    None => ready.push_back(pending),
+                },
+                None => receiving = false,
+            },
+            Some(done) = running.join_next() => {
+                let Ok((pending, outcome, lane)) = done else { return };
+                // Aborted: neither handled nor acknowledged; it stays pending in Redis.
+                if outcome.is_none() {
+                    return;
+                }
+                if lane.warm.is_some() && idle.is_none() {
+                    idle = Some(lane);
+                }
+                if let Some(key) = &pending.event.key {
+                    match busy.get_mut(key).and_then(VecDeque::pop_front) {
+                        Some(next) => ready.push_back(next),
+                        None => {
+                            busy.remove(key);
+                        }
+                    }
+                }
+                if acks.send(pending.event.id.clone()).is_err() {
+                    return;
+                }
+            }
+            else => return,
         }
     }
 }

@@ -9,20 +9,25 @@
 //!                    COMMIT (synchronous = FULL: one fsync for the whole group); then replies
 //! ```
 
+mod outbox;
 mod plan;
 mod view;
 mod writer;
 
 use super::ops::{DocumentError, Op, Output};
+use super::outbox::{Staged, check_mark, now_ms};
 use super::{DocumentBackend, DocumentTransaction, IndexSpec};
+use crate::capabilities::messaging::OutgoingMessage;
 use async_trait::async_trait;
+use outbox::{RelayWork, StagedRow};
 use rusqlite::{Connection, ErrorCode};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 use view::{Overlay, View};
-use writer::{Work, Writer};
+use writer::{Commit, Work, Writer};
 
 /// One store's SQLite file, its reader connections and its writer.
 pub struct EmbeddedStore {
@@ -37,6 +42,8 @@ struct Inner {
     indexes: RwLock<BTreeMap<String, Vec<IndexSpec>>>,
     busy_timeout: Duration,
     writer: Writer,
+    /// The last outbox `seq` this host's relay deleted: its next read starts after it.
+    relay_cursor: AtomicI64,
 }
 
 /// Idle reader connections kept for reuse.
@@ -68,6 +75,7 @@ impl EmbeddedStore {
                 indexes: RwLock::new(BTreeMap::new()),
                 busy_timeout,
                 writer,
+                relay_cursor: AtomicI64::new(0),
             }),
         })
     }
@@ -82,7 +90,8 @@ fn connect(path: &Path, busy_timeout: Duration) -> rusqlite::Result<Connection> 
     Ok(connection)
 }
 
-/// The tables, and the `version` column files from before optimistic transactions lack.
+/// The tables, the `version` column files from before optimistic transactions lack, and the
+/// outbox and inbox moved out of the collections older files kept them in.
 fn initialise(connection: &Connection) -> rusqlite::Result<()> {
     connection.execute_batch(
         "CREATE TABLE IF NOT EXISTS documents (
@@ -103,7 +112,8 @@ fn initialise(connection: &Connection) -> rusqlite::Result<()> {
         connection
             .execute_batch("ALTER TABLE documents ADD COLUMN version INTEGER NOT NULL DEFAULT 0")?;
     }
-    Ok(())
+    connection.execute_batch(outbox::SCHEMA)?;
+    outbox::migrate(connection)
 }
 
 impl Inner {
@@ -201,6 +211,8 @@ impl DocumentBackend for EmbeddedStore {
             inner: self.inner.clone(),
             snapshot: None,
             overlay: Some(Overlay::default()),
+            marks: Vec::new(),
+            staged: Vec::new(),
         }))
     }
 
@@ -228,6 +240,96 @@ impl DocumentBackend for EmbeddedStore {
         }
         Ok(())
     }
+
+    async fn outbox_pending(&self, limit: usize) -> Result<Vec<Staged>, DocumentError> {
+        let after = self.inner.relay_cursor.load(Ordering::Acquire);
+        self.with_reader(move |connection| outbox::pending(connection, after, limit))
+            .await
+    }
+
+    async fn outbox_lease(&self, holder: &str, for_ms: i64) -> Result<bool, DocumentError> {
+        let now_ms = now_ms();
+        let held = self
+            .inner
+            .writer
+            .submit(Work::Relay(RelayWork::Lease {
+                holder: holder.to_string(),
+                now_ms,
+                until_ms: now_ms + for_ms,
+            }))
+            .await?;
+        Ok(matches!(held, Output::Count(n) if n > 0))
+    }
+
+    async fn outbox_remove(
+        &self,
+        published: &[Staged],
+        holder: &str,
+        for_ms: i64,
+    ) -> Result<(), DocumentError> {
+        // `outbox_pending` returns every committed message after the cursor up to its limit, in
+        // `seq` order, and later commits get higher numbers: everything up to the highest
+        // published `seq` went out.
+        let Some(through) = published.iter().map(|s| s.seq).max() else {
+            return Ok(());
+        };
+        self.inner
+            .writer
+            .submit(Work::Relay(RelayWork::Remove {
+                through,
+                holder: holder.to_string(),
+                until_ms: now_ms() + for_ms,
+            }))
+            .await?;
+        self.inner.relay_cursor.fetch_max(through, Ordering::AcqRel);
+        Ok(())
+    }
+
+    async fn outbox_backlog(&self) -> Result<u64, DocumentError> {
+        self.with_reader(outbox::backlog).await
+    }
+
+    async fn inbox_prune(&self, before_ms: i64) -> Result<u64, DocumentError> {
+        // In slices, so that a long-idle store's first prune does not hold up the writer.
+        const SLICE: u64 = 10_000;
+        let mut pruned = 0;
+        loop {
+            let deleted = match self
+                .inner
+                .writer
+                .submit(Work::Relay(RelayWork::PruneInbox {
+                    before_ms,
+                    max: SLICE,
+                }))
+                .await?
+            {
+                Output::Count(n) => n,
+                _ => 0,
+            };
+            pruned += deleted;
+            if deleted < SLICE {
+                return Ok(pruned);
+            }
+        }
+    }
+}
+
+impl EmbeddedStore {
+    /// Runs `read` on a pooled reader connection on the blocking pool.
+    async fn with_reader<T: Send + 'static>(
+        &self,
+        read: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+    ) -> Result<T, DocumentError> {
+        let connection = self.inner.take_reader()?;
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || {
+            let result = read(&connection).map_err(|e| map_sqlite(&inner.path, e));
+            inner.give_back(connection);
+            result
+        })
+        .await
+        .map_err(|e| DocumentError::Other(format!("document task failed: {e}")))?
+    }
 }
 
 /// An optimistic transaction: reads on a snapshot taken at its first operation, writes buffered
@@ -239,6 +341,10 @@ struct EmbeddedTransaction {
     snapshot: Option<Connection>,
     /// The buffered writes; `None` once the transaction ended.
     overlay: Option<Overlay>,
+    /// Inbox marks to make at commit: `(consumer, message id)`.
+    marks: Vec<(String, String)>,
+    /// Outbox messages to write at commit.
+    staged: Vec<StagedRow>,
 }
 
 impl EmbeddedTransaction {
@@ -252,21 +358,29 @@ impl EmbeddedTransaction {
             self.inner.give_back(connection);
         }
     }
+
+    /// The snapshot's connection, taking the snapshot at the first operation.
+    fn snapshot(&mut self) -> Result<Connection, DocumentError> {
+        if let Some(connection) = self.snapshot.take() {
+            return Ok(connection);
+        }
+        let connection = self.inner.take_reader()?;
+        connection
+            .execute_batch("BEGIN")
+            .map_err(|e| map_sqlite(&self.inner.path, e))?;
+        Ok(connection)
+    }
 }
 
 #[async_trait]
 impl DocumentTransaction for EmbeddedTransaction {
     async fn run(&mut self, op: Op) -> Result<Output, DocumentError> {
         let overlay = self.overlay.take().ok_or_else(Self::closed)?;
-        let connection = match self.snapshot.take() {
-            Some(connection) => connection,
-            None => {
-                let connection = self.inner.take_reader()?;
-                if let Err(error) = connection.execute_batch("BEGIN") {
-                    self.overlay = Some(overlay);
-                    return Err(map_sqlite(&self.inner.path, error));
-                }
-                connection
+        let connection = match self.snapshot() {
+            Ok(connection) => connection,
+            Err(error) => {
+                self.overlay = Some(overlay);
+                return Err(error);
             }
         };
         let (kept, result) = read(&self.inner, connection, overlay, op).await;
@@ -288,15 +402,69 @@ impl DocumentTransaction for EmbeddedTransaction {
         }
     }
 
+    async fn stage(&mut self, message: OutgoingMessage) -> Result<String, DocumentError> {
+        if self.overlay.is_none() {
+            return Err(Self::closed());
+        }
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        self.staged.push(StagedRow {
+            id: id.clone(),
+            message,
+            created_ms: now_ms(),
+        });
+        Ok(id)
+    }
+
+    async fn first_time(
+        &mut self,
+        consumer: &str,
+        message_id: &str,
+    ) -> Result<bool, DocumentError> {
+        check_mark(consumer, message_id)?;
+        if self.overlay.is_none() {
+            return Err(Self::closed());
+        }
+        if self
+            .marks
+            .iter()
+            .any(|(c, m)| c == consumer && m == message_id)
+        {
+            return Ok(false);
+        }
+        // A point lookup: read here, on the snapshot. A mark committed since is a conflict at
+        // commit (the primary key), so two transactions cannot both see "first time".
+        let connection = self.snapshot()?;
+        let marked = outbox::is_marked(&connection, consumer, message_id);
+        self.snapshot = Some(connection);
+        match marked {
+            Ok(true) => Ok(false),
+            Ok(false) => {
+                self.marks
+                    .push((consumer.to_string(), message_id.to_string()));
+                Ok(true)
+            }
+            Err(error) => {
+                self.overlay = None;
+                self.release();
+                Err(map_sqlite(&self.inner.path, error))
+            }
+        }
+    }
+
     async fn commit(mut self: Box<Self>) -> Result<(), DocumentError> {
         let overlay = self.overlay.take().ok_or_else(Self::closed)?;
         self.release();
-        if overlay.is_empty() {
+        if overlay.is_empty() && self.marks.is_empty() && self.staged.is_empty() {
             return Ok(());
         }
+        let commit = Commit {
+            changes: overlay.into_changes(),
+            marks: std::mem::take(&mut self.marks),
+            staged: std::mem::take(&mut self.staged),
+        };
         self.inner
             .writer
-            .submit(Work::Commit(overlay.into_changes()))
+            .submit(Work::Commit(Box::new(commit)))
             .await
             .map(|_| ())
     }
@@ -657,5 +825,126 @@ mod tests {
                 "in the transaction: {filter} sorted by {sort}"
             );
         }
+    }
+
+    fn message(key: &str, payload: &str) -> OutgoingMessage {
+        OutgoingMessage {
+            topic: "orders".into(),
+            key: Some(key.as_bytes().to_vec()),
+            payload: payload.as_bytes().to_vec(),
+            headers: vec![("traceparent".into(), b"00-1-2-01".to_vec())],
+        }
+    }
+
+    #[tokio::test]
+    async fn outbox_messages_come_in_commit_order_and_only_the_lease_holder_deletes_them() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = store(&dir);
+        // Staged first, committed second: the commit decides the order.
+        let mut early = store.begin().await.expect("begin");
+        let mut late = store.begin().await.expect("begin");
+        early.stage(message("o1", "staged first")).await.expect("stage");
+        let id = late.stage(message("o1", "committed first")).await.expect("stage");
+        late.commit().await.expect("commit");
+        early.commit().await.expect("commit");
+        let mut aborted = store.begin().await.expect("begin");
+        aborted.stage(message("o1", "aborted")).await.expect("stage");
+        aborted.abort().await.expect("abort");
+
+        let pending = store.outbox_pending(10).await.expect("pending");
+        let payloads: Vec<&[u8]> = pending.iter().map(|s| s.message.payload.as_slice()).collect();
+        assert_eq!(payloads, [&b"committed first"[..], b"staged first"]);
+        assert_eq!(pending[0].id, id);
+        assert_eq!(pending[0].message.headers, message("o1", "").headers);
+        assert_eq!(store.outbox_backlog().await.expect("backlog"), 2);
+
+        assert!(store.outbox_lease("a", 5000).await.expect("lease a"));
+        assert!(!store.outbox_lease("b", 5000).await.expect("lease b"), "a holds it");
+        let lost = store.outbox_remove(&pending[..1], "b", 5000).await;
+        assert!(matches!(lost, Err(DocumentError::WriteConflict(_))), "{lost:?}");
+        assert_eq!(store.outbox_backlog().await.expect("backlog"), 2, "b deleted nothing");
+        store
+            .outbox_remove(&pending[..1], "a", 5000)
+            .await
+            .expect("a removes");
+        let left = store.outbox_pending(10).await.expect("pending");
+        assert_eq!(left.len(), 1);
+        assert_eq!(left[0].message.payload, b"staged first");
+        // An expired lease goes to whoever asks; given up, it is free at once.
+        assert!(store.outbox_lease("a", -1).await.expect("give up"));
+        assert!(store.outbox_lease("b", 5000).await.expect("b takes it"));
+    }
+
+    #[tokio::test]
+    async fn an_inbox_mark_is_first_once_even_for_concurrent_transactions() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = store(&dir);
+        let mut first = store.begin().await.expect("begin");
+        let mut second = store.begin().await.expect("begin");
+        assert!(first.first_time("billing", "m1").await.expect("mark"));
+        assert!(!first.first_time("billing", "m1").await.expect("again"), "marked in this transaction");
+        assert!(second.first_time("billing", "m1").await.expect("mark"), "not committed yet");
+        first.commit().await.expect("commit");
+        let conflict = second.commit().await;
+        assert!(matches!(conflict, Err(DocumentError::WriteConflict(_))), "{conflict:?}");
+        let mut third = store.begin().await.expect("begin");
+        assert!(!third.first_time("billing", "m1").await.expect("mark"));
+        assert!(third.first_time("shipping", "m1").await.expect("other consumer"));
+        assert!(third.first_time("billing|m", "1").await.expect("no ambiguity"));
+        third.commit().await.expect("commit");
+        assert_eq!(store.inbox_prune(0).await.expect("prune"), 0, "nothing that old");
+        assert_eq!(store.inbox_prune(i64::MAX).await.expect("prune"), 3);
+        let mut fourth = store.begin().await.expect("begin");
+        assert!(fourth.first_time("billing", "m1").await.expect("pruned mark"));
+    }
+
+    #[tokio::test]
+    async fn a_file_from_before_the_outbox_tables_keeps_its_waiting_messages_and_marks() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        drop(store(&dir));
+        {
+            // What the collection-based outbox left: two messages of one key out of creation
+            // order, a key counter, a lease and an inbox mark.
+            let connection = Connection::open(dir.path().join("store.db")).expect("open");
+            let put = |collection: &str, body: Value| {
+                let id = body["_id"].to_string();
+                connection
+                    .execute(
+                        "INSERT INTO documents (collection, id, body) VALUES (?1, ?2, ?3)",
+                        (collection, id, body.to_string()),
+                    )
+                    .expect("insert");
+            };
+            let staged = |id: &str, seq: i64, created: i64, payload: &str| {
+                json!({ "_id": id, "topic": "orders", "key": hex::encode("o1"),
+                        "payload": hex::encode(payload), "headers": [["h", hex::encode("v")]],
+                        "okey": format!("orders|{}", hex::encode("o1")), "seq": seq,
+                        "created_ms": created })
+            };
+            put("_moa_outbox", staged("m2", 2, 100, "second"));
+            put("_moa_outbox", staged("m1", 1, 200, "first"));
+            put("_moa_outbox_keys", json!({ "_id": "orders|6f31", "seq": 2 }));
+            put("_moa_outbox_lease", json!({ "_id": "relay", "holder": "x", "until_ms": 1 }));
+            put("_moa_inbox", json!({ "_id": "billing|m0", "at_ms": 5 }));
+        }
+        let store = store(&dir);
+        let pending = store.outbox_pending(10).await.expect("pending");
+        let moved: Vec<(&str, &[u8])> = pending
+            .iter()
+            .map(|s| (s.id.as_str(), s.message.payload.as_slice()))
+            .collect();
+        assert_eq!(moved, [("m1", &b"first"[..]), ("m2", b"second")]);
+        assert_eq!(pending[0].message.headers, vec![("h".to_string(), b"v".to_vec())]);
+        let mut tx = store.begin().await.expect("begin");
+        assert!(!tx.first_time("billing", "m0").await.expect("mark"), "the mark moved too");
+        let left = rusqlite::Connection::open(dir.path().join("store.db"))
+            .expect("open")
+            .query_row(
+                "SELECT count(*) FROM documents WHERE collection LIKE '\\_moa\\_%' ESCAPE '\\'",
+                [],
+                |row| row.get::<_, i64>(0),
+            )
+            .expect("count");
+        assert_eq!(left, 0, "the old collections are gone");
     }
 }

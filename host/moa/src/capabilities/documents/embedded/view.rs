@@ -76,7 +76,11 @@ impl Overlay {
     }
 
     fn get(&self, collection: &str, key: &str) -> Option<&Entry> {
-        // A lookup without allocating a key tuple would need a custom map; overlays are small.
+        // Most reads happen before the transaction wrote anything: no key to build then. (A
+        // lookup without allocating the key tuple would need a custom map; overlays are small.)
+        if self.entries.is_empty() {
+            return None;
+        }
         self.entries.get(&(collection.to_string(), key.to_string()))
     }
 

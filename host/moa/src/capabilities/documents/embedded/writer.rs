@@ -5,6 +5,7 @@
 use super::super::IndexSpec;
 use super::super::ops::{DocumentError, Op, Output};
 use super::map_sqlite;
+use super::outbox::{self, RelayWork, StagedRow};
 use super::view::{Base, Change, Overlay, View};
 use rusqlite::{Connection, ErrorCode, OptionalExtension};
 use std::path::{Path, PathBuf};
@@ -14,10 +15,20 @@ use tokio::sync::oneshot;
 /// The most jobs one group commits.
 const MAX_GROUP: usize = 1024;
 
+/// A transaction's buffered writes, inbox marks and staged outbox messages.
+pub struct Commit {
+    pub changes: Vec<Change>,
+    pub marks: Vec<(String, String)>,
+    pub staged: Vec<StagedRow>,
+}
+
 /// What the writer does for one caller.
 pub enum Work {
-    /// A transaction's buffered writes: validated against the current versions, then applied.
-    Commit(Vec<Change>),
+    /// A transaction's commit: its changes validated against the current versions, then applied
+    /// with its marks and messages.
+    Commit(Box<Commit>),
+    /// The outbox relay's lease, deletes and inbox pruning.
+    Relay(RelayWork),
     /// One write operation on the current state (atomic on its own).
     Run(Box<Op>, Vec<IndexSpec>),
     /// Schema SQL (index creation).
@@ -139,10 +150,18 @@ fn perform(
     version: i64,
 ) -> Result<Output, DocumentError> {
     match work {
-        Work::Commit(changes) => {
-            apply(connection, path, &changes, version)?;
-            Ok(Output::Count(changes.len() as u64))
+        Work::Commit(commit) => {
+            apply(connection, path, &commit.changes, version)?;
+            outbox::write(
+                connection,
+                path,
+                &commit.marks,
+                &commit.staged,
+                crate::capabilities::documents::outbox::now_ms(),
+            )?;
+            Ok(Output::Count(commit.changes.len() as u64))
         }
+        Work::Relay(work) => outbox::relay(connection, path, work).map(Output::Count),
         Work::Run(op, indexes) => {
             let mut overlay = Overlay::default();
             let output = View {
