@@ -580,7 +580,17 @@ impl KafkaServer {
     /// then exits at once), another port is tried.
     pub fn start() -> KafkaServer {
         for _ in 0..10 {
-            let port = free_port();
+            if let Some(server) = KafkaServer::start_on(free_port()) {
+                return server;
+            }
+        }
+        panic!("could not start tansu on a free port");
+    }
+
+    /// Starts tansu on `port` (a test that starts the broker after moa, to begin with an outage);
+    /// `None` when another process took the port.
+    pub fn start_on(port: u16) -> Option<KafkaServer> {
+        {
             let url = format!("tcp://127.0.0.1:{port}");
             let mut child = Command::new(tansu_bin())
                 .args([
@@ -598,13 +608,13 @@ impl KafkaServer {
             wait_for_port(port, "tansu");
             std::thread::sleep(Duration::from_millis(300));
             if let Ok(None) = child.try_wait() {
-                return KafkaServer {
+                return Some(KafkaServer {
                     child,
                     bootstrap: format!("127.0.0.1:{port}"),
-                };
+                });
             }
         }
-        panic!("could not start tansu on a free port");
+        None
     }
 
     /// Creates a topic with `partitions` partitions.

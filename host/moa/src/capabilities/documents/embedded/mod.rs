@@ -843,26 +843,48 @@ mod tests {
         // Staged first, committed second: the commit decides the order.
         let mut early = store.begin().await.expect("begin");
         let mut late = store.begin().await.expect("begin");
-        early.stage(message("o1", "staged first")).await.expect("stage");
-        let id = late.stage(message("o1", "committed first")).await.expect("stage");
+        early
+            .stage(message("o1", "staged first"))
+            .await
+            .expect("stage");
+        let id = late
+            .stage(message("o1", "committed first"))
+            .await
+            .expect("stage");
         late.commit().await.expect("commit");
         early.commit().await.expect("commit");
         let mut aborted = store.begin().await.expect("begin");
-        aborted.stage(message("o1", "aborted")).await.expect("stage");
+        aborted
+            .stage(message("o1", "aborted"))
+            .await
+            .expect("stage");
         aborted.abort().await.expect("abort");
 
         let pending = store.outbox_pending(10).await.expect("pending");
-        let payloads: Vec<&[u8]> = pending.iter().map(|s| s.message.payload.as_slice()).collect();
+        let payloads: Vec<&[u8]> = pending
+            .iter()
+            .map(|s| s.message.payload.as_slice())
+            .collect();
         assert_eq!(payloads, [&b"committed first"[..], b"staged first"]);
         assert_eq!(pending[0].id, id);
         assert_eq!(pending[0].message.headers, message("o1", "").headers);
         assert_eq!(store.outbox_backlog().await.expect("backlog"), 2);
 
         assert!(store.outbox_lease("a", 5000).await.expect("lease a"));
-        assert!(!store.outbox_lease("b", 5000).await.expect("lease b"), "a holds it");
+        assert!(
+            !store.outbox_lease("b", 5000).await.expect("lease b"),
+            "a holds it"
+        );
         let lost = store.outbox_remove(&pending[..1], "b", 5000).await;
-        assert!(matches!(lost, Err(DocumentError::WriteConflict(_))), "{lost:?}");
-        assert_eq!(store.outbox_backlog().await.expect("backlog"), 2, "b deleted nothing");
+        assert!(
+            matches!(lost, Err(DocumentError::WriteConflict(_))),
+            "{lost:?}"
+        );
+        assert_eq!(
+            store.outbox_backlog().await.expect("backlog"),
+            2,
+            "b deleted nothing"
+        );
         store
             .outbox_remove(&pending[..1], "a", 5000)
             .await
@@ -882,20 +904,48 @@ mod tests {
         let mut first = store.begin().await.expect("begin");
         let mut second = store.begin().await.expect("begin");
         assert!(first.first_time("billing", "m1").await.expect("mark"));
-        assert!(!first.first_time("billing", "m1").await.expect("again"), "marked in this transaction");
-        assert!(second.first_time("billing", "m1").await.expect("mark"), "not committed yet");
+        assert!(
+            !first.first_time("billing", "m1").await.expect("again"),
+            "marked in this transaction"
+        );
+        assert!(
+            second.first_time("billing", "m1").await.expect("mark"),
+            "not committed yet"
+        );
         first.commit().await.expect("commit");
         let conflict = second.commit().await;
-        assert!(matches!(conflict, Err(DocumentError::WriteConflict(_))), "{conflict:?}");
+        assert!(
+            matches!(conflict, Err(DocumentError::WriteConflict(_))),
+            "{conflict:?}"
+        );
         let mut third = store.begin().await.expect("begin");
         assert!(!third.first_time("billing", "m1").await.expect("mark"));
-        assert!(third.first_time("shipping", "m1").await.expect("other consumer"));
-        assert!(third.first_time("billing|m", "1").await.expect("no ambiguity"));
+        assert!(
+            third
+                .first_time("shipping", "m1")
+                .await
+                .expect("other consumer")
+        );
+        assert!(
+            third
+                .first_time("billing|m", "1")
+                .await
+                .expect("no ambiguity")
+        );
         third.commit().await.expect("commit");
-        assert_eq!(store.inbox_prune(0).await.expect("prune"), 0, "nothing that old");
+        assert_eq!(
+            store.inbox_prune(0).await.expect("prune"),
+            0,
+            "nothing that old"
+        );
         assert_eq!(store.inbox_prune(i64::MAX).await.expect("prune"), 3);
         let mut fourth = store.begin().await.expect("begin");
-        assert!(fourth.first_time("billing", "m1").await.expect("pruned mark"));
+        assert!(
+            fourth
+                .first_time("billing", "m1")
+                .await
+                .expect("pruned mark")
+        );
     }
 
     #[tokio::test]
@@ -923,8 +973,14 @@ mod tests {
             };
             put("_moa_outbox", staged("m2", 2, 100, "second"));
             put("_moa_outbox", staged("m1", 1, 200, "first"));
-            put("_moa_outbox_keys", json!({ "_id": "orders|6f31", "seq": 2 }));
-            put("_moa_outbox_lease", json!({ "_id": "relay", "holder": "x", "until_ms": 1 }));
+            put(
+                "_moa_outbox_keys",
+                json!({ "_id": "orders|6f31", "seq": 2 }),
+            );
+            put(
+                "_moa_outbox_lease",
+                json!({ "_id": "relay", "holder": "x", "until_ms": 1 }),
+            );
             put("_moa_inbox", json!({ "_id": "billing|m0", "at_ms": 5 }));
         }
         let store = store(&dir);
@@ -934,9 +990,15 @@ mod tests {
             .map(|s| (s.id.as_str(), s.message.payload.as_slice()))
             .collect();
         assert_eq!(moved, [("m1", &b"first"[..]), ("m2", b"second")]);
-        assert_eq!(pending[0].message.headers, vec![("h".to_string(), b"v".to_vec())]);
+        assert_eq!(
+            pending[0].message.headers,
+            vec![("h".to_string(), b"v".to_vec())]
+        );
         let mut tx = store.begin().await.expect("begin");
-        assert!(!tx.first_time("billing", "m0").await.expect("mark"), "the mark moved too");
+        assert!(
+            !tx.first_time("billing", "m0").await.expect("mark"),
+            "the mark moved too"
+        );
         let left = rusqlite::Connection::open(dir.path().join("store.db"))
             .expect("open")
             .query_row(

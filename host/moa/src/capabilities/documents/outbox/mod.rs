@@ -207,6 +207,14 @@ pub fn spawn_relay(
                     }
                     Err(error) => {
                         relay.metrics.errors.get_or_create(&relay.labels).inc();
+                        // What waits while the broker is away.
+                        if let Ok(left) = relay.outbox.backend.outbox_backlog().await {
+                            relay
+                                .metrics
+                                .backlog
+                                .get_or_create(&relay.labels)
+                                .set(left as i64);
+                        }
                         // Whatever the round read is read again from the store next time.
                         relay.lease_until = None;
                         if !failing {
@@ -285,6 +293,10 @@ impl Relay {
                         Ok(true) => self.lease_until = Some(asked + LEASE),
                         Ok(false) => self.lease_until = None,
                         Err(error) => tracing::warn!(store = %self.outbox.label, error = %error, "cannot renew the outbox lease"),
+                    }
+                    // A slow publish may be a broker outage: keep the backlog gauge current.
+                    if let Ok(left) = backend.outbox_backlog().await {
+                        self.metrics.backlog.get_or_create(&self.labels).set(left as i64);
                     }
                 }
             }
