@@ -272,3 +272,50 @@ fn a_survivor_finishes_what_killed_consumers_left_pending() {
     }
     assert!(relayed(&redis, "orders.dlq").is_empty(), "dead letters");
 }
+
+/// A consumer whose first command claims a dead consumer's entries (they were idle longer than
+/// `claim_idle_ms` when it started) reads its own backlog through and then takes new entries: it
+/// used to keep reading its own backlog after the first page and never take a new entry.
+#[test]
+fn a_consumer_that_claims_before_its_first_read_still_takes_new_entries() {
+    let redis = RedisServer::start();
+    let (app, options) = app_with(&redis, 50, 4);
+    let add = |from: usize, to: usize| {
+        let mut connection = connection(&redis);
+        for i in from..to {
+            let _: String = redis::cmd("XADD")
+                .arg("orders")
+                .arg("*")
+                .arg("key")
+                .arg(format!("k{}", i % 7))
+                .arg("payload")
+                .arg(format!("sleep:25/{i}"))
+                .query(&mut connection)
+                .unwrap();
+        }
+    };
+    add(0, 300);
+    let mut dead = host(&app, &options, "dead");
+    common::wait_until("the first host handles some entries", || {
+        relayed(&redis, "seen.orders").len() >= 10
+    });
+    dead.kill();
+    // Past claim_idle_ms (1 s): what the dead host held is claimable at the next start.
+    std::thread::sleep(Duration::from_millis(1500));
+    add(300, 400);
+    let survivor = host(&app, &options, "survivor");
+    for _ in 0..600 {
+        if relayed(&redis, "seen.orders").len() == 400 && pending(&redis).is_empty() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let seen = relayed(&redis, "seen.orders");
+    assert_eq!(
+        seen.len(),
+        400,
+        "every entry handled, the new ones too; pending: {:?}\n{}",
+        pending(&redis),
+        survivor.stderr()
+    );
+}

@@ -211,13 +211,24 @@ pub async fn run(
                 }
             };
             runtime.working();
-            if start_id == "0" {
+            if start_id != ">" {
+                // Our own backlog (entries pending on this consumer name: left by a restart under
+                // the same name, or claimed before the first read), page by page after
+                // `start_id`; an empty page means it is read through, and new entries (`>`) follow.
                 let Some(last) = entries.last() else {
                     start_id = ">".into();
                     continue;
                 };
-                // Our own backlog: Redis counted this read as one more delivery.
                 start_id = last.id.clone();
+                // Entries this host holds already (claimed before this read) run once.
+                let entries: Vec<StreamId> = {
+                    let held = held.lock().map(|h| h.clone()).unwrap_or_default();
+                    entries
+                        .into_iter()
+                        .filter(|entry| !held.contains(&entry.id))
+                        .collect()
+                };
+                // Redis counted this read as one more delivery.
                 let counts = target.delivery_counts(&entries).await;
                 taken = entries
                     .into_iter()
