@@ -951,7 +951,7 @@ fn an_outbox_backlog_over_100_mib_drains_in_key_order_when_the_broker_is_back() 
     });
     eprintln!(
         "staged {} MiB in {:.1} s during the outage; all of it read back {:.1} s after the broker returned",
-        total * PAYLOAD_BYTES >> 20,
+        (total * PAYLOAD_BYTES) >> 20,
         staged_in.as_secs_f64(),
         back.elapsed().as_secs_f64()
     );

@@ -341,13 +341,15 @@ impl KafkaTrigger {
                                 abort: abort.child_token(),
                             });
                             worker_tasks.spawn(partition_worker(
-                                self.runtime.clone(),
-                                self.attempts.clone(),
+                                Deliveries {
+                                    runtime: self.runtime.clone(),
+                                    attempts: self.attempts.clone(),
+                                    permits: permits.clone(),
+                                },
                                 self.consumer.clone(),
                                 key.clone(),
                                 receiver,
                                 shared.clone(),
-                                permits.clone(),
                                 resume_tx.clone(),
                             ));
                             Worker { sender, shared }
@@ -400,19 +402,32 @@ impl KafkaTrigger {
     }
 }
 
+/// What every partition worker of a trigger runs deliveries with.
+#[derive(Clone)]
+struct Deliveries {
+    runtime: Arc<TriggerRuntime>,
+    /// Delivery counts kept across restarts.
+    attempts: Arc<AttemptLog>,
+    /// The trigger's `concurrency`, shared by its partitions.
+    permits: Arc<Semaphore>,
+}
+
 /// Handles one partition's messages: each key's in order, different keys side by side (up to
 /// [`MAX_KEYS_IN_FLIGHT`]), so a failing message holds up only its key. Stores the offset below
 /// the lowest unfinished message after each one ends (handled or dead-lettered).
 async fn partition_worker(
-    runtime: Arc<TriggerRuntime>,
-    attempts: Arc<AttemptLog>,
+    deliveries: Deliveries,
     consumer: Arc<StreamConsumer<RebalanceContext>>,
     key: PartitionKey,
     mut receiver: mpsc::UnboundedReceiver<Event>,
     shared: Arc<WorkerShared>,
-    permits: Arc<Semaphore>,
     resume: mpsc::UnboundedSender<PartitionKey>,
 ) {
+    let Deliveries {
+        runtime,
+        attempts,
+        permits,
+    } = deliveries;
     let mut lanes = KeyedLanes::default();
     let mut running: JoinSet<(Event, Option<super::Outcome>, Lane)> = JoinSet::new();
     let mut receiving = true;
