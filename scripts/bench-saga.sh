@@ -7,7 +7,9 @@
 # (a completed order is 7 saga messages).
 # Two rounds: documents on MongoDB (SecantusDB; MONGO_ORDERS, default 300, because that server is
 # the bottleneck), then documents embedded (SQLite); each prints its RESULT line with documents=...,
-# the embedded one last.
+# the embedded one last. The MongoDB line also gives the server's own pace: raw_driver_tx_s, a saga
+# step's transaction (read, update, outbox insert, commit) straight from the driver, 16 at a time,
+# and tx_ratio = the saga's transactions per second (one per message) over it.
 #
 # Ends with: RESULT saga-bench orders_s=... raw_msgs_s=... msgs_per_order=7 ratio=... documents=embedded
 #            (ratio = orders_s x msgs_per_order / raw_msgs_s)

@@ -697,6 +697,61 @@ async fn check(
     Ok(report)
 }
 
+/// Transactions per second the MongoDB driver gets from the server with no moa in between, in
+/// the shape of one saga step (read a document, update it, insert an outbox document, commit),
+/// from 16 tasks for `run`. `tx_ratio` = the saga's transactions per second (one per message) over
+/// this.
+async fn raw_mongo_transactions(db: &mongodb::Database, run: Duration) -> Result<f64> {
+    let state = db.collection::<Document>("raw_tx_state");
+    let outbox = db.collection::<Document>("raw_tx_outbox");
+    let deadline = Instant::now() + run;
+    let committed = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for worker in 0..16 {
+        let (client, state, outbox, committed) = (
+            db.client().clone(),
+            state.clone(),
+            outbox.clone(),
+            committed.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            let mut n = 0u64;
+            while Instant::now() < deadline {
+                let id = format!("w{worker}-{}", n % 64);
+                n += 1;
+                let mut session = client.start_session().await?;
+                // A transaction the server refuses (a transient error) is not counted.
+                let step = async {
+                    session.start_transaction().await?;
+                    state
+                        .find_one(doc! { "_id": &id })
+                        .session(&mut session)
+                        .await?;
+                    state
+                        .update_one(doc! { "_id": &id }, doc! { "$inc": { "n": 1 } })
+                        .upsert(true)
+                        .session(&mut session)
+                        .await?;
+                    outbox
+                        .insert_one(doc! { "key": &id, "payload": "step" })
+                        .session(&mut session)
+                        .await?;
+                    session.commit_transaction().await
+                };
+                if step.await.is_ok() {
+                    committed.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            anyhow::Ok(())
+        }));
+    }
+    for task in tasks {
+        task.await??;
+    }
+    Ok(committed.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64())
+}
+
 /// Prints the host's mean handler time per component, HTTP request time and outbox publish lag.
 async fn where_time_goes(http: &reqwest::Client, admin: &str) {
     let Ok(reply) = http.get(format!("{admin}/metrics")).send().await else {
@@ -938,10 +993,13 @@ async fn run(args: &Arc<Args>, http: &reqwest::Client, processes: &Arc<Processes
                 where_time_goes(http, &processes.admin(0)).await;
                 let raw =
                     raw_broker(&args.kafka, (args.orders * MSGS_PER_ORDER).min(100_000)).await?;
+                // The server's own pace: a saga step's transaction shape straight from the driver.
+                let raw_tx = raw_mongo_transactions(&db, Duration::from_secs(10)).await?;
                 println!(
-                    "RESULT saga-bench orders_s={:.1} raw_msgs_s={raw:.0} msgs_per_order={MSGS_PER_ORDER} ratio={:.3} documents=mongodb",
+                    "RESULT saga-bench orders_s={:.1} raw_msgs_s={raw:.0} msgs_per_order={MSGS_PER_ORDER} ratio={:.3} raw_driver_tx_s={raw_tx:.1} tx_ratio={:.3} documents=mongodb",
                     report.orders_per_s,
-                    report.orders_per_s * MSGS_PER_ORDER as f64 / raw
+                    report.orders_per_s * MSGS_PER_ORDER as f64 / raw,
+                    report.orders_per_s * MSGS_PER_ORDER as f64 / raw_tx
                 );
             }
         }
