@@ -82,6 +82,8 @@ async fn consume_partition(
             }
         }
     };
+    // The group's position (what the lag is measured from); `next` is where reading goes on.
+    let mut committed_next = next;
     let mut lanes = KeyedLanes::default();
     let mut running: JoinSet<(Event, Option<super::Outcome>, Lane)> = JoinSet::new();
     let mut fetched: VecDeque<Event> = VecDeque::new();
@@ -142,7 +144,7 @@ async fn consume_partition(
             };
             match records {
                 Ok(records) if !records.is_empty() => {
-                    report_lag(&runtime, &log, &topic, partition, next).await;
+                    report_lag(&runtime, &log, &topic, partition, committed_next).await;
                     next = records.last().map_or(next, |r| r.offset + 1);
                     fetched.extend(records.into_iter().map(|record| Event {
                         // With the append time: a reset log (a new file) starts its offsets
@@ -160,7 +162,7 @@ async fn consume_partition(
                     }));
                     continue;
                 }
-                Ok(_) => report_lag(&runtime, &log, &topic, partition, next).await,
+                Ok(_) => report_lag(&runtime, &log, &topic, partition, committed_next).await,
                 Err(err) => {
                     tracing::error!(topic, partition, error = %err, "cannot read the embedded log; retrying in 1 s");
                     tokio::select! {
@@ -186,9 +188,13 @@ async fn consume_partition(
                         let (log, group, topic) = (log.clone(), group.clone(), topic.clone());
                         blocking(move || log.commit(&group, &topic, partition, offset + 1)).await
                     };
-                    // Not committed: the record is delivered again after a restart (at least once).
-                    if let Err(err) = committed {
-                        tracing::error!(topic, partition, offset, error = %err, "cannot commit the group's offset");
+                    match committed {
+                        Ok(()) => committed_next = offset + 1,
+                        // Not committed: the record is delivered again after a restart (at least
+                        // once).
+                        Err(err) => {
+                            tracing::error!(topic, partition, offset, error = %err, "cannot commit the group's offset")
+                        }
                     }
                 }
                 runtime.committed(1);
