@@ -26,6 +26,10 @@ pub use types::{Error, FindAndModifyOptions, FindOptions, ReturnDocument, Update
 /// How many times [`Store::transaction`] runs a transaction that hits a write conflict.
 pub const TRANSACTION_ATTEMPTS: u32 = 10;
 
+/// How often [`Store::transaction_per_batch`] runs a conflicting batch again before it runs each
+/// input on its own (a conflict costs the whole batch's work, so fewer tries than one transaction).
+pub const BATCH_ATTEMPTS: u32 = 3;
+
 /// The error's kind as the WIT names it (`duplicate-key`, ...) and its message.
 pub fn kind_and_message(error: &Error) -> (&'static str, &str) {
     match error {
@@ -414,6 +418,56 @@ impl Store {
                 other => return other,
             }
         }
+    }
+}
+
+impl Store {
+    /// Runs `work` for every input in one transaction with one commit (a batch of deliveries,
+    /// `moa:messaging/batch-handler`). An input that is already `Err` (a message the component
+    /// could not read) keeps its error and is left out. On a write conflict the whole batch runs
+    /// again, up to [`BATCH_ATTEMPTS`] times; when `work` fails for one input, or the
+    /// conflicts go on, the transaction is aborted and every input runs in a transaction of its
+    /// own ([`Store::transaction`]), so a failing message fails alone and the rest commit.
+    /// Returns one result per input, in order.
+    pub fn transaction_per_batch<T>(
+        &self,
+        inputs: &[Result<T, String>],
+        mut work: impl FnMut(&Transaction, &T) -> Result<(), Error>,
+    ) -> Vec<Result<(), String>> {
+        let runnable = inputs.iter().filter(|input| input.is_ok()).count();
+        if runnable > 1 {
+            let mut attempt = 1;
+            loop {
+                let result = self.begin().and_then(|tx| {
+                    for input in inputs.iter().flatten() {
+                        work(&tx, input)?;
+                    }
+                    tx.commit()
+                });
+                match result {
+                    Ok(()) => {
+                        return inputs
+                            .iter()
+                            .map(|input| input.as_ref().map(|_| ()).map_err(Clone::clone))
+                            .collect();
+                    }
+                    Err(Error::WriteConflict(_)) if attempt < BATCH_ATTEMPTS => {
+                        backoff(attempt);
+                        attempt += 1;
+                    }
+                    Err(_) => break,
+                }
+            }
+        }
+        inputs
+            .iter()
+            .map(|input| match input {
+                Ok(input) => self
+                    .transaction(|tx| work(tx, input))
+                    .map_err(|e| format!("{e:?}")),
+                Err(error) => Err(error.clone()),
+            })
+            .collect()
     }
 }
 

@@ -2,6 +2,7 @@
 //! as sold. Each command runs in one transaction with the inbox mark and its reply.
 
 use crate::exports::moa::messaging::handler::Delivery;
+use crate::moa::messaging::types::Header;
 use commerce::saga::{self, InventoryCommand, InventoryReply, Line};
 use moa_sdk::documents::{self, Error, Ops, Store, Transaction};
 use serde::{Deserialize, Serialize};
@@ -26,37 +27,61 @@ pub fn stock_id(store: &str, item: &str) -> String {
     format!("{store}/{item}")
 }
 
-pub fn handle(delivery: Delivery) -> Result<(), String> {
+/// A command as read from its delivery, with the id its inbox mark uses.
+pub struct Command {
+    id: String,
+    command: InventoryCommand,
+}
+
+/// Reads a delivery's command; an error for a message that is not one (it will never succeed,
+/// so it is dead-lettered).
+pub fn read(payload: &[u8], headers: &[Header], broker_id: &str) -> Result<Command, String> {
     let id = documents::message_id(
-        delivery
-            .message
-            .headers
+        headers
             .iter()
             .map(|h| (h.name.as_str(), h.value.as_slice())),
-        &delivery.id,
+        broker_id,
     );
-    let command: InventoryCommand = match serde_json::from_slice(&delivery.message.payload) {
-        Ok(command) => command,
-        // A message this component cannot read will never succeed: say so (dead-lettered).
-        Err(error) => return Err(format!("not an inventory command: {error}")),
-    };
+    match serde_json::from_slice(payload) {
+        Ok(command) => Ok(Command { id, command }),
+        Err(error) => Err(format!("not an inventory command: {error}")),
+    }
+}
+
+pub fn handle(delivery: Delivery) -> Result<(), String> {
+    let command = read(
+        &delivery.message.payload,
+        &delivery.message.headers,
+        &delivery.id,
+    )?;
     let store = Store::open("default").map_err(|e| format!("{e:?}"))?;
     store
-        .transaction(|tx| {
-            if !tx.first_time("inventory", &id)? {
-                return Ok(());
-            }
-            let reply = apply(tx, &command)?;
-            let order_id = match &reply {
-                InventoryReply::Reserved { order_id }
-                | InventoryReply::Rejected { order_id, .. }
-                | InventoryReply::Released { order_id }
-                | InventoryReply::Committed { order_id } => order_id.clone(),
-            };
-            tx.publish(saga::message(saga::INVENTORY_REPLIES, &order_id, &reply))?;
-            Ok(())
-        })
+        .transaction(|tx| apply_once(tx, &command))
         .map_err(|e| format!("{e:?}"))
+}
+
+/// Several commands (each of another order) in one transaction.
+pub fn handle_batch(commands: &[Result<Command, String>]) -> Vec<Result<(), String>> {
+    match Store::open("default") {
+        Ok(store) => store.transaction_per_batch(commands, apply_once),
+        Err(error) => vec![Err(format!("{error:?}")); commands.len()],
+    }
+}
+
+/// The command's effect and its reply in `tx`, once (the inbox mark).
+fn apply_once(tx: &Transaction, command: &Command) -> Result<(), Error> {
+    if !tx.first_time("inventory", &command.id)? {
+        return Ok(());
+    }
+    let reply = apply(tx, &command.command)?;
+    let order_id = match &reply {
+        InventoryReply::Reserved { order_id }
+        | InventoryReply::Rejected { order_id, .. }
+        | InventoryReply::Released { order_id }
+        | InventoryReply::Committed { order_id } => order_id.clone(),
+    };
+    tx.publish(saga::message(saga::INVENTORY_REPLIES, &order_id, &reply))?;
+    Ok(())
 }
 
 fn apply(tx: &Transaction, command: &InventoryCommand) -> Result<InventoryReply, Error> {

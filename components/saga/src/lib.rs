@@ -26,8 +26,12 @@ mod bindings {
     });
 }
 
+use bindings::exports::moa::messaging::batch_handler::{
+    Delivery as BatchDelivery, Guest as BatchHandler,
+};
 use bindings::exports::moa::messaging::handler::{Delivery, Guest as MessageHandler};
 use bindings::fermyon::spin_cron::cron_types::{Error as CronError, Metadata};
+use bindings::moa::messaging::types::Header;
 use bindings::{Guest as CronHandler, fermyon};
 use commerce::saga::{
     self, DeadCommand, InventoryCommand, InventoryReply, OrderEvent, OrderOutcome, PaymentCommand,
@@ -42,47 +46,40 @@ struct Saga;
 
 impl MessageHandler for Saga {
     fn handle(delivery: Delivery) -> Result<(), String> {
-        let id = documents::message_id(
-            delivery
-                .message
-                .headers
-                .iter()
-                .map(|h| (h.name.as_str(), h.value.as_slice())),
+        let input = Input::read(
+            &delivery.message.topic,
+            &delivery.message.payload,
+            &delivery.message.headers,
             &delivery.id,
-        );
-        let topic = delivery.message.topic.as_str();
-        let payload = &delivery.message.payload;
-        let input = if topic == saga::INVENTORY_COMMANDS_DLQ || topic == saga::PAYMENT_COMMANDS_DLQ
-        {
-            let command: DeadCommand = serde_json::from_slice(payload)
-                .map_err(|e| format!("not a saga command on {topic}: {e}"))?;
-            let error = delivery
-                .message
-                .headers
-                .iter()
-                .find(|h| h.name == "moa-error")
-                .map(|h| String::from_utf8_lossy(&h.value).into_owned())
-                .unwrap_or_default();
-            Input::Dead(command, error)
-        } else {
-            Input::Message(
-                serde_json::from_slice(payload)
-                    .map_err(|e| format!("not a saga message on {topic}: {e}"))?,
-            )
-        };
+        )?;
         let store = Store::open("default").map_err(|e| format!("{e:?}"))?;
         let settings = Settings::from_variables();
         store
-            .transaction(|tx| {
-                if !tx.first_time("saga", &id)? {
-                    return Ok(());
-                }
-                match &input {
-                    Input::Message(message) => step(tx, message, &settings),
-                    Input::Dead(command, error) => dead_letter(tx, command, error, &settings),
-                }
-            })
+            .transaction(|tx| input.apply(tx, &settings))
             .map_err(|e| format!("{e:?}"))
+    }
+}
+
+impl BatchHandler for Saga {
+    /// A batch of messages (each of another order) in one transaction: one commit for all.
+    fn handle_batch(deliveries: Vec<BatchDelivery>) -> Vec<Result<(), String>> {
+        let inputs: Vec<Result<Input, String>> = deliveries
+            .iter()
+            .map(|d| {
+                Input::read(
+                    &d.message.topic,
+                    &d.message.payload,
+                    &d.message.headers,
+                    &d.id,
+                )
+            })
+            .collect();
+        let store = match Store::open("default") {
+            Ok(store) => store,
+            Err(error) => return vec![Err(format!("{error:?}")); deliveries.len()],
+        };
+        let settings = Settings::from_variables();
+        store.transaction_per_batch(&inputs, |tx, input| input.apply(tx, &settings))
     }
 }
 
@@ -94,10 +91,59 @@ impl CronHandler for Saga {
 
 bindings::export!(Saga with_types_in bindings);
 
-enum Input {
+/// One delivery as the saga reads it, with the id its inbox mark uses.
+struct Input {
+    id: String,
+    kind: InputKind,
+}
+
+enum InputKind {
     Message(SagaInput),
     /// A command dead-lettered by the host, with its last error (`moa-error`).
     Dead(DeadCommand, String),
+}
+
+impl Input {
+    fn read(
+        topic: &str,
+        payload: &[u8],
+        headers: &[Header],
+        broker_id: &str,
+    ) -> Result<Input, String> {
+        let id = documents::message_id(
+            headers
+                .iter()
+                .map(|h| (h.name.as_str(), h.value.as_slice())),
+            broker_id,
+        );
+        let kind = if topic == saga::INVENTORY_COMMANDS_DLQ || topic == saga::PAYMENT_COMMANDS_DLQ {
+            let command: DeadCommand = serde_json::from_slice(payload)
+                .map_err(|e| format!("not a saga command on {topic}: {e}"))?;
+            let error = headers
+                .iter()
+                .find(|h| h.name == "moa-error")
+                .map(|h| String::from_utf8_lossy(&h.value).into_owned())
+                .unwrap_or_default();
+            InputKind::Dead(command, error)
+        } else {
+            InputKind::Message(
+                serde_json::from_slice(payload)
+                    .map_err(|e| format!("not a saga message on {topic}: {e}"))?,
+            )
+        };
+        Ok(Input { id, kind })
+    }
+
+    /// The message's effect in `tx`, once (the inbox mark).
+    fn apply(&self, tx: &Transaction, settings: &Settings) -> Result<(), Error> {
+        if !tx.first_time("saga", &self.id)? {
+            return Ok(());
+        }
+        match &self.kind {
+            InputKind::Message(message) => step(tx, message, settings),
+            InputKind::Dead(command, error) => dead_letter(tx, command, error, settings),
+        }
+    }
 }
 
 /// The saga's deadlines, from variables (`saga_step_timeout_ms`, `saga_step_retries`).

@@ -819,6 +819,143 @@ source = "{probe}"
     );
 }
 
+/// `batch = 16`: deliveries come to `moa:messaging/batch-handler` several at a time, at most one
+/// per key, so every key's order holds; each is handled once; a delivery that fails fails alone
+/// (its batch-mates are committed, it is retried and dead-lettered on its own), and a trap in a
+/// batch runs each of its deliveries again on its own without spending their attempts.
+fn batches_keep_key_order_and_fail_one_delivery_at_a_time(backend: Backend) {
+    let (app, options) = app(&backend, "batch = 16");
+    let moa = Moa::start(&app, options);
+    publish_many(&moa, "n=600&keys=30&batch=100");
+    let seen = backend.read(&app, "seen.orders", 600, Duration::from_secs(60));
+    assert_eq!(seen.len(), 600, "each message once: {}", moa.stderr());
+    for (key, seqs) in sequences(&seen) {
+        assert_eq!(
+            seqs,
+            (0..20).collect::<Vec<_>>(),
+            "key {key}: every message once, in publish order"
+        );
+    }
+    let sizes: Vec<usize> = seen
+        .iter()
+        .map(|s| s.headers["batch-size"].parse().unwrap())
+        .collect();
+    let largest = sizes.iter().copied().max().unwrap_or(0);
+    assert!(
+        (2..=16).contains(&largest),
+        "deliveries came in batches of 2 to 16 (largest {largest})"
+    );
+    assert!(
+        common::metric(&moa, "moa_event_batch_size_count", "component=\"relay\"") >= 600.0 / 16.0,
+        "the batch sizes are in /metrics"
+    );
+    backend.assert_all_committed(&app, 600);
+
+    // Failures among batch-mates: keys a-c fail in three ways, twenty other keys go through.
+    let mut others = Vec::new();
+    publish(&moa, "a", "fail-first-then-ok");
+    publish(&moa, "b", "fail-always");
+    publish(&moa, "c", "trap-always");
+    for n in 0..20 {
+        let payload = format!("mate-{n}");
+        publish(&moa, &format!("m{n}"), &payload);
+        others.push(payload);
+    }
+    publish(&moa, "a", "ok-after");
+    let seen = backend.read(&app, "seen.orders", 600 + 22, Duration::from_secs(60));
+    let handled: BTreeSet<&str> = seen.iter().map(|s| s.payload.as_str()).collect();
+    for payload in others
+        .iter()
+        .map(String::as_str)
+        .chain(["fail-first-then-ok", "ok-after"])
+    {
+        assert!(
+            handled.contains(payload),
+            "{payload} was handled: {}",
+            moa.stderr()
+        );
+    }
+    let key_a: Vec<&str> = seen
+        .iter()
+        .filter(|s| s.key.as_deref() == Some("a"))
+        .map(|s| s.payload.as_str())
+        .collect();
+    assert_eq!(key_a.first(), Some(&"fail-first-then-ok"), "{key_a:?}");
+    assert_eq!(
+        key_a.last(),
+        Some(&"ok-after"),
+        "key a keeps its order: {key_a:?}"
+    );
+    let retried = seen
+        .iter()
+        .find(|s| s.payload == "fail-first-then-ok")
+        .expect("seen");
+    assert_eq!(retried.headers["attempt"], "2", "retried once, on its own");
+    assert_eq!(
+        retried.headers["batch-size"], "1",
+        "a retry runs on its own"
+    );
+    let dead = backend.read(&app, "orders.dlq", 2, Duration::from_secs(60));
+    let dead: BTreeMap<&str, &Seen> = dead.iter().map(|s| (s.payload.as_str(), s)).collect();
+    assert_eq!(
+        dead.keys().copied().collect::<Vec<_>>(),
+        ["fail-always", "trap-always"],
+        "{}",
+        moa.stderr()
+    );
+    assert_eq!(dead["fail-always"].headers["moa-attempts"], "3");
+    assert_eq!(
+        dead["trap-always"].headers["moa-attempts"], "3",
+        "the trap in a batch did not spend an attempt; three alone did"
+    );
+    assert!(
+        dead["trap-always"].headers["moa-error"].contains("trapped"),
+        "{:?}",
+        dead["trap-always"]
+    );
+    backend.assert_all_committed(&app, 600 + 24);
+    moa.stop();
+}
+
+#[test]
+fn embedded_batches_keep_key_order_and_fail_one_delivery_at_a_time() {
+    batches_keep_key_order_and_fail_one_delivery_at_a_time(Backend::Embedded);
+}
+
+#[test]
+fn kafka_batches_keep_key_order_and_fail_one_delivery_at_a_time() {
+    batches_keep_key_order_and_fail_one_delivery_at_a_time(Backend::Kafka(KafkaServer::start()));
+}
+
+#[test]
+fn redis_batches_keep_key_order_and_fail_one_delivery_at_a_time() {
+    batches_keep_key_order_and_fail_one_delivery_at_a_time(Backend::Redis(RedisServer::start()));
+}
+
+#[test]
+fn a_batched_trigger_on_a_component_without_the_batch_handler_is_refused() {
+    let app = AppDir::new(
+        r#"
+spin_manifest_version = 2
+[application]
+name = "shop"
+[[trigger.kafka]]
+component = "relay"
+topics = ["orders"]
+batch = 8
+[component.relay]
+source = "{inbox}"
+"#,
+    );
+    let err = Moa::try_start(&app, Options::default()).err().unwrap();
+    assert!(
+        err.contains("`batch = 8`")
+            && err.contains("does not export moa:messaging/batch-handler")
+            && err.contains("remove `batch`"),
+        "{err}"
+    );
+}
+
 #[test]
 fn a_kafka_trigger_on_a_topic_routed_to_redis_is_refused() {
     let redis = RedisServer::start();

@@ -55,6 +55,11 @@ fn fine_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.000_005, 1.5, 28))
 }
 
+/// Batch sizes: 1, 2, 4 ... 1024.
+fn batch_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(1.0, 2.0, 11))
+}
+
 fn latency_histogram() -> Histogram {
     // 100 µs .. ~26 s
     Histogram::new(exponential_buckets(0.0001, 2.0, 18))
@@ -72,6 +77,7 @@ pub struct Metrics {
     in_flight: Gauge,
     events: Family<EventLabels, Counter>,
     event_duration: Family<ComponentLabels, Histogram, fn() -> Histogram>,
+    event_batch_size: Family<ComponentLabels, Histogram, fn() -> Histogram>,
     embedding: std::sync::OnceLock<std::sync::Arc<moa_model_runtime::RuntimeMetrics>>,
     /// Registries capabilities add (e.g. the documents outbox).
     sources: std::sync::Mutex<Vec<std::sync::Arc<Registry>>>,
@@ -117,6 +123,15 @@ impl Metrics {
             "events",
             "Event deliveries by component, topic and outcome (ok, retry, dead_letter)",
             events.clone(),
+        );
+        let event_batch_size =
+            Family::<ComponentLabels, Histogram, fn() -> Histogram>::new_with_constructor(
+                batch_histogram as fn() -> Histogram,
+            );
+        registry.register(
+            "event_batch_size",
+            "Deliveries per call of moa:messaging/batch-handler (triggers with `batch`)",
+            event_batch_size.clone(),
         );
         registry.register(
             "event_handle_duration_seconds",
@@ -235,6 +250,7 @@ impl Metrics {
             in_flight,
             events,
             event_duration,
+            event_batch_size,
             embedding: Default::default(),
             sources: Default::default(),
         }
@@ -258,6 +274,13 @@ impl Metrics {
         self.event_duration
             .get_or_create(&Self::labels(component))
             .observe(elapsed.as_secs_f64());
+    }
+
+    /// One call of a batch handler took `deliveries`.
+    pub fn event_batch(&self, component: &str, deliveries: usize) {
+        self.event_batch_size
+            .get_or_create(&Self::labels(component))
+            .observe(deliveries as f64);
     }
 
     /// One scheduled run finished: `outcome` is `ok`, `error`, `trap` or `deadline`.

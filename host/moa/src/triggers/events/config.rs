@@ -33,8 +33,11 @@ pub struct EventTrigger {
     /// Consumer group (default `<app name>-<component id>`).
     pub group: String,
     /// Deliveries in flight at once: partitions in parallel (Kafka, embedded) or entries with
-    /// different keys (Redis Streams).
+    /// different keys (Redis Streams); with `batch` > 1, batches in flight at once.
     pub concurrency: u32,
+    /// Deliveries handed to the component in one call (`moa:messaging/batch-handler`), 1 to
+    /// [`MAX_BATCH`]; 1 (the default) calls `moa:messaging/handler` once per delivery.
+    pub batch: u32,
     /// Deliveries of one message (the first included) before it goes to the dead-letter topic.
     pub max_attempts: u32,
     /// Wait before the first retry; it doubles with each retry, up to 30 s.
@@ -55,6 +58,9 @@ impl EventTrigger {
     }
 }
 
+/// The largest `batch` a trigger accepts.
+pub const MAX_BATCH: u32 = 1024;
+
 /// The shortest `claim_idle_ms` a Redis Streams trigger accepts.
 pub const MIN_CLAIM_IDLE_MS: u64 = 1000;
 
@@ -62,6 +68,7 @@ const KAFKA_FIELDS: &[&str] = &[
     "topics",
     "group",
     "concurrency",
+    "batch",
     "max_attempts",
     "retry_backoff_ms",
     "dead_letter_topic",
@@ -70,6 +77,7 @@ const REDIS_STREAM_FIELDS: &[&str] = &[
     "stream",
     "group",
     "concurrency",
+    "batch",
     "max_deliveries",
     "retry_backoff_ms",
     "claim_idle_ms",
@@ -175,6 +183,18 @@ fn entry_config(
         }
     };
     let concurrency = positive("concurrency", 8)?;
+    let batch = positive("batch", 1)?;
+    if batch > MAX_BATCH {
+        let position = entry
+            .get::<u32>(path, "batch")?
+            .map_or(entry.position, |b| b.position);
+        return Err(entry.error(
+            path,
+            position,
+            format!("`batch` is {batch}; at most {MAX_BATCH} deliveries go in one call"),
+            format!("set `batch` to {MAX_BATCH} or less (32-128 gives most of the gain)"),
+        ));
+    }
     let max_attempts = positive(attempts_field, 5)?;
     let claim_idle = entry.get::<u64>(path, "claim_idle_ms")?;
     if let Some(idle) = &claim_idle
@@ -210,6 +230,7 @@ fn entry_config(
         topics,
         group,
         concurrency,
+        batch,
         max_attempts,
         retry_backoff_ms: entry
             .get::<u64>(path, "retry_backoff_ms")?

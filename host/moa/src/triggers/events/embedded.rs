@@ -26,7 +26,7 @@ pub async fn run(
     stop: CancellationToken,
     abort: CancellationToken,
 ) {
-    let permits = Arc::new(Semaphore::new(runtime.trigger.concurrency as usize));
+    let permits = Arc::new(Semaphore::new(runtime.in_flight_limit()));
     let mut partitions = tokio::task::JoinSet::new();
     for topic in runtime.trigger.topics.clone() {
         let count = {

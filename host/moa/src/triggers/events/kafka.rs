@@ -286,7 +286,7 @@ impl KafkaTrigger {
                 .failed(&format!("cannot subscribe to {}: {err}", topics.join(", ")));
             return;
         }
-        let permits = Arc::new(Semaphore::new(self.runtime.trigger.concurrency as usize));
+        let permits = Arc::new(Semaphore::new(self.runtime.in_flight_limit()));
         let (resume_tx, mut resume_rx) = mpsc::unbounded_channel::<PartitionKey>();
         let mut worker_tasks = tokio::task::JoinSet::new();
         loop {

@@ -25,6 +25,7 @@ use moa_manifest::{LoadedManifest, ManifestError};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -36,7 +37,19 @@ mod bindings {
     });
 }
 
+/// The batch export (`batch = N`): the same message types as the single one.
+mod batch_bindings {
+    wasmtime::component::bindgen!({
+        path: "../../wit",
+        world: "moa:host/batch-event-handler",
+        exports: { default: async },
+        with: { "moa:messaging/types": super::bindings::moa::messaging::types },
+    });
+}
+
 use crate::state::HostState;
+use batch_bindings::exports::moa::messaging::batch_handler::Delivery as WitBatchDelivery;
+use batch_bindings::{BatchEventHandler, BatchEventHandlerPre};
 use bindings::EventHandler;
 pub use bindings::EventHandlerPre;
 use bindings::exports::moa::messaging::handler::Delivery as WitDelivery;
@@ -50,7 +63,21 @@ pub struct EventTriggers;
 /// The event triggers with their consumer sources and the components' handlers.
 pub struct PreparedEvents {
     triggers: Vec<(EventTrigger, ConsumerSource)>,
-    handlers: BTreeMap<String, Arc<EventHandlerPre<HostState>>>,
+    /// Per component and call shape (`true`: batches).
+    handlers: BTreeMap<(String, bool), HandlerPre>,
+}
+
+/// A component's event export, ready to instantiate: one delivery per call, or batches.
+#[derive(Clone)]
+enum HandlerPre {
+    Single(Arc<EventHandlerPre<HostState>>),
+    Batch(Arc<BatchEventHandlerPre<HostState>>),
+}
+
+/// An instantiated event export.
+enum Handler {
+    Single(EventHandler),
+    Batch(BatchEventHandler),
 }
 
 impl Trigger for EventTriggers {
@@ -68,15 +95,32 @@ impl Trigger for EventTriggers {
         for trigger in triggers {
             let source = source_for(app, &app.capabilities.messaging, &trigger)?;
             let component = app.component(&trigger.component)?;
-            if !handlers.contains_key(&component.id) {
-                let pre = EventHandlerPre::new(component.pre.clone()).map_err(|_| {
-                    anyhow::anyhow!(
-                        "component `{}` ({}) is named by an event trigger but does not export moa:messaging/handler@0.1.0\n  help: export the handler (wit-bindgen world moa:host/event-component, see wit/moa-host.wit)",
-                        component.id,
-                        component.source.display()
-                    )
-                })?;
-                handlers.insert(component.id.clone(), Arc::new(pre));
+            let batched = trigger.batch > 1;
+            let key = (component.id.clone(), batched);
+            if !handlers.contains_key(&key) {
+                let pre = if batched {
+                    BatchEventHandlerPre::new(component.pre.clone())
+                        .map(|pre| HandlerPre::Batch(Arc::new(pre)))
+                        .map_err(|_| {
+                            anyhow::anyhow!(
+                                "component `{}` ({}) is named by an event trigger with `batch = {}` but does not export moa:messaging/batch-handler@0.1.0\n  help: export the batch handler (moa_sdk's `Store::transaction_per_batch` runs a batch in one transaction), or remove `batch` to call moa:messaging/handler once per delivery",
+                                component.id,
+                                component.source.display(),
+                                trigger.batch
+                            )
+                        })?
+                } else {
+                    EventHandlerPre::new(component.pre.clone())
+                        .map(|pre| HandlerPre::Single(Arc::new(pre)))
+                        .map_err(|_| {
+                            anyhow::anyhow!(
+                                "component `{}` ({}) is named by an event trigger but does not export moa:messaging/handler@0.1.0\n  help: export the handler (wit-bindgen world moa:host/event-component, see wit/moa-host.wit); a component that exports only moa:messaging/batch-handler needs `batch = N` on the trigger",
+                                component.id,
+                                component.source.display()
+                            )
+                        })?
+                };
+                handlers.insert(key, pre);
             }
             sources.push((trigger, source));
         }
@@ -87,10 +131,13 @@ impl Trigger for EventTriggers {
     }
 
     fn export_of(prepared: &PreparedEvents, id: &str) -> Option<&'static str> {
-        prepared
-            .handlers
-            .contains_key(id)
-            .then_some("moa:messaging/handler")
+        if prepared.handlers.contains_key(&(id.to_string(), false)) {
+            Some("moa:messaging/handler")
+        } else if prepared.handlers.contains_key(&(id.to_string(), true)) {
+            Some("moa:messaging/batch-handler")
+        } else {
+            None
+        }
     }
 
     async fn start(
@@ -138,6 +185,9 @@ enum AttemptError {
     /// The component failed after a capability told it of a transient condition (a write
     /// conflict, a store briefly unavailable): retried without spending an attempt, for a while.
     Transient(String),
+    /// The batch the delivery was in failed as a whole (a trap, the deadline, a wrong answer):
+    /// it runs again on its own without spending an attempt.
+    Batch(String),
 }
 
 /// How long a delivery may keep failing on transient conditions before those failures count as
@@ -192,7 +242,9 @@ pub struct TriggerRuntime {
     name: String,
     policy: RetryPolicy,
     component: Arc<AppComponent>,
-    handler: Arc<EventHandlerPre<HostState>>,
+    handler: HandlerPre,
+    /// Where first attempts wait to be taken into a batch (`batch` > 1).
+    batcher: Option<mpsc::UnboundedSender<Waiting>>,
     engine: Arc<MoaEngine>,
     metrics: Arc<Metrics>,
     health: Arc<Health>,
@@ -202,8 +254,15 @@ pub struct TriggerRuntime {
 /// An instance kept by one consumer lane for its next delivery, when `max_instance_reuse` > 1.
 pub struct WarmInstance {
     store: Store<HostState>,
-    handler: EventHandler,
+    handler: Handler,
     uses: usize,
+}
+
+/// A first attempt waiting for the next batch, and where its answer goes.
+struct Waiting {
+    event: Event,
+    attempt: u32,
+    answer: oneshot::Sender<Result<(), AttemptError>>,
 }
 
 /// What one consumer lane (a partition worker, a Redis lane) keeps between deliveries.
@@ -239,33 +298,114 @@ impl TriggerRuntime {
         );
     }
 
-    /// Runs one attempt under the component's deadline: on the lane's warm instance if it has
-    /// one, else a fresh one. A failed attempt always discards its instance.
+    /// How many deliveries a source may have in flight: `concurrency` calls of `batch` each.
+    pub fn in_flight_limit(&self) -> usize {
+        (self.trigger.concurrency.max(1) as usize)
+            .saturating_mul(self.trigger.batch.max(1) as usize)
+    }
+
+    /// Runs one attempt of one delivery under the component's deadline.
     async fn attempt(
         &self,
         event: &Event,
         attempt: u32,
         lane: &mut Lane,
     ) -> Result<(), AttemptError> {
-        // One consumer span per attempt, a child of the publisher's span (the broker hop).
+        let (mut results, transient) = self.call(&[(event, attempt)], lane).await?;
+        match (results.pop(), results.is_empty()) {
+            (Some(Ok(())), true) => Ok(()),
+            (Some(Err(error)), true) if transient => Err(AttemptError::Transient(error)),
+            (Some(Err(error)), true) => Err(AttemptError::Failed(error)),
+            (_, _) => Err(AttemptError::Failed(format!(
+                "handle-batch answered {} results for 1 delivery",
+                results.len() + 1
+            ))),
+        }
+    }
+
+    /// Runs a batch of first attempts in one call and answers each; when the call fails as a
+    /// whole, every delivery is told to run on its own.
+    async fn attempt_batch(&self, waiting: Vec<Waiting>, lane: &mut Lane) {
+        // A delivery abandoned while it waited (revoked, shutting down) is left out.
+        let waiting: Vec<Waiting> = waiting
+            .into_iter()
+            .filter(|w| !w.answer.is_closed())
+            .collect();
+        if waiting.is_empty() {
+            return;
+        }
+        let events: Vec<(&Event, u32)> = waiting.iter().map(|w| (&w.event, w.attempt)).collect();
+        let answered = self.call(&events, lane).await;
+        self.metrics.event_batch(&self.component.id, waiting.len());
+        match answered {
+            Ok((results, transient)) if results.len() == waiting.len() => {
+                for (waiting, result) in waiting.into_iter().zip(results) {
+                    let _ = waiting.answer.send(result.map_err(|error| {
+                        if transient {
+                            AttemptError::Transient(error)
+                        } else {
+                            AttemptError::Failed(error)
+                        }
+                    }));
+                }
+            }
+            Ok((results, _)) => {
+                let why = format!(
+                    "handle-batch answered {} results for {} deliveries",
+                    results.len(),
+                    waiting.len()
+                );
+                tracing::error!(component = %self.component.id, "{why}; each delivery runs again on its own");
+                for waiting in waiting {
+                    let _ = waiting.answer.send(Err(AttemptError::Batch(why.clone())));
+                }
+            }
+            Err(error) => {
+                let why = match error {
+                    AttemptError::Failed(why)
+                    | AttemptError::Transient(why)
+                    | AttemptError::Batch(why) => why,
+                    AttemptError::NoInstanceSlot => "no free instance slot".to_string(),
+                };
+                for waiting in waiting {
+                    let _ = waiting.answer.send(Err(AttemptError::Batch(why.clone())));
+                }
+            }
+        }
+    }
+
+    /// Calls the component once with `events` (one delivery per call unless the trigger batches):
+    /// on the lane's warm instance if it has one, else a fresh one. Returns the component's answer
+    /// per delivery and whether a capability reported a transient condition during the call. A
+    /// failed call, or any failed delivery, discards the instance.
+    async fn call(
+        &self,
+        events: &[(&Event, u32)],
+        lane: &mut Lane,
+    ) -> Result<(Vec<Result<(), String>>, bool), AttemptError> {
+        let Some(&(first, first_attempt)) = events.first() else {
+            return Ok((Vec::new(), false));
+        };
+        // One consumer span per call, a child of the (first) publisher's span (the broker hop).
         let span = if crate::telemetry::traces_exported() {
             tracing::info_span!(
                 "event.handle",
-                otel.name = %format!("{} process", event.topic),
+                otel.name = %format!("{} process", first.topic),
                 otel.kind = "consumer",
                 component = %self.component.id,
-                topic = %event.topic,
-                message_id = %event.id,
-                attempt,
+                topic = %first.topic,
+                message_id = %first.id,
+                attempt = first_attempt,
+                batch = events.len(),
             )
         } else {
             tracing::Span::none()
         };
-        let parent = event
+        let parent = first
             .header("traceparent")
             .and_then(|v| std::str::from_utf8(v).ok());
         let traceparent = crate::telemetry::continue_trace(&span, parent);
-        let invocation = Invocation::new(event.id.as_str(), self.component.request_timeout)
+        let invocation = Invocation::new(first.id.as_str(), self.component.request_timeout)
             .with_traceparent(traceparent);
         let (mut store, handler, uses) = match lane.warm.take() {
             Some(mut warm) => {
@@ -273,7 +413,6 @@ impl TriggerRuntime {
                 (warm.store, warm.handler, warm.uses)
             }
             None => {
-                let pre = &self.handler;
                 let started = Instant::now();
                 let mut store =
                     self.component
@@ -281,7 +420,15 @@ impl TriggerRuntime {
                         .map_err(|e| {
                             AttemptError::Failed(format!("cannot create an instance: {e:#}"))
                         })?;
-                let handler = match pre.instantiate_async(&mut store).await {
+                let instantiated = match &self.handler {
+                    HandlerPre::Single(pre) => {
+                        pre.instantiate_async(&mut store).await.map(Handler::Single)
+                    }
+                    HandlerPre::Batch(pre) => {
+                        pre.instantiate_async(&mut store).await.map(Handler::Batch)
+                    }
+                };
+                let handler = match instantiated {
                     Ok(handler) => handler,
                     Err(error) if crate::engine::is_pool_exhausted(&error) => {
                         return Err(AttemptError::NoInstanceSlot);
@@ -293,35 +440,55 @@ impl TriggerRuntime {
                 (store, handler, 0)
             }
         };
-        let delivery = WitDelivery {
-            message: WitMessage {
-                topic: event.topic.clone(),
-                key: event.key.clone(),
-                payload: event.payload.clone(),
-                headers: event
-                    .headers
-                    .iter()
-                    .map(|(name, value)| WitHeader {
-                        name: name.clone(),
-                        value: value.clone(),
-                    })
-                    .collect(),
-            },
-            partition: event.partition,
-            offset: event.offset,
-            id: event.id.clone(),
-            attempt,
+        let message = |event: &Event| WitMessage {
+            topic: event.topic.clone(),
+            key: event.key.clone(),
+            payload: event.payload.clone(),
+            headers: event
+                .headers
+                .iter()
+                .map(|(name, value)| WitHeader {
+                    name: name.clone(),
+                    value: value.clone(),
+                })
+                .collect(),
         };
-        let call = tracing::Instrument::instrument(
-            async move {
-                let result = handler
-                    .moa_messaging_handler()
-                    .call_handle(&mut store, &delivery)
-                    .await;
-                (store, handler, result)
-            },
-            span,
-        );
+        let call = async {
+            let result = match &handler {
+                Handler::Single(single) => {
+                    let delivery = WitDelivery {
+                        message: message(first),
+                        partition: first.partition,
+                        offset: first.offset,
+                        id: first.id.clone(),
+                        attempt: first_attempt,
+                    };
+                    single
+                        .moa_messaging_handler()
+                        .call_handle(&mut store, &delivery)
+                        .await
+                        .map(|result| vec![result])
+                }
+                Handler::Batch(batch) => {
+                    let deliveries: Vec<WitBatchDelivery> = events
+                        .iter()
+                        .map(|&(event, attempt)| WitBatchDelivery {
+                            message: message(event),
+                            partition: event.partition,
+                            offset: event.offset,
+                            id: event.id.clone(),
+                            attempt,
+                        })
+                        .collect();
+                    batch
+                        .moa_messaging_batch_handler()
+                        .call_handle_batch(&mut store, &deliveries)
+                        .await
+                }
+            };
+            (store, handler, result)
+        };
+        let call = tracing::Instrument::instrument(call, span);
         let timeout = self.component.request_timeout;
         match tokio::time::timeout(timeout, call).await {
             Err(_) => {
@@ -332,18 +499,17 @@ impl TriggerRuntime {
                 )))
             }
             Ok((_, _, Err(trap))) => Err(AttemptError::Failed(self.classify_trap(trap))),
-            Ok((store, _, Ok(Err(error)))) if store.data().invocation.transient.pending() => {
-                Err(AttemptError::Transient(error))
-            }
-            Ok((store, handler, Ok(result))) => {
-                if result.is_ok() && uses + 1 < self.component.max_instance_reuse {
+            Ok((store, handler, Ok(results))) => {
+                let transient = store.data().invocation.transient.pending();
+                if results.iter().all(Result::is_ok) && uses + 1 < self.component.max_instance_reuse
+                {
                     lane.warm = Some(WarmInstance {
                         store,
                         handler,
                         uses: uses + 1,
                     });
                 }
-                result.map_err(AttemptError::Failed)
+                Ok((results, transient))
             }
         }
     }
@@ -392,13 +558,25 @@ impl TriggerRuntime {
         let mut slot_wait = slot_waits();
         let mut transient_waits = transient_waits();
         let transient_until = Instant::now() + TRANSIENT_WINDOW;
+        // The first attempt joins the next batch when the trigger batches; retries run alone.
+        let mut batched = self.batcher.as_ref();
         loop {
             let started = Instant::now();
-            let result = tokio::select! {
-                result = self.attempt(event, attempt, lane) => result,
-                _ = abort.cancelled() => return None,
+            let result = match batched.take() {
+                Some(batcher) => tokio::select! {
+                    result = Self::batched_attempt(batcher, event, attempt) => result,
+                    _ = abort.cancelled() => return None,
+                },
+                None => tokio::select! {
+                    result = self.attempt(event, attempt, lane) => result,
+                    _ = abort.cancelled() => return None,
+                },
             };
             let result = match result {
+                Err(AttemptError::Batch(why)) => {
+                    tracing::debug!(component, topic = %event.topic, id = %event.id, why, "the batch failed as a whole; the delivery runs on its own");
+                    continue;
+                }
                 Err(AttemptError::NoInstanceSlot) => {
                     // A busy host waits for a slot; it never spends the event's attempts on it.
                     self.metrics.event_instance_wait(component);
@@ -478,6 +656,26 @@ impl TriggerRuntime {
         }
     }
 
+    /// Hands a first attempt to the batcher and waits for its answer.
+    async fn batched_attempt(
+        batcher: &mpsc::UnboundedSender<Waiting>,
+        event: &Event,
+        attempt: u32,
+    ) -> Result<(), AttemptError> {
+        let (answer, answered) = oneshot::channel();
+        let waiting = Waiting {
+            event: event.clone(),
+            attempt,
+            answer,
+        };
+        if batcher.send(waiting).is_err() {
+            return Err(AttemptError::Batch("the batcher has stopped".into()));
+        }
+        answered
+            .await
+            .unwrap_or_else(|_| Err(AttemptError::Batch("the batch was dropped".into())))
+    }
+
     /// Publishes the failed message to the dead-letter topic with why it failed, retrying until
     /// the broker takes it (a message is never dropped); `None` if aborted first.
     async fn dead_letter(
@@ -535,6 +733,53 @@ impl TriggerRuntime {
     }
 }
 
+/// Takes the first attempts waiting in `queue` into batches of up to `batch` and runs up to
+/// `concurrency` batches at once. A batch is whatever waits when a call can start (no timer):
+/// under load the queue fills while the calls run, so batches grow with the load. Ends when the
+/// trigger's runtime is gone.
+async fn run_batches(
+    runtime: std::sync::Weak<TriggerRuntime>,
+    mut queue: mpsc::UnboundedReceiver<Waiting>,
+    batch: usize,
+    concurrency: usize,
+) {
+    let calls = Arc::new(tokio::sync::Semaphore::new(concurrency.max(1)));
+    let lanes: Arc<std::sync::Mutex<Vec<Lane>>> = Arc::default();
+    loop {
+        let Ok(call) = calls.clone().acquire_owned().await else {
+            return;
+        };
+        let Some(first) = queue.recv().await else {
+            return;
+        };
+        let mut waiting = vec![first];
+        while waiting.len() < batch {
+            match queue.try_recv() {
+                Ok(next) => waiting.push(next),
+                Err(_) => break,
+            }
+        }
+        let Some(runtime) = runtime.upgrade() else {
+            return;
+        };
+        let lanes = lanes.clone();
+        tokio::spawn(async move {
+            let _call = call;
+            let mut lane = lanes
+                .lock()
+                .ok()
+                .and_then(|mut lanes| lanes.pop())
+                .unwrap_or_default();
+            runtime.attempt_batch(waiting, &mut lane).await;
+            if lane.warm.is_some()
+                && let Ok(mut lanes) = lanes.lock()
+            {
+                lanes.push(lane);
+            }
+        });
+    }
+}
+
 /// The running event triggers of an app.
 pub struct EventConsumers {
     tasks: JoinSet<()>,
@@ -560,12 +805,19 @@ impl EventConsumers {
             let component = app.component(&trigger.component)?.clone();
             let handler = prepared
                 .handlers
-                .get(&trigger.component)
+                .get(&(trigger.component.clone(), trigger.batch > 1))
                 .cloned()
                 .ok_or_else(|| {
                     anyhow::anyhow!("component `{}` has no handler", trigger.component)
                 })?;
+            let (batcher, batch_queue) = if trigger.batch > 1 {
+                let (sender, queue) = mpsc::unbounded_channel();
+                (Some(sender), Some(queue))
+            } else {
+                (None, None)
+            };
             let runtime = Arc::new(TriggerRuntime {
+                batcher,
                 policy: RetryPolicy::new(
                     trigger.max_attempts,
                     Duration::from_millis(trigger.retry_backoff_ms),
@@ -584,14 +836,27 @@ impl EventConsumers {
                 health: health.clone(),
                 brokers: brokers.clone(),
             });
+            if let Some(queue) = batch_queue {
+                tokio::spawn(run_batches(
+                    Arc::downgrade(&runtime),
+                    queue,
+                    trigger.batch as usize,
+                    trigger.concurrency as usize,
+                ));
+            }
             let (stop, abort) = (stop.clone(), abort.clone());
             let description = format!(
-                "{} ({}) -> {}: {} as group `{}`",
+                "{} ({}) -> {}: {} as group `{}`{}",
                 trigger.kind.as_str(),
                 source_kind(&source),
                 trigger.component,
                 trigger.topics.join(", "),
-                trigger.group
+                trigger.group,
+                if trigger.batch > 1 {
+                    format!(", in batches of up to {}", trigger.batch)
+                } else {
+                    String::new()
+                }
             );
             if matches!(source, ConsumerSource::Kafka { .. }) && kafka_attempts.is_none() {
                 kafka_attempts = Some(Arc::new(attempts::AttemptLog::open(

@@ -139,8 +139,11 @@ pub async fn run(
         (claim_idle / 4).max(Duration::from_millis(50)),
     ));
     let lag_reporter = tokio::spawn(report_lag(runtime.clone(), target.clone(), LAG_EVERY));
-    let concurrency = runtime.trigger.concurrency.max(1) as usize;
-    let slots = Arc::new(Semaphore::new(concurrency * HELD_PER_SLOT));
+    let concurrency = runtime.in_flight_limit().max(1);
+    // With batches, twice what the calls take at once (so the next batch is already held).
+    let most_held =
+        (runtime.trigger.concurrency.max(1) as usize * HELD_PER_SLOT).max(concurrency * 2);
+    let slots = Arc::new(Semaphore::new(most_held));
     // Every held entry has a slot, so the dispatcher's queue never holds more than that.
     let (to_dispatcher, entries) = mpsc::unbounded_channel::<Pending>();
     let dispatcher = tokio::spawn(dispatch_by_key(

@@ -225,13 +225,19 @@ pub fn decode(staged: &Value) -> Option<Staged> {
 }
 
 /// Takes or renews the relay lease for `holder`, for `for_ms`; false when another host holds it.
+///
+/// The write runs in a transaction of its own: a plain write waits behind a transaction that
+/// holds the lease document (a killed host's `remove`), possibly for good on servers that only
+/// reap abandoned transactions when transactions are used; a transaction answers "write
+/// conflict" at once, and the relay asks again at its next poll.
 pub async fn lease(
     backend: &dyn DocumentBackend,
     holder: &str,
     for_ms: i64,
 ) -> Result<bool, DocumentError> {
     let now = now_ms();
-    let result = backend
+    let mut tx = backend.begin().await?;
+    let result = tx
         .run(Op::FindOneAndUpdate {
             collection: OUTBOX_LEASE.into(),
             filter: Query::from_value(json!({
@@ -247,8 +253,15 @@ pub async fn lease(
             return_after: true,
         })
         .await;
+    let result = match result {
+        Ok(_) => tx.commit().await,
+        Err(error) => {
+            let _ = tx.abort().await;
+            Err(error)
+        }
+    };
     match result {
-        Ok(_) => Ok(true),
+        Ok(()) => Ok(true),
         Err(DocumentError::DuplicateKey(_) | DocumentError::WriteConflict(_)) => Ok(false),
         Err(other) => Err(other),
     }
@@ -300,13 +313,24 @@ pub async fn remove(
             .iter()
             .map(|(okey, seq)| json!({ "_id": okey, "seq": seq }))
             .collect();
-        let _ = backend
+        // In a transaction, like the lease: a counter a killed stager's open transaction holds
+        // conflicts at once instead of stalling the relay; it stays (the key's next message goes on
+        // from it).
+        let mut tx = backend.begin().await?;
+        let deleted = tx
             .run(Op::Delete {
                 collection: OUTBOX_KEYS.into(),
                 filter: Query::from_value(json!({ "$or": clauses }))?,
                 many: true,
             })
             .await;
+        let _ = match deleted {
+            Ok(_) => tx.commit().await,
+            Err(error) => {
+                let _ = tx.abort().await;
+                Err(error)
+            }
+        };
     }
     Ok(())
 }
