@@ -2,53 +2,96 @@
 //! outside any transaction (it is idempotent by key); its definite outcome is recorded together
 //! with the reply and the inbox mark.
 
+use crate::exports::moa::messaging::batch_handler::Delivery as BatchDelivery;
 use crate::exports::moa::messaging::handler::Delivery;
+use crate::moa::messaging::types::Header;
 use crate::toss::{Answer, Toss};
 use commerce::saga::{self, PaymentCommand, PaymentReply};
-use moa_sdk::documents::{self, Ops, Store};
+use moa_sdk::documents::{self, Error, Ops, Store, Transaction};
 use serde_json::{Value, json};
 
 pub const PAYMENTS: &str = "payments";
 
-pub fn handle(delivery: Delivery) -> Result<(), String> {
+/// A command's definite answer from Toss, ready to be recorded, with its inbox id.
+pub struct Answered {
+    id: String,
+    outcome: Outcome,
+}
+
+/// Reads a delivery's command and asks Toss; an error when the message is not a command or the
+/// answer is not definite (the delivery is retried with the same idempotency key).
+fn answer(
+    toss: &Toss,
+    payload: &[u8],
+    headers: &[Header],
+    broker_id: &str,
+) -> Result<Answered, String> {
     let id = documents::message_id(
-        delivery
-            .message
-            .headers
+        headers
             .iter()
             .map(|h| (h.name.as_str(), h.value.as_slice())),
-        &delivery.id,
+        broker_id,
     );
-    let command: PaymentCommand = serde_json::from_slice(&delivery.message.payload)
-        .map_err(|e| format!("not a payment command: {e}"))?;
-    let toss = Toss::from_variables()?;
-    let (order_id, record, reply) = match &command {
+    let command: PaymentCommand =
+        serde_json::from_slice(payload).map_err(|e| format!("not a payment command: {e}"))?;
+    let outcome = match &command {
         PaymentCommand::Confirm {
             order_id,
             payment_key,
             amount,
-        } => confirm(&toss, order_id, payment_key, *amount)?,
+        } => confirm(toss, order_id, payment_key, *amount)?,
         PaymentCommand::Cancel {
             order_id,
             payment_key,
             reason,
-        } => cancel(&toss, order_id, payment_key, reason)?,
+        } => cancel(toss, order_id, payment_key, reason)?,
     };
+    Ok(Answered { id, outcome })
+}
+
+pub fn handle(delivery: Delivery) -> Result<(), String> {
+    let toss = Toss::from_variables()?;
+    let answered = answer(
+        &toss,
+        &delivery.message.payload,
+        &delivery.message.headers,
+        &delivery.id,
+    )?;
     let store = Store::open("default").map_err(|e| format!("{e:?}"))?;
     store
-        .transaction(|tx| {
-            if !tx.first_time("payment", &id)? {
-                return Ok(());
-            }
-            tx.upsert_one(
-                PAYMENTS,
-                json!({ "_id": order_id }),
-                json!({ "$set": record }),
-            )?;
-            tx.publish(saga::message(saga::PAYMENT_REPLIES, &order_id, &reply))?;
-            Ok(())
-        })
+        .transaction(|tx| record_once(tx, &answered))
         .map_err(|e| format!("{e:?}"))
+}
+
+/// Several commands: their Toss calls one after the other, then one transaction for all answers.
+pub fn handle_batch(deliveries: Vec<BatchDelivery>) -> Vec<Result<(), String>> {
+    let toss = match Toss::from_variables() {
+        Ok(toss) => toss,
+        Err(error) => return vec![Err(error); deliveries.len()],
+    };
+    let answers: Vec<Result<Answered, String>> = deliveries
+        .iter()
+        .map(|d| answer(&toss, &d.message.payload, &d.message.headers, &d.id))
+        .collect();
+    match Store::open("default") {
+        Ok(store) => store.transaction_per_batch(&answers, record_once),
+        Err(error) => vec![Err(format!("{error:?}")); answers.len()],
+    }
+}
+
+/// Records a definite answer with its reply, once (the inbox mark).
+fn record_once(tx: &Transaction, answered: &Answered) -> Result<(), Error> {
+    if !tx.first_time("payment", &answered.id)? {
+        return Ok(());
+    }
+    let (order_id, record, reply) = &answered.outcome;
+    tx.upsert_one(
+        PAYMENTS,
+        json!({ "_id": order_id }),
+        json!({ "$set": record }),
+    )?;
+    tx.publish(saga::message(saga::PAYMENT_REPLIES, order_id, reply))?;
+    Ok(())
 }
 
 type Outcome = (String, Value, PaymentReply);

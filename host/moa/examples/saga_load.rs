@@ -770,6 +770,7 @@ async fn where_time_goes(http: &reqwest::Client, admin: &str) {
             ("moa_event_handle_duration_seconds", "handle"),
             ("moa_http_request_duration_seconds", "http"),
             ("moa_outbox_publish_lag_seconds", "outbox lag"),
+            ("moa_event_batch_size", "batch of"),
         ] {
             let component = name
                 .split("component=\"")
@@ -787,7 +788,10 @@ async fn where_time_goes(http: &reqwest::Client, admin: &str) {
     let means: Vec<String> = sums
         .iter()
         .filter(|(_, (_, count))| *count > 0.0)
-        .map(|(key, (sum, count))| format!("{key}: {:.1} ms x {count}", sum / count * 1000.0))
+        .map(|(key, (sum, count))| match key.strip_prefix("batch of ") {
+            Some(component) => format!("batch {component}: {:.1} deliveries x {count}", sum / count),
+            None => format!("{key}: {:.1} ms x {count}", sum / count * 1000.0),
+        })
         .collect();
     eprintln!("where the time goes (means): {}", means.join("; "));
 }
