@@ -789,7 +789,9 @@ async fn where_time_goes(http: &reqwest::Client, admin: &str) {
         .iter()
         .filter(|(_, (_, count))| *count > 0.0)
         .map(|(key, (sum, count))| match key.strip_prefix("batch of ") {
-            Some(component) => format!("batch {component}: {:.1} deliveries x {count}", sum / count),
+            Some(component) => {
+                format!("batch {component}: {:.1} deliveries x {count}", sum / count)
+            }
             None => format!("{key}: {:.1} ms x {count}", sum / count * 1000.0),
         })
         .collect();

@@ -492,8 +492,7 @@ fn embedded_store_and_log_survive_power_cuts() {
             })
             .collect();
         let backlog = common::metric(&moa, "moa_outbox_backlog", "store=\"default\"");
-        if (effects.len() >= orders.len() && backlog == 0.0)
-            || std::time::Instant::now() > deadline
+        if (effects.len() >= orders.len() && backlog == 0.0) || std::time::Instant::now() > deadline
         {
             break effects;
         }
@@ -507,7 +506,10 @@ fn embedded_store_and_log_survive_power_cuts() {
     );
     // How much a cut drops depends on where the kill lands (moa fsyncs every commit); the
     // filesystem's own tests show a cut drops what was not synced.
-    let missing: Vec<&String> = orders.iter().filter(|o| !effects.contains_key(*o)).collect();
+    let missing: Vec<&String> = orders
+        .iter()
+        .filter(|o| !effects.contains_key(*o))
+        .collect();
     assert!(
         missing.is_empty(),
         "committed orders whose message never had its effect: {missing:?}\n{}",
@@ -519,7 +521,10 @@ fn embedded_store_and_log_survive_power_cuts() {
         "effects of orders that never committed: {invented:?}"
     );
     let twice: Vec<(&String, &i64)> = effects.iter().filter(|(_, n)| **n != 1).collect();
-    assert!(twice.is_empty(), "effects applied more than once: {twice:?}");
+    assert!(
+        twice.is_empty(),
+        "effects applied more than once: {twice:?}"
+    );
     drop(moa);
     drop(disk);
 }

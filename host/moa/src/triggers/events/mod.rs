@@ -96,8 +96,9 @@ impl Trigger for EventTriggers {
             let source = source_for(app, &app.capabilities.messaging, &trigger)?;
             let component = app.component(&trigger.component)?;
             let batched = trigger.batch > 1;
-            let key = (component.id.clone(), batched);
-            if !handlers.contains_key(&key) {
+            if let std::collections::btree_map::Entry::Vacant(slot) =
+                handlers.entry((component.id.clone(), batched))
+            {
                 let pre = if batched {
                     BatchEventHandlerPre::new(component.pre.clone())
                         .map(|pre| HandlerPre::Batch(Arc::new(pre)))
@@ -120,7 +121,7 @@ impl Trigger for EventTriggers {
                             )
                         })?
                 };
-                handlers.insert(key, pre);
+                slot.insert(pre);
             }
             sources.push((trigger, source));
         }
