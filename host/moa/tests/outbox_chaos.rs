@@ -130,6 +130,19 @@ fn find_all(moa: &Moa, collection: &str) -> Vec<Value> {
         .unwrap_or_else(|| panic!("{reply}"))
 }
 
+/// Order -> how many times its effect was applied.
+fn effects(moa: &Moa) -> BTreeMap<String, i64> {
+    find_all(moa, "effects")
+        .iter()
+        .map(|d| {
+            (
+                d["_id"].as_str().unwrap_or_default().to_string(),
+                d["n"].as_i64().unwrap_or_default(),
+            )
+        })
+        .collect()
+}
+
 /// Payload -> the `moa-message-id` of every entry on the stream.
 fn stream(redis: &RedisServer) -> BTreeMap<String, Vec<String>> {
     let mut connection = redis::Client::open(redis.url.as_str())
@@ -302,15 +315,7 @@ fn chaos(store_config: &str) {
     }
     let transient = common::metric(&moa, "moa_events_total", "outcome=\"transient\"");
     let published = stream(&redis);
-    let effects: BTreeMap<String, i64> = find_all(&moa, "effects")
-        .iter()
-        .map(|d| {
-            (
-                d["_id"].as_str().unwrap_or_default().to_string(),
-                d["n"].as_i64().unwrap_or_default(),
-            )
-        })
-        .collect();
+    let effects = effects(&moa);
     let seen: i64 = find_all(&moa, "seen")
         .iter()
         .map(|d| d["n"].as_i64().unwrap_or_default())
@@ -482,15 +487,7 @@ fn embedded_store_and_log_survive_power_cuts() {
     );
     let deadline = std::time::Instant::now() + Duration::from_secs(120);
     let effects = loop {
-        let effects: BTreeMap<String, i64> = find_all(&moa, "effects")
-            .iter()
-            .map(|d| {
-                (
-                    d["_id"].as_str().unwrap_or_default().to_string(),
-                    d["n"].as_i64().unwrap_or_default(),
-                )
-            })
-            .collect();
+        let effects = effects(&moa);
         let backlog = common::metric(&moa, "moa_outbox_backlog", "store=\"default\"");
         if (effects.len() >= orders.len() && backlog == 0.0) || std::time::Instant::now() > deadline
         {
