@@ -32,28 +32,42 @@ pub struct Invocation {
 /// dead-lettered for them. A later successful answer clears it: a conflict the guest got past
 /// (the SDK ran the transaction again) does not make a later, unrelated failure transient.
 #[derive(Debug, Default)]
-pub struct TransientFailures(AtomicBool);
+pub struct TransientFailures {
+    last: AtomicBool,
+    /// Whether any answer in this invocation was a transient failure (a batch of deliveries
+    /// cannot tell which of them a conflict belonged to).
+    any: AtomicBool,
+}
 
 impl TransientFailures {
     /// A capability answered with a transient failure.
     pub fn record(&self) {
-        self.0.store(true, Ordering::Relaxed);
+        self.last.store(true, Ordering::Relaxed);
+        self.any.store(true, Ordering::Relaxed);
     }
 
     /// A capability answered successfully.
     pub fn resolve(&self) {
-        self.0.store(false, Ordering::Relaxed);
+        self.last.store(false, Ordering::Relaxed);
     }
 
     /// Whether the last answer was a transient failure.
     pub fn pending(&self) -> bool {
-        self.0.load(Ordering::Relaxed)
+        self.last.load(Ordering::Relaxed)
+    }
+
+    /// Whether any answer was a transient failure.
+    pub fn seen(&self) -> bool {
+        self.any.load(Ordering::Relaxed)
     }
 }
 
 impl Clone for TransientFailures {
     fn clone(&self) -> Self {
-        TransientFailures(AtomicBool::new(self.pending()))
+        TransientFailures {
+            last: AtomicBool::new(self.pending()),
+            any: AtomicBool::new(self.seen()),
+        }
     }
 }
 

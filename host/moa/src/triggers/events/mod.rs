@@ -259,6 +259,13 @@ pub struct WarmInstance {
     uses: usize,
 }
 
+/// Whether capabilities answered a call with transient failures: the last answer, any answer.
+#[derive(Debug, Default, Clone, Copy)]
+struct Transient {
+    last: bool,
+    any: bool,
+}
+
 /// A first attempt waiting for the next batch, and where its answer goes.
 struct Waiting {
     event: Event,
@@ -313,6 +320,7 @@ impl TriggerRuntime {
         lane: &mut Lane,
     ) -> Result<(), AttemptError> {
         let (mut results, transient) = self.call(&[(event, attempt)], lane).await?;
+        let transient = transient.last;
         match (results.pop(), results.is_empty()) {
             (Some(Ok(())), true) => Ok(()),
             (Some(Err(error)), true) if transient => Err(AttemptError::Transient(error)),
@@ -341,9 +349,12 @@ impl TriggerRuntime {
         match answered {
             Ok((results, transient)) if results.len() == waiting.len() => {
                 for (waiting, result) in waiting.into_iter().zip(results) {
+                    // Which delivery a conflict in the call belonged to is unknown: after any
+                    // transient answer, a failed delivery runs again alone (no attempt spent),
+                    // where its own answers decide.
                     let _ = waiting.answer.send(result.map_err(|error| {
-                        if transient {
-                            AttemptError::Transient(error)
+                        if transient.any {
+                            AttemptError::Batch(error)
                         } else {
                             AttemptError::Failed(error)
                         }
@@ -377,15 +388,15 @@ impl TriggerRuntime {
 
     /// Calls the component once with `events` (one delivery per call unless the trigger batches):
     /// on the lane's warm instance if it has one, else a fresh one. Returns the component's answer
-    /// per delivery and whether a capability reported a transient condition during the call. A
+    /// per delivery and whether capabilities reported transient conditions during the call. A
     /// failed call, or any failed delivery, discards the instance.
     async fn call(
         &self,
         events: &[(&Event, u32)],
         lane: &mut Lane,
-    ) -> Result<(Vec<Result<(), String>>, bool), AttemptError> {
+    ) -> Result<(Vec<Result<(), String>>, Transient), AttemptError> {
         let Some(&(first, first_attempt)) = events.first() else {
-            return Ok((Vec::new(), false));
+            return Ok((Vec::new(), Transient::default()));
         };
         // One consumer span per call, a child of the (first) publisher's span (the broker hop).
         let span = if crate::telemetry::traces_exported() {
@@ -501,7 +512,11 @@ impl TriggerRuntime {
             }
             Ok((_, _, Err(trap))) => Err(AttemptError::Failed(self.classify_trap(trap))),
             Ok((store, handler, Ok(results))) => {
-                let transient = store.data().invocation.transient.pending();
+                let answers = &store.data().invocation.transient;
+                let transient = Transient {
+                    last: answers.pending(),
+                    any: answers.seen(),
+                };
                 if results.iter().all(Result::is_ok) && uses + 1 < self.component.max_instance_reuse
                 {
                     lane.warm = Some(WarmInstance {
